@@ -1,0 +1,1 @@
+"""The compression library. It imports nothing from moecomp.api, moecomp.worker or moecomp.persistence."""

@@ -1,0 +1,48 @@
+"""The recipe: a validated, ordered, versioned list of stages plus calibration settings.
+
+One schema serves the CLI (JSON or YAML files) and the API (request bodies). Defaults follow the
+study (He et al. 2024, arXiv 2406.02500): calibration on 128 sequences of 2048 tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from moecomp.compression.methods import STAGE_CONFIGS
+
+Stage = Annotated[Union[STAGE_CONFIGS], Field(discriminator="method")]  # type: ignore[valid-type]
+
+# Bounded so that no request can ask for unbounded memory or disk.
+MAX_SAMPLES = 4096
+MAX_SEQ_LEN = 32768
+
+
+class CalibrationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str] = Field(
+        default_factory=lambda: ["bundled:shakespeare", "bundled:kjv", "bundled:fortunes", "bundled:python"],
+        min_length=1,
+        description="Text sources: 'bundled:NAME', a local .txt/.jsonl(.gz) path, or 'hub:DATASET[:CONFIG]:SPLIT'.",
+    )
+    samples: int = Field(128, ge=1, le=MAX_SAMPLES, description="Number of packed sequences.")
+    seq_len: int = Field(2048, ge=8, le=MAX_SEQ_LEN, description="Tokens per packed sequence.")
+    seed: int | None = Field(None, description="Shuffle the packed blocks with this seed; none keeps file order.")
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    stages: list[Stage] = Field(default_factory=list, max_length=32)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read a recipe from a .json, .yaml or .yml file."""
+    data: Any = yaml.safe_load(path.read_text())  # JSON is a subset of YAML
+    return Recipe.model_validate(data)

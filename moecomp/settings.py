@@ -1,0 +1,49 @@
+"""One settings object per process, shared by the API, the worker, the CLI and Alembic.
+
+Every field reads ``MOECOMP_<NAME>`` from the environment. Per-job choices live in the recipe,
+never here. The defaults are the embedded mode: SQLite, a broker on SQLite, data under ./var.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from moecomp.assets import MODELS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOECOMP_", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="Artifacts, uploads, the embedded database and broker.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty means SQLite under data_dir.")
+    broker_url: str = Field("", description="Celery broker URL; empty means the SQLAlchemy transport on SQLite.")
+    allowed_model_roots: list[Path] = Field(
+        default_factory=lambda: [MODELS], description="Local model paths must lie under one of these folders."
+    )
+    upload_limit_bytes: int = Field(4 * 1024**3, description="Largest accepted model upload.")
+    job_time_limit_s: int = Field(6 * 3600, description="A job running longer is stopped and failed.")
+    max_attempts: int = Field(3, description="Deliveries of one job before it fails with worker_lost.")
+    heartbeat_s: float = Field(5.0, description="How often a running job's worker proves it is alive.")
+    stale_after_s: float = Field(30.0, description="A running job silent this long is re-queued.")
+    device: str = Field("auto", description="Worker device: auto, cpu, cuda or cuda:N.")
+    allow_remote_code: bool = Field(False, description="Let model loading run code shipped with input models.")
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'moecomp.db').resolve()}"
+
+    @cached_property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
