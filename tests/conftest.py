@@ -1,0 +1,75 @@
+"""Shared test fixtures: the trained tiny models, and real PostgreSQL and Redis servers.
+
+PostgreSQL (127.0.0.1:5432, trust auth) and Redis (127.0.0.1:6379) are started by .ci/run; tests
+that need them get a fresh database / a fresh Redis db number and clean up after themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from moecomp.assets import DEMO_MODEL, HELDOUT_TEXT, TEXTS
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models"
+
+PG_ADMIN_URL = os.environ.get("MOECOMP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("MOECOMP_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture(scope="session")
+def tiny_mixtral_dir() -> Path:
+    return DEMO_MODEL
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_moe_dir() -> Path:
+    return FIXTURE_MODELS / "tiny-qwen2-moe"
+
+
+@pytest.fixture(scope="session")
+def heldout_text() -> Path:
+    return HELDOUT_TEXT
+
+
+@pytest.fixture(scope="session")
+def calibration_texts() -> list[Path]:
+    return sorted(TEXTS.glob("*.txt.gz"))
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"moecomp_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database number of its own, flushed before and after the test."""
+    import redis
+
+    db = 1 + (os.getpid() + uuid.uuid4().int) % 15
+    url = f"{REDIS_URL}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
