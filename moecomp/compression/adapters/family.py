@@ -1,0 +1,73 @@
+"""The declarative description of an MoE family: what the rest of the library may ask about a model.
+
+Family names never appear in ``if``s elsewhere: code asks a :class:`MoEFamily` (chosen by
+``config.model_type`` in :mod:`moecomp.compression.adapters`) for keys, paths and rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from moecomp.compression.structure import ModuleLayout
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    """How a stock checkpoint names weights on disk.
+
+    transformers 5 fuses experts in memory but saves (and most hub checkpoints hold) one tensor per
+    expert: ``<layer>.<experts>.<e>.<gate|up|down>.weight``, with ``gate_up_proj = cat(gate, up)``
+    along the output axis and ``down_proj = down``. ``renames`` maps disk substrings to module ones.
+    """
+
+    renames: tuple[tuple[str, str], ...] = ()
+    gate: str = "gate_proj"
+    up: str = "up_proj"
+    down: str = "down_proj"
+
+
+def no_dense_layers(config: Any) -> frozenset[int]:
+    return frozenset()
+
+
+def qwen_dense_layers(config: Any) -> frozenset[int]:
+    """Qwen-MoE: ``mlp_only_layers`` plus every layer off the ``decoder_sparse_step`` grid."""
+    step = getattr(config, "decoder_sparse_step", 1) or 1
+    explicit = set(getattr(config, "mlp_only_layers", None) or [])
+    off_grid = {i for i in range(config.num_hidden_layers) if (i + 1) % step != 0}
+    return frozenset(explicit | off_grid)
+
+
+def first_k_dense_layers(config: Any) -> frozenset[int]:
+    """DeepSeek: the first ``first_k_dense_replace`` layers have a dense MLP."""
+    return frozenset(range(min(config.first_k_dense_replace or 0, config.num_hidden_layers)))
+
+
+@dataclass(frozen=True)
+class MoEFamily:
+    model_type: str
+    num_experts_key: str  # config key of the routed experts per MoE layer
+    top_k_key: str  # config key of the experts each token is routed to
+    routing: Literal["softmax", "sigmoid"]
+    shared_experts: tuple[str, ...]  # module paths under the MoE block: always kept
+    dense_layers: Callable[[Any], frozenset[int]]  # layers whose MLP is dense (never trimmed as MoE)
+    layout: ModuleLayout
+    disk: DiskLayout = field(default_factory=DiskLayout)
+    base_model: str = "model"  # the decoder stack under *ForCausalLM
+    embed_tokens: str = "model.embed_tokens"
+    rotary_emb: str = "model.rotary_emb"
+    final_norm: str = "model.norm"
+    lm_head: str = "lm_head"
+
+    def num_experts(self, config: Any) -> int:
+        return int(getattr(config, self.num_experts_key))
+
+    def top_k(self, config: Any) -> int:
+        return int(getattr(config, self.top_k_key))
+
+    def moe_layers(self, config: Any) -> list[int]:
+        """Original indices of the layers with routed experts."""
+        dense = self.dense_layers(config)
+        return [i for i in range(config.num_hidden_layers) if i not in dense]

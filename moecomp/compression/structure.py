@@ -1,0 +1,252 @@
+"""What trimming removes (Decisions) and how to remove it from an in-memory transformers model.
+
+Self-contained on purpose: this module imports only torch and the standard library, so that the
+checkpoint export can copy it verbatim next to a trimmed checkpoint's remote modeling code.
+
+Every index in a :class:`Decisions` is the ORIGINAL model's numbering (layers and experts), so that
+stages can be combined without index drift. Application order is fixed: slice experts, remove MoE
+sub-layers, then delete whole blocks (the only step that renumbers layers).
+
+A removed MoE sub-layer makes the decoder layer compute exactly ``h + Attention(Norm(h))``: the
+post-attention norm becomes the identity and the MoE becomes :class:`DroppedMLP`, which returns
+zeros, so the residual branch adds exactly 0 (and not ``Norm(h)``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Decisions:
+    """Structures removed by trimming, in the original model's numbering."""
+
+    kept_experts: dict[int, list[int]] = field(default_factory=dict)  # MoE layer -> kept expert ids (sorted)
+    dropped_layers: list[int] = field(default_factory=list)  # layers whose post-attn norm + MoE are removed
+    dropped_blocks: list[int] = field(default_factory=list)  # whole decoder blocks removed
+
+    def __post_init__(self) -> None:
+        self.kept_experts = {int(k): sorted(int(e) for e in v) for k, v in sorted(self.kept_experts.items())}
+        self.dropped_layers = sorted({int(i) for i in self.dropped_layers})
+        self.dropped_blocks = sorted({int(i) for i in self.dropped_blocks})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kept_experts": {str(k): v for k, v in self.kept_experts.items()},
+            "dropped_layers": list(self.dropped_layers),
+            "dropped_blocks": list(self.dropped_blocks),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Decisions:
+        return cls(
+            kept_experts={int(k): list(v) for k, v in data.get("kept_experts", {}).items()},
+            dropped_layers=list(data.get("dropped_layers", [])),
+            dropped_blocks=list(data.get("dropped_blocks", [])),
+        )
+
+    def is_empty(self) -> bool:
+        return not (self.kept_experts or self.dropped_layers or self.dropped_blocks)
+
+    def merge(self, other: Decisions) -> Decisions:
+        """Both sets of removals; a layer whose experts both sides trimmed keeps the intersection.
+
+        Entries for layers that a dropped block or dropped MoE sub-layer removes anyway are discarded.
+        """
+        blocks = set(self.dropped_blocks) | set(other.dropped_blocks)
+        layers = (set(self.dropped_layers) | set(other.dropped_layers)) - blocks
+        kept: dict[int, list[int]] = {}
+        for layer in set(self.kept_experts) | set(other.kept_experts):
+            if layer in blocks or layer in layers:
+                continue
+            sides = [set(d.kept_experts[layer]) for d in (self, other) if layer in d.kept_experts]
+            kept[layer] = sorted(set.intersection(*sides))
+        return Decisions(kept_experts=kept, dropped_layers=sorted(layers), dropped_blocks=sorted(blocks))
+
+    def kept_blocks(self, num_layers: int) -> list[int]:
+        """Original indices of the decoder blocks that remain, in order."""
+        dropped = set(self.dropped_blocks)
+        return [i for i in range(num_layers) if i not in dropped]
+
+
+@dataclass(frozen=True)
+class ModuleLayout:
+    """Where an MoE family keeps the parts that trimming touches (paths are dotted module paths).
+
+    Per-expert tensors are fused 3-D parameters with the expert on axis 0 (transformers >= 5:
+    ``gate_up_proj [E, 2I, H]``, ``down_proj [E, H, I]``); router tensors also have the expert on
+    axis 0 (``weight [E, H]``, DeepSeek's ``e_score_correction_bias [E]``).
+    """
+
+    layers: str = "model.layers"  # from the *ForCausalLM root
+    attention: str = "self_attn"  # the rest relative to a decoder layer
+    post_attention_norm: str = "post_attention_layernorm"
+    mlp: str = "mlp"
+    router: str = "mlp.gate"
+    experts: str = "mlp.experts"
+    expert_tensors: tuple[str, ...] = ("gate_up_proj", "down_proj")
+    router_tensors: tuple[str, ...] = ("weight",)
+    expert_count_attrs: tuple[str, ...] = ("num_experts",)  # set on the router and the experts module
+    router_group_attrs: tuple[str, ...] = ()  # group-limited routing: reset to 1 group once experts are dropped
+    num_experts_key: str = "num_experts"  # config key of the routed expert count
+    config_group_keys: tuple[str, ...] = ()  # config keys reset to 1 with router_group_attrs
+    config_layer_lists: tuple[str, ...] = ("layer_types",)  # per-layer config lists, shortened by block drop
+    config_dense_layers_key: str | None = None  # explicit dense layer list (Qwen "mlp_only_layers")
+    config_sparse_step_key: str | None = None  # Qwen "decoder_sparse_step": set to 1 once the list is explicit
+    config_dense_prefix_key: str | None = None  # DeepSeek "first_k_dense_replace"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModuleLayout:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class DroppedMLP(nn.Module):
+    """Stands in for a removed MoE: contributes exactly zero to the residual stream."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+
+def decoder_layers(model: nn.Module, layout: ModuleLayout) -> nn.ModuleList:
+    return model.get_submodule(layout.layers)
+
+
+def is_moe_layer(layer: nn.Module, layout: ModuleLayout) -> bool:
+    """True when the layer has routed experts (not a dense MLP, not a dropped MoE)."""
+    try:
+        layer.get_submodule(layout.experts)
+    except AttributeError:
+        return False
+    return True
+
+
+def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def _slice_tensor(module: nn.Module, name: str, index: torch.Tensor) -> None:
+    """Keep rows ``index`` (axis 0) of a parameter or buffer, preserving its kind."""
+    old = getattr(module, name, None)
+    if old is None:
+        return
+    new = old.detach().index_select(0, index.to(old.device))
+    if isinstance(old, nn.Parameter):
+        setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        persistent = name not in module._non_persistent_buffers_set
+        module.register_buffer(name, new, persistent=persistent)
+
+
+def slice_experts(layer: nn.Module, kept: list[int], layout: ModuleLayout) -> None:
+    """Keep only experts ``kept`` (current numbering of this layer) in the experts and the router."""
+    experts = layer.get_submodule(layout.experts)
+    router = layer.get_submodule(layout.router)
+    index = torch.tensor(sorted(kept), dtype=torch.long)
+    for name in layout.expert_tensors:
+        _slice_tensor(experts, name, index)
+    for name in layout.router_tensors:
+        _slice_tensor(router, name, index)
+    for module in (experts, router):
+        for attr in layout.expert_count_attrs:
+            if hasattr(module, attr):
+                setattr(module, attr, len(kept))
+    for attr in layout.router_group_attrs:
+        # Groups of unequal size cannot be expressed: routing becomes plain top-k over the kept experts.
+        setattr(router, attr, 1)
+
+
+def _count(experts: nn.Module, layout: ModuleLayout) -> int:
+    return getattr(experts, layout.expert_tensors[0]).shape[0]
+
+
+def drop_moe_sublayer(layer: nn.Module, layout: ModuleLayout) -> None:
+    """Make the layer compute exactly h + Attention(Norm(h)): identity norm, zero MLP branch."""
+    _set_module(layer, layout.post_attention_norm, nn.Identity())
+    _set_module(layer, layout.mlp, DroppedMLP())
+
+
+def drop_blocks(model: nn.Module, blocks: list[int], layout: ModuleLayout) -> None:
+    """Delete decoder blocks (original indices) and renumber the rest, attention layer_idx and config."""
+    layers = decoder_layers(model, layout)
+    dropped = set(blocks)
+    kept = [i for i in range(len(layers)) if i not in dropped]
+    remaining = [layers[i] for i in kept]
+    for new_idx, layer in enumerate(remaining):
+        attention = layer.get_submodule(layout.attention)
+        if hasattr(attention, "layer_idx"):
+            attention.layer_idx = new_idx  # the KV cache is indexed by position in the stack
+    _set_module(model, layout.layers, nn.ModuleList(remaining))
+    config = getattr(model, "config", None)
+    if config is not None:
+        _renumber_config(config, kept, [_is_dense(layer, layout) for layer in remaining], layout)
+
+
+def _is_dense(layer: nn.Module, layout: ModuleLayout) -> bool:
+    """A dense MLP layer; a dropped MoE sub-layer still counts as sparse for the config."""
+    return not is_moe_layer(layer, layout) and not isinstance(layer.get_submodule(layout.mlp), DroppedMLP)
+
+
+def _renumber_config(config: Any, kept: list[int], dense_flags: list[bool], layout: ModuleLayout) -> None:
+    config.num_hidden_layers = len(kept)
+    for key in layout.config_layer_lists:
+        values = getattr(config, key, None)
+        if isinstance(values, list):
+            setattr(config, key, [values[i] for i in kept])
+    dense = [i for i, flag in enumerate(dense_flags) if flag]
+    if layout.config_dense_layers_key:
+        setattr(config, layout.config_dense_layers_key, dense)
+    if layout.config_sparse_step_key:
+        setattr(config, layout.config_sparse_step_key, 1)  # the explicit list now says it all
+    if layout.config_dense_prefix_key:
+        setattr(config, layout.config_dense_prefix_key, len(dense))  # dense layers stay a prefix
+
+
+def apply_decisions(model: nn.Module, decisions: Decisions, layout: ModuleLayout) -> None:
+    """Apply trimming decisions in place (works on real and on ``meta`` tensors)."""
+    layers = decoder_layers(model, layout)
+    for idx, kept in decisions.kept_experts.items():
+        if idx in decisions.dropped_blocks or idx in decisions.dropped_layers:
+            continue
+        if not is_moe_layer(layers[idx], layout):
+            raise ValueError(f"layer {idx} has no routed experts to drop")
+        slice_experts(layers[idx], kept, layout)
+    for idx in decisions.dropped_layers:
+        if idx not in decisions.dropped_blocks:
+            drop_moe_sublayer(layers[idx], layout)
+    if decisions.dropped_blocks:
+        drop_blocks(model, decisions.dropped_blocks, layout)
+    config = getattr(model, "config", None)
+    if config is not None and decisions.kept_experts:
+        _update_expert_config(model, config, layout)
+
+
+def expert_counts(model: nn.Module, layout: ModuleLayout) -> dict[int, int]:
+    """Current layer index -> number of routed experts, for layers that still have them."""
+    layers = decoder_layers(model, layout)
+    return {
+        i: _count(layer.get_submodule(layout.experts), layout)
+        for i, layer in enumerate(layers)
+        if is_moe_layer(layer, layout)
+    }
+
+
+def _update_expert_config(model: nn.Module, config: Any, layout: ModuleLayout) -> None:
+    """Record the expert count in the config when every MoE layer has the same one."""
+    counts = set(expert_counts(model, layout).values())
+    if len(counts) == 1:
+        setattr(config, layout.num_experts_key, counts.pop())
+    for key in layout.config_group_keys:
+        setattr(config, key, 1)
+
+
+def layout_to_string(layout: ModuleLayout) -> str:
+    return json.dumps(layout.to_json(), sort_keys=True)

@@ -1,0 +1,135 @@
+"""Applying Decisions in memory: sliced experts route like the original restricted to them, dropped MoE
+sub-layers compute exactly h + Attention(...), dropped blocks renumber the stack and its KV cache."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from moecomp.compression.adapters import get_adapter
+from moecomp.compression.structure import Decisions, DroppedMLP, ModuleLayout, apply_decisions, expert_counts
+from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
+
+
+def test_decisions_json_round_trip_and_normalisation() -> None:
+    d = Decisions(kept_experts={3: [5, 1], 0: [2, 0]}, dropped_layers=[4, 2, 2], dropped_blocks=[7])
+    assert d.kept_experts == {0: [0, 2], 3: [1, 5]} and d.dropped_layers == [2, 4]
+    assert Decisions.from_json(d.to_json()) == d
+    assert list(d.to_json()["kept_experts"]) == ["0", "3"]
+    assert d.kept_blocks(9) == [0, 1, 2, 3, 4, 5, 6, 8]
+
+
+def test_merge_intersects_and_discards_removed_layers() -> None:
+    a = Decisions(kept_experts={0: [0, 1, 2], 1: [0, 1]}, dropped_layers=[3])
+    b = Decisions(kept_experts={0: [1, 2, 3]}, dropped_blocks=[1])
+    merged = a.merge(b)
+    assert merged == Decisions(kept_experts={0: [1, 2]}, dropped_layers=[3], dropped_blocks=[1])
+
+
+def test_layout_json_round_trip() -> None:
+    layout = get_adapter(tiny_model("deepseek_v3").config).layout
+    assert ModuleLayout.from_json(layout.to_json()) == layout
+
+
+def _router_logits(model, layer_idx: int, family, x: torch.Tensor) -> torch.Tensor:
+    router = model.get_submodule(family.layout.layers)[layer_idx].get_submodule(family.layout.router)
+    return router(x)[0]
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_sliced_experts_keep_router_rows_and_counts(model_type: str) -> None:
+    model = tiny_model(model_type)
+    family = get_adapter(model.config)
+    layer = family.moe_layers(model.config)[-1]
+    kept = [0, 2, 3]
+    x = torch.randn(5, 64)
+    before = _router_logits(model, layer, family, x)
+    apply_decisions(model, Decisions(kept_experts={layer: kept}), family.layout)
+    after = _router_logits(model, layer, family, x)
+    torch.testing.assert_close(after, before[:, kept], rtol=1e-5, atol=1e-6)  # GEMM shape changes rounding
+    counts = expert_counts(model, family.layout)
+    assert counts[layer] == len(kept) and all(
+        c == family.num_experts(model.config) for i, c in counts.items() if i != layer
+    )
+    assert torch.isfinite(model(torch.randint(0, 128, (2, 9))).logits).all()
+
+
+def test_sliced_experts_compute_the_same_expert_outputs() -> None:
+    """A token routed only to kept experts gets the same MoE output (Mixtral renormalises over the top-k)."""
+    model = tiny_model("mixtral")
+    family = get_adapter(model.config)
+    original = copy.deepcopy(model)
+    x = torch.randn(64, 64)
+    _, _, idx = original.model.layers[1].mlp.gate(x)
+    kept = sorted(set(idx[:8].flatten().tolist()))
+    apply_decisions(model, Decisions(kept_experts={1: kept}), family.layout)
+    tokens = [t for t in range(64) if set(idx[t].tolist()) <= set(kept)]
+    assert tokens
+    sub = x[tokens].unsqueeze(0)
+    torch.testing.assert_close(model.model.layers[1].mlp(sub), original.model.layers[1].mlp(sub))
+
+
+def test_uniform_expert_count_is_written_to_the_config() -> None:
+    model = tiny_model("deepseek_v3")
+    family = get_adapter(model.config)
+    kept = {i: [0, 1, 5, 6] for i in family.moe_layers(model.config)}
+    apply_decisions(model, Decisions(kept_experts=kept), family.layout)
+    assert model.config.n_routed_experts == 4 and model.config.n_group == 1 and model.config.topk_group == 1
+    router = model.model.layers[1].mlp.gate
+    assert router.num_experts == 4 and router.num_group == 1 and router.e_score_correction_bias.shape == (4,)
+    assert torch.isfinite(model(torch.randint(0, 128, (2, 9))).logits).all()
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_dropped_moe_sublayer_computes_h_plus_attention(model_type: str) -> None:
+    model = tiny_model(model_type)
+    family = get_adapter(model.config)
+    idx = family.moe_layers(model.config)[0]
+    apply_decisions(model, Decisions(dropped_layers=[idx]), family.layout)
+    layer = model.model.layers[idx]
+    assert isinstance(layer.get_submodule(family.layout.mlp), DroppedMLP)
+    assert not any(True for _ in layer.get_submodule(family.layout.post_attention_norm).parameters())
+
+    captured = {}
+    handle = layer.register_forward_pre_hook(lambda m, a, k: captured.update(h=a[0], kw=k), with_kwargs=True)
+    hook_out = layer.register_forward_hook(lambda m, a, out: captured.update(out=out))
+    model(torch.randint(0, 128, (2, 9)))
+    handle.remove()
+    hook_out.remove()
+    h, kw = captured["h"], captured["kw"]
+    attn, _ = layer.self_attn(
+        hidden_states=layer.input_layernorm(h),
+        position_embeddings=kw["position_embeddings"],
+        attention_mask=kw.get("attention_mask"),
+        position_ids=kw.get("position_ids"),
+    )
+    out = captured["out"][0] if isinstance(captured["out"], tuple) else captured["out"]
+    torch.testing.assert_close(out, h + attn, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_dropped_blocks_renumber_attention_and_config(model_type: str) -> None:
+    model = tiny_model(model_type)
+    family = get_adapter(model.config)
+    n = model.config.num_hidden_layers
+    original = [model.model.layers[i] for i in range(n)]
+    apply_decisions(model, Decisions(dropped_blocks=[1]), family.layout)
+    assert model.config.num_hidden_layers == n - 1
+    assert list(model.model.layers) == [original[i] for i in range(n) if i != 1]
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == list(range(n - 1))
+    layer_types = getattr(model.config, "layer_types", None)
+    assert layer_types is None or len(layer_types) == n - 1
+    ids = torch.randint(0, 128, (1, 6))
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)  # exercises the KV cache
+    assert out.shape == (1, 9)
+
+
+def test_block_drop_keeps_dense_bookkeeping() -> None:
+    qwen = tiny_model("qwen2_moe")  # dense layer 1
+    apply_decisions(qwen, Decisions(dropped_blocks=[0]), get_adapter(qwen.config).layout)
+    assert qwen.config.mlp_only_layers == [0] and qwen.config.decoder_sparse_step == 1
+    deepseek = tiny_model("deepseek_v3")  # dense layer 0
+    apply_decisions(deepseek, Decisions(dropped_blocks=[0], dropped_layers=[2]), get_adapter(deepseek.config).layout)
+    assert deepseek.config.first_k_dense_replace == 0

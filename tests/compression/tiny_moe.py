@@ -1,0 +1,77 @@
+"""Tiny random configs of every supported MoE family, shared by the compression tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+COMMON = dict(
+    vocab_size=128,
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=0,
+)
+
+FAMILY_CONFIGS: dict[str, dict] = {
+    "mixtral": dict(num_hidden_layers=3, intermediate_size=32, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(
+        num_hidden_layers=4,
+        intermediate_size=48,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        num_experts=6,
+        num_experts_per_tok=2,
+        mlp_only_layers=[1],
+    ),
+    "qwen3_moe": dict(
+        num_hidden_layers=3,
+        intermediate_size=48,
+        moe_intermediate_size=32,
+        num_experts=6,
+        num_experts_per_tok=2,
+        head_dim=16,
+    ),
+    "olmoe": dict(num_hidden_layers=3, intermediate_size=32, num_experts=4, num_experts_per_tok=2),
+    "deepseek_v3": dict(
+        num_hidden_layers=4,
+        intermediate_size=48,
+        moe_intermediate_size=32,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=2,
+        topk_group=1,
+        first_k_dense_replace=1,
+        q_lora_rank=32,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        num_key_value_heads=4,
+    ),
+}
+
+
+def tiny_config(model_type: str) -> PretrainedConfig:
+    kwargs = {**COMMON, **FAMILY_CONFIGS[model_type]}
+    config = AutoConfig.for_model(model_type, **kwargs)
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def tiny_model(model_type: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A random model; router and correction bias get non-trivial values so routing is not degenerate."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type), dtype=dtype)
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            tensor.normal_(0.0, 0.02 if "norm" not in name else 0.1).add_(1.0 if "norm" in name else 0.0)
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.normal_(0.0, 0.05)
+    return model.eval()
