@@ -85,7 +85,7 @@ def test_hub_source_parse():
 
 def test_hub_source_offline_error_is_clear(monkeypatch):
     import datasets
-    import huggingface_hub
+    import huggingface_hub.constants
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
