@@ -5,7 +5,7 @@ consecutive: sim[i] = mean over tokens of cos(h_i, h_{i+drop}); drop blocks i ..
 h_i = the hidden state entering decoder block i (h_n = the output of the last block).
 """
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -13,6 +13,7 @@ from moecomp.compression.methods.base import StageConfig
 
 
 class BlockDropConfig(StageConfig):
+    family: ClassVar[str] = "trimming"
     method: Literal["block_drop"] = "block_drop"
     drop: int = Field(5, ge=1, description="Number of decoder blocks to remove.")
     mode: Literal["discrete", "consecutive"] = "discrete"

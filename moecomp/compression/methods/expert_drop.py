@@ -5,7 +5,7 @@ Keep the ``keep`` best experts of each MoE layer (layerwise), or the ``keep * n_
 across the model (global; per-layer counts may differ). Shared experts are never dropped.
 """
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -13,6 +13,7 @@ from moecomp.compression.methods.base import StageConfig
 
 
 class ExpertDropConfig(StageConfig):
+    family: ClassVar[str] = "trimming"
     method: Literal["expert_drop"] = "expert_drop"
     mode: Literal["layerwise", "global"] = "layerwise"
     keep: int = Field(6, ge=1, description="Experts kept per MoE layer (global: on average).")

@@ -7,7 +7,7 @@ sub-layers (norm and MoE) are removed; the layer then computes exactly h + Atten
 Dense layers are never candidates.
 """
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,7 @@ from moecomp.compression.methods.base import StageConfig
 
 
 class LayerDropConfig(StageConfig):
+    family: ClassVar[str] = "trimming"
     method: Literal["layer_drop"] = "layer_drop"
     drop: int = Field(8, ge=1, description="Number of MoE sub-layers to remove.")
     metric: Literal["residual", "moe_only"] = "residual"
