@@ -1,0 +1,89 @@
+"""Errors the services raise, and the handlers that turn them into the contract's JSON shapes.
+
+Validation -> 422 ``{"detail": [{"loc", "msg", "type"}]}`` (FastAPI's shape, also for checks pydantic
+cannot make); any other 4xx -> ``{"detail": "human message"}``; nothing unexpected leaks as a 500 body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A refusal with an HTTP status and a message a person can act on."""
+
+    status_code = 400
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class NotFound(ApiError):
+    status_code = 404
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+
+    def __init__(self, detail: str = "missing or invalid API key") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Conflict(ApiError):
+    status_code = 409
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+
+
+class RangeNotSatisfiable(ApiError):
+    status_code = 416
+
+
+class Invalid(Exception):
+    """Input that pydantic accepted but a service refuses; rendered like a pydantic error at ``loc``."""
+
+    def __init__(self, loc: Sequence[str | int], msg: str, input: Any = None, type: str = "value_error") -> None:
+        super().__init__(msg)
+        self.errors = [{"type": type, "loc": list(loc), "msg": msg, "input": input}]
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Invalid)
+    return JSONResponse({"detail": exc.errors}, status_code=422)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(Invalid, _invalid)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+def invalid_request(loc: Sequence[str | int], msg: str) -> RequestValidationError:
+    """For routes that must refuse before a service runs (same shape as Invalid)."""
+    return RequestValidationError([{"type": "value_error", "loc": tuple(loc), "msg": msg, "input": None}])

@@ -1,0 +1,93 @@
+"""/v1/jobs: submit, list, read, cancel, events (paged and streamed), artifacts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import StreamingResponse
+
+from moecomp.api.deps import CeleryDep, DatabaseDep, SessionDep, SettingsDep, TeamDep
+from moecomp.api.schemas import ArtifactsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
+from moecomp.api.services import artifacts, events, jobs
+from moecomp.persistence.models import JobStatus
+from moecomp.worker.queue import enqueue_job
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def create_job(
+    payload: JobCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    team: TeamDep,
+    celery_app: CeleryDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> JobPublic:
+    submitted = jobs.submit_job(
+        session, settings, team, payload, idempotency_key, enqueue=lambda job_id: enqueue_job(celery_app, job_id)
+    )
+    if not submitted.created:
+        response.status_code = status.HTTP_200_OK
+    return jobs.job_public(submitted.job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    team: TeamDep,
+    status: JobStatus | None = None,
+    model: Annotated[str | None, Query(max_length=1000)] = None,
+    limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> JobsPublic:
+    page, next_cursor = jobs.list_jobs(session, team, status, model, limit, cursor)
+    return JobsPublic(items=[jobs.job_public(j) for j in page], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep, team: TeamDep) -> JobPublic:
+    return jobs.job_public(jobs.get_job(session, team, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: str, session: SessionDep, team: TeamDep) -> JobPublic:
+    return jobs.job_public(jobs.cancel_job(session, team, job_id))
+
+
+@router.get("/{job_id}/events", response_model=EventsPublic)
+def list_events(
+    job_id: str,
+    session: SessionDep,
+    team: TeamDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=events.MAX_EVENTS)] = 500,
+) -> EventsPublic:
+    job = jobs.get_job(session, team, job_id)
+    items = events.list_events(session, job.id, after, limit)
+    return EventsPublic(items=items, last_seq=items[-1].seq if items else after)
+
+
+@router.get("/{job_id}/events/stream", response_class=StreamingResponse)
+def stream_events(
+    job_id: str,
+    session: SessionDep,
+    team: TeamDep,
+    db: DatabaseDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+) -> StreamingResponse:
+    job = jobs.get_job(session, team, job_id)
+    start = max(after, last_event_id or 0)  # a reconnecting EventSource resumes after its last event
+    return StreamingResponse(
+        events.stream_events(db, job.id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+def list_artifacts(job_id: str, session: SessionDep, team: TeamDep) -> ArtifactsPublic:
+    return ArtifactsPublic(items=artifacts.list_artifacts(session, jobs.get_job(session, team, job_id)))

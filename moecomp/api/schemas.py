@@ -1,0 +1,133 @@
+"""Request and response shapes, by role, apart from the tables (persistence/models.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from moecomp.compression.evaluation.spec import EvaluationSpec
+from moecomp.compression.recipe import Recipe
+from moecomp.persistence.models import JobStatus
+
+# org/name as the Hub spells repositories; no "..", no leading dot or dash.
+HUB_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+HUB_REVISION = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalSource(_Strict):
+    kind: Literal["local"]
+    path: str = Field(min_length=1, max_length=1000, description="A folder with config.json under an allowed root.")
+
+
+class HubSource(_Strict):
+    kind: Literal["hub"]
+    id: str = Field(pattern=HUB_ID, description="org/name on the Hugging Face Hub.")
+    revision: str = Field("main", pattern=HUB_REVISION)
+
+
+class UploadSource(_Strict):
+    kind: Literal["upload"]
+    upload_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="The id POST /v1/models returned to this team.")
+
+
+ModelSource = Annotated[LocalSource | HubSource | UploadSource, Field(discriminator="kind")]
+
+
+class JobCreate(_Strict):
+    model: ModelSource
+    recipe: Recipe
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+
+class ErrorPublic(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    model: dict[str, Any]
+    model_ref: str = Field(description="What the `model` filter matches: the resolved path, hub id or upload:<id>.")
+    recipe: dict[str, Any]
+    evaluation: dict[str, Any]
+    progress: float
+    stage: str | None
+    attempts: int
+    error: ErrorPublic | None
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_requested: bool
+
+
+class JobsPublic(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class EventPublic(BaseModel):
+    seq: int
+    time: datetime
+    level: str
+    kind: str
+    stage: str | None
+    data: dict[str, Any]
+
+
+class EventsPublic(BaseModel):
+    items: list[EventPublic]
+    last_seq: int = Field(description="The seq of the last item, or `after` when there is none: pass it as `after`.")
+
+
+class ArtifactPublic(BaseModel):
+    id: str
+    job_id: str
+    kind: str
+    name: str
+    bytes: int
+    sha256: str
+    created_at: datetime
+    url: str
+
+
+class ArtifactsPublic(BaseModel):
+    items: list[ArtifactPublic]
+
+
+class UploadPublic(BaseModel):
+    id: str
+    bytes: int
+    sha256: str
+
+
+class MethodPublic(BaseModel):
+    name: str
+    family: str
+    description: str
+    json_schema: dict[str, Any] = Field(alias="schema", serialization_alias="schema")
+    defaults: dict[str, Any]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class MethodsPublic(BaseModel):
+    methods: list[MethodPublic]
+    recipe_schema: dict[str, Any]
+    evaluation_schema: dict[str, Any]
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyPublic(BaseModel):
+    database: bool
+    broker: bool

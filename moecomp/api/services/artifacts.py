@@ -1,0 +1,79 @@
+"""Artifacts of a team's jobs: listing, and the file behind one with a checked single byte range."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from moecomp.api.errors import NotFound, RangeNotSatisfiable
+from moecomp.api.schemas import ArtifactPublic
+from moecomp.persistence.models import Artifact, Job, Team
+from moecomp.settings import Settings
+
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+MEDIA_TYPES = {
+    "checkpoint": "application/x-tar",
+    "manifest": "application/json",
+    "report": "application/json",
+    "report_html": "text/html; charset=utf-8",
+    "model_card": "text/markdown; charset=utf-8",
+    "log": "text/plain; charset=utf-8",
+}
+
+
+def artifact_public(artifact: Artifact) -> ArtifactPublic:
+    return ArtifactPublic(
+        id=artifact.id,
+        job_id=artifact.job_id,
+        kind=artifact.kind,
+        name=artifact.name,
+        bytes=artifact.bytes,
+        sha256=artifact.sha256,
+        created_at=artifact.created_at,
+        url=f"/v1/artifacts/{artifact.id}/content",
+    )
+
+
+def list_artifacts(session: Session, job: Job) -> list[ArtifactPublic]:
+    rows = session.scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.created_at, Artifact.id))
+    return [artifact_public(a) for a in rows]
+
+
+def get_artifact(session: Session, team: Team, artifact_id: str) -> Artifact:
+    row = session.execute(
+        select(Artifact).join(Job, Job.id == Artifact.job_id).where(Artifact.id == artifact_id, Job.team_id == team.id)
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound("artifact not found")
+    return row
+
+
+def artifact_file(settings: Settings, artifact: Artifact) -> Path:
+    """The artifact's file, refusing a recorded path that would leave the artifacts folder."""
+    root = settings.artifacts_dir.resolve()
+    path = (root / artifact.relpath).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise NotFound("artifact file is missing on the server")
+    return path
+
+
+def check_range(header: str | None, size: int) -> None:
+    """Refuse (416) a Range header that is not one satisfiable byte range; Starlette then serves it."""
+    if header is None:
+        return
+    match = RANGE_RE.match(header.strip())
+    unsatisfiable = RangeNotSatisfiable(
+        "Range must be one satisfiable byte range, e.g. bytes=0-1023", headers={"Content-Range": f"bytes */{size}"}
+    )
+    if match is None or match.groups() == ("", ""):
+        raise unsatisfiable
+    start, end = match.groups()
+    if start == "":  # suffix range: the last N bytes
+        if int(end) == 0 or size == 0:
+            raise unsatisfiable
+        return
+    if int(start) >= size or (end != "" and int(end) < int(start)):
+        raise unsatisfiable

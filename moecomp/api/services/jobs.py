@@ -1,0 +1,189 @@
+"""Jobs as the API sees them: submit (idempotent), list (cursor pages), read, cancel.
+
+The job is committed `queued` before it is enqueued, so a worker never receives an id it cannot read;
+a failed enqueue leaves the job queued for the reaper to send again.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from moecomp.api.errors import Conflict, Invalid, NotFound
+from moecomp.api.schemas import ErrorPublic, JobCreate, JobPublic
+from moecomp.api.services.model_sources import check_recipe_fits, resolve_source
+from moecomp.persistence.models import Job, JobStatus, Team, utcnow
+from moecomp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 200
+IDEMPOTENCY_LOC = ("header", "idempotency-key")
+
+
+@dataclass
+class Submitted:
+    job: Job
+    created: bool  # False on an idempotent replay
+
+
+def request_digest(payload: JobCreate) -> str:
+    """sha256 of the request after defaults, so equal requests spelled differently replay alike."""
+    canonical = json.dumps(payload.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(session: Session, team: Team, key: str, digest: str) -> Job | None:
+    job = session.scalar(select(Job).where(Job.team_id == team.id, Job.idempotency_key == key))
+    if job is not None and job.request_sha256 != digest:
+        raise Invalid(IDEMPOTENCY_LOC, "this Idempotency-Key was already used with a different request body", key)
+    return job
+
+
+def _insert(session: Session, settings: Settings, team: Team, payload: JobCreate, key: str | None, digest: str) -> Job:
+    source = resolve_source(payload.model, session, settings, team)
+    if source.config is not None:
+        check_recipe_fits(payload.recipe, source.config)
+    job = Job(
+        team_id=team.id,
+        status=JobStatus.queued,
+        model_source=source.stored,
+        model_ref=source.ref,
+        recipe=payload.recipe.model_dump(mode="json"),
+        evaluation=payload.evaluation.model_dump(mode="json"),
+        idempotency_key=key,
+        request_sha256=digest,
+        created_at=utcnow(),
+    )
+    session.add(job)
+    session.commit()
+    return job
+
+
+def submit_job(
+    session: Session,
+    settings: Settings,
+    team: Team,
+    payload: JobCreate,
+    idempotency_key: str | None,
+    enqueue: Callable[[str], None],
+) -> Submitted:
+    """Store a queued job, commit, then enqueue it; the same key and body return the first job."""
+    digest = request_digest(payload)
+    if idempotency_key is not None and (job := _replay(session, team, idempotency_key, digest)) is not None:
+        return Submitted(job, created=False)
+    try:
+        job = _insert(session, settings, team, payload, idempotency_key, digest)
+    except IntegrityError:
+        # A concurrent request with the same key won the insert: answer as its replay.
+        session.rollback()
+        job = _replay(session, team, idempotency_key or "", digest)
+        if job is None:
+            raise
+        return Submitted(job, created=False)
+    try:
+        enqueue(job.id)
+    except Exception:  # the broker is down: the job stays queued and the reaper sends it again
+        log.exception("could not enqueue job %s; it stays queued for the reaper", job.id)
+    return Submitted(job, created=True)
+
+
+def get_job(session: Session, team: Team, job_id: str) -> Job:
+    """The team's job, else 404 (another team's job is not found either)."""
+    job = session.get(Job, job_id)
+    if job is None or job.team_id != team.id:
+        raise NotFound("job not found")
+    return job
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(job_id)
+    except (binascii.Error, ValueError, TypeError):
+        raise Invalid(("query", "cursor"), "not a cursor this API returned", cursor) from None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def list_jobs(
+    session: Session, team: Team, status: JobStatus | None, model: str | None, limit: int, cursor: str | None
+) -> tuple[list[Job], str | None]:
+    """A page of the team's jobs newest first, and the cursor of the next page (None at the end)."""
+    query = select(Job).where(Job.team_id == team.id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if model:
+        query = query.where(Job.model_ref.like(f"%{_escape_like(model)}%", escape="\\"))
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    page = rows[:limit]
+    return page, encode_cursor(page[-1]) if len(rows) > limit else None
+
+
+def cancel_job(session: Session, team: Team, job_id: str) -> Job:
+    """queued -> cancelled now; running -> cancel_requested (the worker stops between layers); final -> 409."""
+    job = get_job(session, team, job_id)
+    now = utcnow()
+    # Conditional updates: the worker may claim or finish the job between our read and our write.
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.queued)
+        .values(
+            status=JobStatus.cancelled,
+            cancel_requested=True,
+            finished_at=now,
+            error_code="cancelled",
+            error_message="cancelled before it started",
+        )
+    ).rowcount
+    if not done:
+        done = session.execute(
+            update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True)
+        ).rowcount
+    session.commit()
+    session.refresh(job)
+    if not done and JobStatus(job.status).final:
+        raise Conflict(f"job is already {job.status}")
+    return job
+
+
+def job_public(job: Job) -> JobPublic:
+    error = ErrorPublic(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    return JobPublic(
+        id=job.id,
+        status=JobStatus(job.status),
+        model=job.model_source,
+        model_ref=job.model_ref,
+        recipe=job.recipe,
+        evaluation=job.evaluation,
+        progress=job.progress,
+        stage=job.stage,
+        attempts=job.attempts,
+        error=error,
+        worker=job.worker,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        cancel_requested=job.cancel_requested,
+    )

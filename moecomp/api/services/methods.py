@@ -1,0 +1,49 @@
+"""What the recipe can contain, for forms and clients: each stage method with its JSON schema and defaults."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from moecomp.api.schemas import MethodPublic, MethodsPublic
+from moecomp.compression.evaluation.spec import EvaluationSpec
+from moecomp.compression.methods import STAGE_CONFIGS
+from moecomp.compression.recipe import Recipe
+
+
+def _description(config: type[BaseModel]) -> str:
+    # The method module's docstring opens with the method's name and source; the class's is the fallback.
+    doc = inspect.getdoc(sys.modules[config.__module__]) or inspect.getdoc(config) or ""
+    return doc.strip()
+
+
+def _defaults(config: type[BaseModel]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, field in config.model_fields.items():
+        if field.default is not PydanticUndefined:
+            out[name] = field.default
+        elif field.default_factory is not None:
+            out[name] = field.default_factory()  # type: ignore[call-arg]
+    return out
+
+
+def describe_method(config: type[BaseModel]) -> MethodPublic:
+    defaults = _defaults(config)
+    return MethodPublic(
+        name=str(defaults["method"]),
+        family=getattr(config, "family", "unknown"),
+        description=_description(config),
+        json_schema=config.model_json_schema(),
+        defaults=defaults,
+    )
+
+
+def describe_methods() -> MethodsPublic:
+    return MethodsPublic(
+        methods=[describe_method(c) for c in STAGE_CONFIGS],
+        recipe_schema=Recipe.model_json_schema(),
+        evaluation_schema=EvaluationSpec.model_json_schema(),
+    )

@@ -1,0 +1,110 @@
+"""Resolve and check a job's model source, and check a recipe against the model's config where readable.
+
+A local path must resolve (symlinks followed) under one of settings.allowed_model_roots, so neither
+``..`` nor a symlink can reach outside them; uploads must belong to the caller's team.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from moecomp.api.errors import Invalid
+from moecomp.api.schemas import HubSource, LocalSource, UploadSource
+from moecomp.compression.recipe import Recipe
+from moecomp.persistence.models import Team
+from moecomp.persistence.uploads import find_upload, upload_path
+from moecomp.settings import Settings
+
+LOC = ("body", "model")
+# Config keys that name the routed experts per MoE layer, across families.
+EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+
+
+@dataclass
+class ResolvedSource:
+    stored: dict[str, Any]  # what the job row keeps (a local path made absolute)
+    ref: str  # what the `model` filter matches
+    config: dict[str, Any] | None  # config.json when it is on this machine
+
+
+def _under(path: Path, roots: list[Path]) -> bool:
+    return any(path.is_relative_to(root.resolve()) for root in roots)
+
+
+def _local_candidates(path: str, roots: list[Path]) -> list[Path]:
+    p = Path(path)
+    # A relative path may name a model inside a root ("tiny-mixtral") or one relative to the working directory.
+    return [p] if p.is_absolute() else [root / p for root in roots] + [Path.cwd() / p]
+
+
+def _read_config(folder: Path, loc: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise Invalid(loc, f"config.json cannot be read: {exc.__class__.__name__}") from None
+    if not isinstance(config, dict):
+        raise Invalid(loc, "config.json is not a JSON object")
+    return config
+
+
+def resolve_local(source: LocalSource, settings: Settings) -> ResolvedSource:
+    loc = (*LOC, "path")
+    roots = settings.allowed_model_roots
+    inside = [c.resolve() for c in _local_candidates(source.path, roots) if _under(c.resolve(), roots)]
+    if not inside:
+        raise Invalid(loc, "path must lie under an allowed model root", source.path)
+    folder = next((c for c in inside if (c / "config.json").is_file()), None)
+    if folder is None:
+        raise Invalid(loc, "no model folder with a config.json at this path", source.path)
+    return ResolvedSource({"kind": "local", "path": str(folder)}, str(folder), _read_config(folder, loc))
+
+
+def resolve_upload(source: UploadSource, session: Session, settings: Settings, team: Team) -> ResolvedSource:
+    upload = find_upload(session, team.id, source.upload_id)
+    if upload is None:
+        raise Invalid((*LOC, "upload_id"), "no upload with this id", source.upload_id)
+    folder = upload_path(settings, upload)
+    config = _read_config(folder, (*LOC, "upload_id"))
+    return ResolvedSource(source.model_dump(), f"upload:{upload.id}", config)
+
+
+def resolve_source(
+    source: LocalSource | HubSource | UploadSource, session: Session, settings: Settings, team: Team
+) -> ResolvedSource:
+    """Check ``source`` and return what to store; raises Invalid at ["body", "model", ...]."""
+    if isinstance(source, LocalSource):
+        return resolve_local(source, settings)
+    if isinstance(source, UploadSource):
+        return resolve_upload(source, session, settings, team)
+    return ResolvedSource(source.model_dump(), source.id, None)
+
+
+def check_recipe_fits(recipe: Recipe, config: dict[str, Any]) -> None:
+    """Refuse stages that ask for more than the model has, walking the stages in order.
+
+    Upper bounds only: every decoder layer is counted as an MoE layer (dense ones are not known here).
+    """
+    experts = next((config[k] for k in EXPERT_KEYS if isinstance(config.get(k), int)), None)
+    blocks = config.get("num_hidden_layers") if isinstance(config.get("num_hidden_layers"), int) else None
+    moe_layers = blocks
+    for i, stage in enumerate(recipe.stages):
+        loc = ("body", "recipe", "stages", i)
+        method = getattr(stage, "method", "")
+        if method == "expert_drop" and experts is not None:
+            if stage.keep > experts:
+                raise Invalid((*loc, "keep"), f"keep={stage.keep} but the model has {experts} experts per layer")
+            experts = stage.keep
+        elif method == "layer_drop" and moe_layers is not None:
+            if stage.drop > moe_layers:
+                raise Invalid((*loc, "drop"), f"drop={stage.drop} but the model has {moe_layers} MoE layers left")
+            moe_layers -= stage.drop
+        elif method == "block_drop" and blocks is not None:
+            if stage.drop >= blocks:
+                raise Invalid((*loc, "drop"), f"drop={stage.drop} must leave at least one of {blocks} blocks")
+            blocks -= stage.drop
+            moe_layers = min(moe_layers or 0, blocks)

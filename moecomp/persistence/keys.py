@@ -1,0 +1,67 @@
+"""API keys: ``mc_<prefix8>_<secret>``, stored as the sha256 of the whole key, looked up by prefix.
+
+The prefix is public (it identifies the key in listings and in ``revoke``); the secret is never stored.
+Comparison is constant-time (hmac.compare_digest) so a timing side channel cannot reveal the hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from moecomp.persistence.models import ApiKey, Team, utcnow
+
+KEY_RE = re.compile(r"^mc_([a-z0-9]{8})_([A-Za-z0-9_-]{20,128})$")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_or_create_team(session: Session, team_name: str) -> Team:
+    team = session.scalar(select(Team).where(Team.name == team_name))
+    if team is None:
+        team = Team(name=team_name)
+        session.add(team)
+        session.flush()
+    return team
+
+
+def create_api_key(session: Session, team_name: str) -> str:
+    """Create a key for ``team_name`` (creating the team if missing), commit, and return the key once."""
+    if not team_name.strip() or len(team_name) > 100:
+        raise ValueError("team name must be 1 to 100 characters")
+    team = get_or_create_team(session, team_name)
+    prefix = secrets.token_hex(4)  # 8 lowercase hex characters
+    key = f"mc_{prefix}_{secrets.token_urlsafe(32)}"
+    session.add(ApiKey(team_id=team.id, prefix=prefix, secret_hash=hash_key(key)))
+    session.commit()
+    return key
+
+
+def team_for_key(session: Session, key: str | None) -> Team | None:
+    """The team owning ``key``, or None for a malformed, unknown or revoked key."""
+    match = KEY_RE.match(key or "")
+    if match is None:
+        return None
+    digest = hash_key(key or "")
+    rows = session.scalars(select(ApiKey).where(ApiKey.prefix == match.group(1), ApiKey.revoked_at.is_(None)))
+    for row in rows:
+        if hmac.compare_digest(row.secret_hash, digest):
+            return session.get(Team, row.team_id)
+    return None
+
+
+def revoke_api_key(session: Session, prefix: str) -> int:
+    """Revoke every live key with this prefix (``mc_<prefix>_...`` or the bare 8 characters); returns how many."""
+    prefix = prefix.removeprefix("mc_").split("_", 1)[0]
+    result = session.execute(
+        update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+    )
+    session.commit()
+    return result.rowcount or 0
