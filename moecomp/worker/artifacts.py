@@ -1,0 +1,113 @@
+"""Artifact files: written to a temporary name, hashed while written, fsynced, then renamed.
+
+A reader (the download endpoint) therefore never sees a half-written file under a final name, and
+the recorded sha256 is of the bytes that reached the disk. Each attempt of a job writes under its
+own folder ``<artifacts_dir>/<job_id>/<attempt>/``; earlier attempts' folders are removed, so a
+finished job has exactly one set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: Path
+    size: int
+    sha256: str
+
+
+class _HashingWriter:
+    """A write-only file object that counts and hashes what passes through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.size, self.digest = raw, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_writer(dest: Path) -> Iterator[_HashingWriter]:
+    """Yield a hashing writer on ``dest``'s temporary name; rename it to ``dest`` only on success."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as raw:
+            writer = _HashingWriter(raw)
+            yield writer
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def copy_file(src: Path, dest: Path) -> WrittenFile:
+    with atomic_writer(dest) as out, open(src, "rb") as f:
+        while chunk := f.read(CHUNK):
+            out.write(chunk)
+    return WrittenFile(dest, out.size, out.digest.hexdigest())
+
+
+def write_bytes(data: bytes, dest: Path) -> WrittenFile:
+    with atomic_writer(dest) as out:
+        out.write(data)
+    return WrittenFile(dest, out.size, out.digest.hexdigest())
+
+
+def tar_folder(src: Path, dest: Path, arcname: str) -> WrittenFile:
+    """An uncompressed tar of ``src`` (safetensors do not compress), members under ``arcname/``, sorted."""
+    with atomic_writer(dest) as out:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            for path in sorted(src.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    tar.add(path, arcname=f"{arcname}/{path.relative_to(src).as_posix()}", recursive=False)
+    return WrittenFile(dest, out.size, out.digest.hexdigest())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def attempt_dir(artifacts_dir: Path, job_id: str, attempt: int) -> Path:
+    return artifacts_dir / job_id / str(attempt)
+
+
+def remove_other_attempts(artifacts_dir: Path, job_id: str, attempt: int) -> None:
+    """Delete the files of every other attempt of the job (a crashed run's partial output)."""
+    job_dir = artifacts_dir / job_id
+    if not job_dir.is_dir():
+        return
+    for child in job_dir.iterdir():
+        if child.name != str(attempt):
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)

@@ -1,0 +1,183 @@
+"""One delivery of ``moecomp.run_job``: claim, run, write artifacts, finish. Idempotent by the claim.
+
+A second delivery of the same message (broker re-delivery, reaper re-queue, duplicate enqueue)
+finds the job final, or running under a live lease, and does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from moecomp.compression.context import Cancelled
+from moecomp.persistence import jobs
+from moecomp.persistence.database import Database
+from moecomp.persistence.jobs import Lease
+from moecomp.persistence.models import Job, JobStatus, Upload, utcnow
+from moecomp.settings import Settings
+from moecomp.worker import artifacts
+from moecomp.worker.errors import LeaseLost, classify
+from moecomp.worker.heartbeat import heartbeating
+from moecomp.worker.reporter import JobReporter
+from moecomp.worker.runner import JobInput, JobOutput, parse_input, run_body
+
+log = logging.getLogger(__name__)
+Body = Callable[[JobInput, Path, JobReporter, str, Path], JobOutput]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pick_device(setting: str) -> str:
+    """``auto``: this pool process's own GPU (child i of the prefork pool takes GPU i), else the CPU."""
+    if setting != "auto":
+        return setting
+    import torch  # noqa: PLC0415
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    from billiard.process import current_process  # noqa: PLC0415
+
+    index = getattr(current_process(), "index", None) or 0
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+def run_job_once(settings: Settings, job_id: str, body: Body = run_body) -> Lease | None:
+    """Run the job if this delivery wins the claim; returns the lease it ran under (None: nothing to do)."""
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or JobStatus(job.status).final:
+                return None
+            if job.status == JobStatus.queued and job.cancel_requested:
+                jobs.fail_unclaimed(s, job_id, JobStatus.queued, "cancelled", "cancelled before it started")
+                return None
+            lease = jobs.claim(s, job_id, worker_name(), settings.stale_after_s, settings.max_attempts)
+        if lease is not None:
+            _run_claimed(settings, db, lease, body)
+        return lease
+    finally:
+        db.engine.dispose()
+
+
+def _deadline(settings: Settings, job: Job) -> float:
+    elapsed = (utcnow() - job.started_at).total_seconds() if job.started_at else 0.0
+    return time.monotonic() + settings.job_time_limit_s - elapsed
+
+
+def _prepare(settings: Settings, db: Database, lease: Lease) -> tuple[Job, Upload | None]:
+    """Forget an earlier attempt's partial artifacts and read the job's request."""
+    with db.session() as s:
+        jobs.clear_artifacts(s, lease)
+        job = s.get(Job, lease.job_id)
+        assert job is not None
+        upload_id = job.model_source.get("upload_id")
+        upload = s.get(Upload, upload_id) if job.model_source.get("kind") == "upload" else None
+    artifacts.remove_other_attempts(settings.artifacts_dir, lease.job_id, lease.attempt)
+    return job, upload
+
+
+@dataclass
+class Attempt:
+    """One claimed attempt of one job: everything its steps share."""
+
+    settings: Settings
+    db: Database
+    lease: Lease
+    reporter: JobReporter
+    workdir: Path
+
+    @property
+    def artifact_dir(self) -> Path:
+        return artifacts.attempt_dir(self.settings.artifacts_dir, self.lease.job_id, self.lease.attempt)
+
+
+def _run_claimed(settings: Settings, db: Database, lease: Lease, body: Body) -> None:
+    job, upload = _prepare(settings, db, lease)
+    reporter = JobReporter(db, lease, _deadline(settings, job))
+    run = Attempt(settings, db, lease, reporter, settings.data_dir / "work" / f"{lease.job_id}-{lease.attempt}")
+    try:
+        with heartbeating(db, lease, settings.heartbeat_s, on_lost=lambda: setattr(reporter, "lost", True)):
+            status, code, message = _attempt(run, job, upload, body)
+    finally:
+        shutil.rmtree(run.workdir, ignore_errors=True)
+    if reporter.lost:
+        log.warning("job %s attempt %d lost its lease; the newer attempt decides", lease.job_id, lease.attempt)
+        return
+    _finish(run, status, code, message)
+
+
+def _attempt(run: Attempt, job: Job, upload: Upload | None, body: Body) -> tuple[JobStatus, str | None, str | None]:
+    """Run the body and write artifacts; returns (status, error_code, error_message). Never raises."""
+    reporter = run.reporter
+    try:
+        device = pick_device(run.settings.device)
+        reporter.message("worker", f"attempt {run.lease.attempt} on {run.lease.worker}, device {device}")
+        reporter.context().check_cancelled()
+        inp = parse_input(job, upload, run.settings)
+        out = body(inp, run.workdir, reporter, device, run.settings.data_dir / "cache")
+        reporter.begin_phase(0.9, 1.0, 1)
+        _write_outputs(run, out)
+        if out.gate_failures:
+            return JobStatus.failed, "quality_gate", "; ".join(out.gate_failures)
+        return JobStatus.succeeded, None, None
+    except Cancelled:
+        code, message = classify(reporter.stop_reason() or Cancelled())
+    except LeaseLost:
+        reporter.lost = True
+        code, message = "worker_lost", "another attempt owns the job"
+    except Exception as exc:  # every failure ends the job with a code; the traceback goes to the log
+        code, message = classify(exc)
+        reporter.log.append(traceback.format_exc())
+        log.exception("job %s failed", run.lease.job_id)
+    if code == "cancelled":
+        return JobStatus.cancelled, None, message
+    return JobStatus.failed, code, message
+
+
+def _record(run: Attempt, kind: str, written: artifacts.WrittenFile) -> None:
+    relpath = written.path.relative_to(run.settings.artifacts_dir).as_posix()
+    with run.db.session() as s:
+        row = jobs.record_artifact(
+            s, run.lease, kind=kind, name=written.path.name, relpath=relpath, size=written.size, sha256=written.sha256
+        )
+    if row is None:
+        raise LeaseLost()
+
+
+def _write_outputs(run: Attempt, out: JobOutput) -> None:
+    """Tar the checkpoint and copy the manifest, card and report into the attempt's artifact folder."""
+    files: list[tuple[str, Path]] = [("manifest", out.checkpoint / "moecomp.json")]
+    files += [("model_card", out.checkpoint / "README.md")]
+    files += [("report_html" if p.suffix == ".html" else "report", p) for p in out.report_files]
+    total = 1 + len(files)
+    run.reporter.sink("progress", "artifacts", {"step": 0, "total": total})
+    _record(run, "checkpoint", artifacts.tar_folder(out.checkpoint, run.artifact_dir / "checkpoint.tar", "model"))
+    run.reporter.sink("progress", "artifacts", {"step": 1, "total": total})
+    for i, (kind, src) in enumerate(files, 2):
+        if src.is_file():
+            _record(run, kind, artifacts.copy_file(src, run.artifact_dir / src.name))
+        run.reporter.sink("progress", "artifacts", {"step": i, "total": total})
+
+
+def _finish(run: Attempt, status: JobStatus, code: str | None, message: str | None) -> None:
+    level = "info" if status == JobStatus.succeeded else "error"
+    text = f"job {status.value}" + (f": {code}: {message}" if code else "")
+    run.reporter.message("worker", text, level=level)
+    try:
+        _record(run, "log", artifacts.write_bytes("\n".join(run.reporter.log).encode(), run.artifact_dir / "job.log"))
+    except LeaseLost:
+        return
+    with run.db.session() as s:
+        jobs.finish(s, run.lease, status, code, message)
+    # A zombie of an older attempt may have written files after this attempt began; one set remains.
+    artifacts.remove_other_attempts(run.settings.artifacts_dir, run.lease.job_id, run.lease.attempt)
