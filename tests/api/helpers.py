@@ -1,0 +1,57 @@
+"""Helpers shared by the API tests: request bodies, row counts, worker-like status changes, queue contents."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import redis
+from sqlalchemy import func, select
+
+from moecomp.persistence.database import Database
+from moecomp.persistence.models import Job, JobStatus, utcnow
+from moecomp.worker.app import DEFAULT_QUEUE
+
+
+def job_body(keep: int = 6, path: str = "tiny-mixtral", **extra: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "model": {"kind": "local", "path": path},
+        "recipe": {"stages": [{"method": "expert_drop", "keep": keep}], "calibration": {"samples": 8, "seq_len": 64}},
+    }
+    body.update(extra)
+    return body
+
+
+def count(db: Database, model: type) -> int:
+    with db.session() as session:
+        return session.scalar(select(func.count()).select_from(model)) or 0
+
+
+def set_status(db: Database, job_id: str, status: JobStatus) -> None:
+    """Move a job as a worker would (the worker's own code is tested in tests/worker/)."""
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status = status
+        if status != JobStatus.queued:
+            job.started_at = job.started_at or utcnow()
+            job.attempts = max(job.attempts, 1)
+        if JobStatus(status).final:
+            job.finished_at = utcnow()
+        session.commit()
+
+
+def queued_job_ids(redis_url: str) -> list[str]:
+    """The job ids of the moecomp.run_job messages waiting in the Redis queue, oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        raw = client.lrange(DEFAULT_QUEUE, 0, -1)
+    finally:
+        client.close()
+    ids = []
+    for message in reversed(raw):  # kombu LPUSHes: the list's tail is the oldest message
+        envelope = json.loads(message)
+        assert envelope["headers"]["task"] == "moecomp.run_job"
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        ids.append(args[0])
+    return ids

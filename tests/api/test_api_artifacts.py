@@ -1,0 +1,123 @@
+"""Artifact listing and downloads: full, single byte ranges (206/416), ETag = sha256, HEAD, 304."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+
+from moecomp.persistence.database import Database
+from moecomp.persistence.models import Artifact
+from moecomp.settings import Settings
+from tests.api.helpers import job_body
+
+CONTENT = os.urandom(200_000)
+
+
+@pytest.fixture
+def artifact(client: TestClient, auth: dict[str, str], db: Database, settings: Settings) -> dict[str, str]:
+    """A job with a checkpoint artifact on disk, recorded as the worker records one."""
+    job_id = client.post("/v1/jobs", json=job_body(), headers=auth).json()["id"]
+    relpath = f"{job_id}/checkpoint.tar"
+    (settings.artifacts_dir / job_id).mkdir(parents=True)
+    (settings.artifacts_dir / relpath).write_bytes(CONTENT)
+    sha = hashlib.sha256(CONTENT).hexdigest()
+    with db.session() as session:
+        row = Artifact(
+            job_id=job_id,
+            kind="checkpoint",
+            name="tiny-mixtral-ed6.tar",
+            relpath=relpath,
+            bytes=len(CONTENT),
+            sha256=sha,
+        )
+        session.add(row)
+        session.commit()
+        return {"id": row.id, "job_id": job_id, "sha256": sha}
+
+
+def test_list_artifacts(client: TestClient, auth: dict[str, str], artifact: dict[str, str]) -> None:
+    items = client.get(f"/v1/jobs/{artifact['job_id']}/artifacts", headers=auth).json()["items"]
+    assert len(items) == 1
+    item = items[0]
+    assert item | {"created_at": None} == {
+        "id": artifact["id"],
+        "job_id": artifact["job_id"],
+        "kind": "checkpoint",
+        "name": "tiny-mixtral-ed6.tar",
+        "bytes": len(CONTENT),
+        "sha256": artifact["sha256"],
+        "created_at": None,
+        "url": f"/v1/artifacts/{artifact['id']}/content",
+    }
+
+
+def test_full_download(client: TestClient, auth: dict[str, str], artifact: dict[str, str]) -> None:
+    response = client.get(f"/v1/artifacts/{artifact['id']}/content", headers=auth)
+    assert response.status_code == 200 and response.content == CONTENT
+    assert response.headers["etag"] == f'"{artifact["sha256"]}"'
+    assert response.headers["content-length"] == str(len(CONTENT))
+    assert response.headers["accept-ranges"] == "bytes"
+    assert response.headers["content-disposition"] == 'attachment; filename="tiny-mixtral-ed6.tar"'
+    assert hashlib.sha256(response.content).hexdigest() == artifact["sha256"]
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "end"),
+    [
+        ("bytes=0-99", 0, 99),
+        ("bytes=1000-", 1000, len(CONTENT) - 1),
+        ("bytes=-500", len(CONTENT) - 500, len(CONTENT) - 1),
+        ("bytes=199990-999999", 199990, len(CONTENT) - 1),
+    ],
+)
+def test_range_downloads(
+    client: TestClient, auth: dict[str, str], artifact: dict[str, str], header: str, start: int, end: int
+) -> None:
+    response = client.get(f"/v1/artifacts/{artifact['id']}/content", headers={**auth, "Range": header})
+    assert response.status_code == 206
+    assert response.content == CONTENT[start : end + 1]
+    assert response.headers["content-range"] == f"bytes {start}-{end}/{len(CONTENT)}"
+    assert response.headers["content-length"] == str(end - start + 1)
+
+
+def test_resumed_download_reassembles_the_file(
+    client: TestClient, auth: dict[str, str], artifact: dict[str, str]
+) -> None:
+    url = f"/v1/artifacts/{artifact['id']}/content"
+    head = client.get(url, headers={**auth, "Range": "bytes=0-65535"}).content
+    tail = client.get(url, headers={**auth, "Range": f"bytes={len(head)}-"}).content
+    assert hashlib.sha256(head + tail).hexdigest() == artifact["sha256"]
+
+
+@pytest.mark.parametrize("header", ["bytes=200000-", "bytes=500-100", "bytes=-0", "lines=0-1", "bytes=abc"])
+def test_bad_ranges_answer_416(client: TestClient, auth: dict[str, str], artifact: dict[str, str], header: str) -> None:
+    response = client.get(f"/v1/artifacts/{artifact['id']}/content", headers={**auth, "Range": header})
+    assert response.status_code == 416
+    assert response.headers["content-range"] == f"bytes */{len(CONTENT)}"
+    assert "detail" in response.json()
+
+
+def test_head_and_conditional_get(client: TestClient, auth: dict[str, str], artifact: dict[str, str]) -> None:
+    url = f"/v1/artifacts/{artifact['id']}/content"
+    head = client.head(url, headers=auth)
+    assert head.status_code == 200 and head.headers["content-length"] == str(len(CONTENT)) and head.content == b""
+    cached = client.get(url, headers={**auth, "If-None-Match": f'"{artifact["sha256"]}"'})
+    assert cached.status_code == 304 and cached.content == b""
+
+
+def test_another_teams_artifact_is_not_found(
+    client: TestClient, other_auth: dict[str, str], artifact: dict[str, str]
+) -> None:
+    assert client.get(f"/v1/artifacts/{artifact['id']}/content", headers=other_auth).status_code == 404
+    assert client.get(f"/v1/jobs/{artifact['job_id']}/artifacts", headers=other_auth).status_code == 404
+
+
+def test_missing_file_is_404_not_500(
+    client: TestClient, auth: dict[str, str], artifact: dict[str, str], settings: Settings
+) -> None:
+    (settings.artifacts_dir / artifact["job_id"] / "checkpoint.tar").unlink()
+    response = client.get(f"/v1/artifacts/{artifact['id']}/content", headers=auth)
+    assert response.status_code == 404 and response.json() == {"detail": "artifact file is missing on the server"}
