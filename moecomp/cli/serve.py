@@ -1,0 +1,101 @@
+"""``moecomp serve``: the API; in the embedded mode also the database, a local key and one worker.
+
+Embedded mode = neither MOECOMP_DATABASE_URL nor MOECOMP_BROKER_URL is set: SQLite and the SQLite
+broker under data_dir. One command then gives a working service on a laptop or a single GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+
+from moecomp.settings import Settings
+
+PR_SET_PDEATHSIG = 1
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="run the API (embedded mode: with a database, a key and a worker)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-worker", action="store_true", help="embedded mode: do not start a worker beside the API")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=run)
+
+
+def is_embedded(settings: Settings) -> bool:
+    return not settings.database_url and not settings.broker_url
+
+
+def _die_with_parent() -> None:
+    """In the worker child: receive SIGTERM when `serve` dies, even by SIGKILL (Linux only)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # not Linux: the worker is still stopped on a normal exit of `serve`
+        pass
+
+
+def start_worker() -> subprocess.Popen[bytes]:
+    """One worker process beside the API, in its own process group (stopped as a whole)."""
+    cmd = [sys.executable, "-m", "moecomp.cli.main", "worker", "--concurrency", "1"]
+    return subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True)  # noqa: PLW1509
+
+
+def stop_worker(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM the worker's process group, SIGKILL it after ``grace_s``; a killed job is re-run later."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _prepare_embedded(settings: Settings) -> None:
+    from moecomp.cli.admin import ensure_local_key, local_key_path, migrate_database  # noqa: PLC0415
+
+    migrate_database(settings)
+    key, created = ensure_local_key(settings)
+    if created:
+        print(f"moecomp: created the local API key (also in {local_key_path(settings)}):\n  {key}", flush=True)
+    else:
+        print(f"moecomp: the local API key is in {local_key_path(settings)}", flush=True)
+
+
+def _reap_on_start(settings: Settings) -> None:
+    """Jobs whose worker died while the service was down are re-queued before any request."""
+    from moecomp.persistence.database import Database  # noqa: PLC0415
+    from moecomp.worker.app import make_celery  # noqa: PLC0415
+    from moecomp.worker.reaper import reap_once  # noqa: PLC0415
+
+    db = Database(settings.resolved_database_url)
+    try:
+        reap_once(settings, db, make_celery(settings))
+    finally:
+        db.engine.dispose()
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    from moecomp.api.app import create_app  # noqa: PLC0415
+
+    settings = Settings()
+    embedded = is_embedded(settings)
+    if embedded:
+        _prepare_embedded(settings)
+    _reap_on_start(settings)
+    worker = start_worker() if embedded and not args.no_worker else None
+    try:
+        print(f"moecomp: dashboard at http://{args.host}:{args.port}/dashboard", flush=True)
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+    return 0

@@ -1,0 +1,58 @@
+"""``moecomp worker``: a Celery worker (prefork pool, one job per process, one process per GPU) + the reaper."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from moecomp.settings import Settings
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("worker", help="run a worker that executes compression jobs")
+    p.add_argument(
+        "-c", "--concurrency", type=int, default=None, help="jobs at once (default: the number of GPUs, or 1)"
+    )
+    p.add_argument("-Q", "--queues", default=None, help="comma-separated queues to consume (default: moecomp)")
+    p.add_argument("-n", "--hostname", default=None, help="worker name (Celery's -n)")
+    p.add_argument("-l", "--loglevel", default="INFO")
+    p.set_defaults(func=run)
+
+
+def default_concurrency() -> int:
+    """One job per GPU: each prefork process takes the GPU of its index (lifecycle.pick_device)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return max(1, len([d for d in visible.split(",") if d.strip()]))
+    import torch  # noqa: PLC0415  (device_count asks NVML; it does not create a CUDA context before the fork)
+
+    return max(1, torch.cuda.device_count())
+
+
+def celery_argv(args: argparse.Namespace, queue: str) -> list[str]:
+    argv = [
+        "worker",
+        "--pool=prefork",  # not solo: only a pool can kill a job's process at the hard time limit
+        f"--concurrency={args.concurrency or default_concurrency()}",
+        f"--queues={args.queues or queue}",
+        f"--loglevel={args.loglevel}",
+        "--prefetch-multiplier=1",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    return argv + ([f"--hostname={args.hostname}"] if args.hostname else [])
+
+
+def run(args: argparse.Namespace) -> int:
+    from moecomp.worker.app import make_celery  # noqa: PLC0415
+    from moecomp.worker.reaper import start_reaper  # noqa: PLC0415
+
+    settings = Settings()
+    if not settings.database_url:  # embedded: the worker may start before `serve` created the database
+        from moecomp.cli.admin import migrate_database  # noqa: PLC0415
+
+        migrate_database(settings)
+    app = make_celery(settings)
+    start_reaper(settings, app)
+    app.worker_main(celery_argv(args, app.conf.task_default_queue))
+    return 0
