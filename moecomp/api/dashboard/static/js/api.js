@@ -1,0 +1,76 @@
+// Calls to the /v1 API. Auth rides on the HttpOnly cookie `moecomp_key`, so no key is ever in JS.
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    super(typeof detail === "string" ? detail : `HTTP ${status}`);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+function signInAgain() {
+  const next = encodeURIComponent(location.pathname + location.search);
+  location.assign(`/dashboard/login?next=${next}`);
+}
+
+async function request(method, path, body, headers = {}) {
+  const init = { method, headers: { Accept: "application/json", ...headers }, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 401) {
+    signInAgain();
+    throw new ApiError(401, "Signed out");
+  }
+  const data = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  if (!response.ok) throw new ApiError(response.status, data?.detail ?? response.statusText);
+  return data;
+}
+
+export const getJSON = (path) => request("GET", path);
+export const postJSON = (path, body, headers) => request("POST", path, body, headers);
+
+export function listJobs({ status = "", model = "", limit = 50, cursor = "" } = {}) {
+  const query = new URLSearchParams({ limit: String(limit) });
+  if (status) query.set("status", status);
+  if (model) query.set("model", model);
+  if (cursor) query.set("cursor", cursor);
+  return getJSON(`/v1/jobs?${query}`);
+}
+
+/** Every job of the team (all pages), newest first; bounded so a huge history cannot hang the page. */
+export async function listAllJobs(filters = {}, maxPages = 20) {
+  const items = [];
+  let cursor = "";
+  for (let page = 0; page < maxPages; page += 1) {
+    const body = await listJobs({ ...filters, limit: 100, cursor });
+    items.push(...body.items);
+    if (!body.next_cursor) break;
+    cursor = body.next_cursor;
+  }
+  return items;
+}
+
+export const getJob = (id) => getJSON(`/v1/jobs/${encodeURIComponent(id)}`);
+export const cancelJob = (id) => postJSON(`/v1/jobs/${encodeURIComponent(id)}/cancel`);
+export const listArtifacts = (id) => getJSON(`/v1/jobs/${encodeURIComponent(id)}/artifacts`);
+export const listMethods = () => getJSON("/v1/methods");
+
+export function listEvents(id, after = 0, limit = 500) {
+  return getJSON(`/v1/jobs/${encodeURIComponent(id)}/events?after=${after}&limit=${limit}`);
+}
+
+export function artifactUrl(artifact) {
+  return artifact.url || `/v1/artifacts/${encodeURIComponent(artifact.id)}/content`;
+}
+
+/** The JSON content of a job's first artifact of `kind` (e.g. "report", "manifest"), or null. */
+export async function artifactJSON(artifacts, kind) {
+  const artifact = artifacts.find((a) => a.kind === kind);
+  if (!artifact) return null;
+  const response = await fetch(artifactUrl(artifact), { credentials: "same-origin" });
+  if (!response.ok) throw new ApiError(response.status, `Could not read ${artifact.name}`);
+  return response.json();
+}
