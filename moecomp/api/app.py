@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from moecomp import __version__
+from moecomp.api import dashboard
 from moecomp.api.errors import install_error_handlers
 from moecomp.api.routes import artifacts, health, jobs, methods, models
 from moecomp.api.services.metrics import make_registry
@@ -43,4 +44,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(_v1())
+    app.include_router(dashboard.router)
     return app
