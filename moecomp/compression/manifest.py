@@ -70,7 +70,17 @@ def build_manifest(
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Add the digests of the files in ``folder`` and write moecomp.json there; return the manifest written."""
     manifest = {**manifest, "files": file_digests(folder)}
-    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def update_manifest(folder: Path, **fields: Any) -> dict[str, Any]:
+    """Replace top-level fields of a written manifest; the file digests stay (the manifest is not among them)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FileNotFoundError(f"{folder} has no {MANIFEST_NAME}")
+    manifest.update(fields)
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -1,0 +1,220 @@
+"""compress(): the one entry point of the CLI and the worker. Model + recipe -> checkpoint folder + manifest.
+
+The recipe's stages are split into passes of consecutive stages of one family (``stage.family``):
+each pass reads a checkpoint folder and writes one, through the runner :data:`PASS_RUNNERS` names
+for that family. Trimming: one :func:`trimming.run_trimming` call, then :func:`export.export_trimmed`.
+Slimming: :func:`slimming.run_slimming`. Intermediate checkpoints live in a temporary folder beside
+``out_dir`` and are removed; the last pass writes ``out_dir``. An empty recipe still re-exports the
+model (a real checkpoint with its manifest).
+
+Indices in the manifest are the ORIGINAL model's: a trimming pass that runs on the output of an
+earlier trimming pass has its decisions mapped back through the earlier ones (:func:`to_original`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from moecomp.compression.context import RunContext
+from moecomp.compression.data import load_calibration
+from moecomp.compression.export import export_trimmed
+from moecomp.compression.manifest import build_manifest, sha256_file, update_manifest, write_manifest
+from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.recipe import Recipe
+from moecomp.compression.sources import resolve_model
+from moecomp.compression.structure import Decisions
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class PassJob:
+    """One pass: read ``model_dir``, apply ``stages``, write ``out_dir`` (its manifest included)."""
+
+    family: str
+    stages: list[StageConfig]
+    model_dir: Path
+    out_dir: Path
+    calib_ids: torch.Tensor | None
+    device: str
+    dtype: str
+    ctx: RunContext
+    manifest: dict[str, Any]  # the manifest so far; the runner completes and writes it
+    decisions: Decisions = field(default_factory=Decisions)  # original numbering, before this pass
+
+
+@dataclass
+class PassResult:
+    reports: list[dict[str, Any]]
+    decisions: Decisions  # original numbering, after this pass (all passes so far)
+
+
+PassRunner = Callable[[PassJob], PassResult]
+
+
+def split_passes(stages: list[StageConfig]) -> list[tuple[str, list[StageConfig]]]:
+    """Consecutive stages of the same family form one pass; no stage -> one empty trimming pass (re-export)."""
+    passes: list[tuple[str, list[StageConfig]]] = []
+    for stage in stages:
+        family = stage.family  # type: ignore[attr-defined]
+        if passes and passes[-1][0] == family:
+            passes[-1][1].append(stage)
+        else:
+            passes.append((family, [stage]))
+    return passes or [("trimming", [])]
+
+
+def torch_dtype(dtype: str, model_dir: Path) -> torch.dtype:
+    """``auto`` is the checkpoint's own dtype (bfloat16 when it does not say)."""
+    if dtype == "auto":
+        config = AutoConfig.from_pretrained(model_dir)
+        found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        return found if isinstance(found, torch.dtype) else DTYPES.get(str(found), torch.bfloat16)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def to_original(later: Decisions, earlier: Decisions, num_layers: int) -> Decisions:
+    """Map decisions taken on a checkpoint that ``earlier`` already trimmed back to the original numbering."""
+    layers = earlier.kept_blocks(num_layers)  # new index -> original index
+
+    def expert(layer: int, e: int) -> int:
+        kept = earlier.kept_experts.get(layer)
+        return kept[e] if kept is not None else e
+
+    kept = {layers[i]: [expert(layers[i], e) for e in es] for i, es in later.kept_experts.items()}
+    mapped = Decisions(
+        kept_experts=kept,
+        dropped_layers=[layers[i] for i in later.dropped_layers],
+        dropped_blocks=[layers[i] for i in later.dropped_blocks],
+    )
+    return earlier.merge(mapped)
+
+
+def _trimming_pass(job: PassJob) -> PassResult:
+    decisions, reports = Decisions(), []
+    if job.stages:
+        from moecomp.compression.trimming import run_trimming
+
+        dtype = torch_dtype(job.dtype, job.model_dir)
+        assert job.calib_ids is not None
+        decisions, reports = run_trimming(
+            job.model_dir, job.stages, job.calib_ids, device=job.device, dtype=dtype, ctx=job.ctx
+        )
+    n_layers = AutoConfig.from_pretrained(job.model_dir).num_hidden_layers
+    combined = to_original(decisions, job.decisions, n_layers)
+    manifest = {**job.manifest, "decisions": combined.to_json()}
+    export_trimmed(job.model_dir, decisions, job.out_dir, manifest=manifest, ctx=job.ctx)
+    return PassResult(reports, combined)
+
+
+def _slimming_pass(job: PassJob) -> PassResult:
+    from moecomp.compression.slimming import run_slimming
+
+    assert job.calib_ids is not None
+    reports = run_slimming(
+        job.model_dir, job.stages, job.calib_ids, job.out_dir, device=job.device, ctx=job.ctx, dtype=job.dtype
+    )
+    output = {"loading": "stock", "model_type": AutoConfig.from_pretrained(job.out_dir).model_type}
+    write_manifest(job.out_dir, {**job.manifest, "decisions": job.decisions.to_json(), "output": output})
+    return PassResult(reports, job.decisions)
+
+
+# stage.family -> the runner of a pass of such stages. A new family registers here, nowhere else.
+PASS_RUNNERS: dict[str, PassRunner] = {"trimming": _trimming_pass, "slimming": _slimming_pass}
+
+
+def _calibration(recipe: Recipe, model_dir: Path, ctx: RunContext) -> torch.Tensor | None:
+    if not recipe.stages:
+        return None  # a plain re-export needs no data
+    ctx.progress("calibrate", 0, 1)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = load_calibration(recipe.calibration, tokenizer)
+    ctx.progress("calibrate", 1, 1, samples=int(ids.shape[0]), seq_len=int(ids.shape[1]))
+    return ids
+
+
+def _source_info(model: str | Path, revision: str | None, model_dir: Path) -> dict[str, Any]:
+    config = AutoConfig.from_pretrained(model_dir)
+    return {
+        "model": str(model),
+        "revision": revision,
+        "path": str(model_dir),
+        "model_type": config.model_type,
+        "num_hidden_layers": config.num_hidden_layers,
+        "config_sha256": sha256_file(model_dir / "config.json"),
+    }
+
+
+def _prepare_out(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"output folder {out_dir} exists and is not empty")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def compress(
+    model: str | Path,
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    revision: str | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    ctx: RunContext | None = None,
+) -> dict[str, Any]:
+    """Compress ``model`` (local folder or hub id) with ``recipe`` into ``out_dir``; return the manifest written."""
+    ctx = ctx or RunContext()
+    out_dir = _prepare_out(out_dir)
+    started = time.perf_counter()
+    ctx.progress("load", 0, 1)
+    model_dir = resolve_model(model, revision=revision)
+    torch_dtype(dtype, model_dir)  # refuse an unknown dtype before any work
+    source = _source_info(model, revision, model_dir)
+    ctx.progress("load", 1, 1)
+    timings: dict[str, Any] = {"load": round(time.perf_counter() - started, 3)}
+    mark = time.perf_counter()
+    calib_ids = _calibration(recipe, model_dir, ctx)
+    timings["calibration_data"] = round(time.perf_counter() - mark, 3)
+    with tempfile.TemporaryDirectory(prefix=".moecomp-", dir=out_dir.parent) as scratch:
+        reports = run_passes(recipe, model_dir, out_dir, Path(scratch), source, calib_ids, device, dtype, ctx, timings)
+    timings["total"] = round(time.perf_counter() - started, 3)
+    # The last pass wrote the manifest before its own reports and times existed: complete them.
+    manifest = update_manifest(out_dir, stages=reports, timings=timings)
+    ctx.metrics("compress", {"seconds": timings["total"], "loading": manifest["output"]["loading"]})
+    return manifest
+
+
+def run_passes(
+    recipe: Recipe, model_dir: Path, out_dir: Path, scratch: Path, source: dict[str, Any],
+    calib_ids: torch.Tensor | None, device: str, dtype: str, ctx: RunContext, timings: dict[str, Any],
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Run the passes in order, each on the previous output, the last into ``out_dir``; return stage reports."""
+    passes = split_passes(list(recipe.stages))
+    decisions, reports = Decisions(), []
+    timings["passes"] = []
+    current = model_dir
+    for i, (family, stages) in enumerate(passes):
+        ctx.check_cancelled()
+        target = out_dir if i == len(passes) - 1 else scratch / f"pass-{i}"
+        base = build_manifest(
+            recipe=recipe.model_dump(mode="json"), source=source, stages=reports, decisions={}, timings=timings
+        )
+        job = PassJob(family, stages, current, target, calib_ids, device, dtype, ctx, base, decisions)
+        mark = time.perf_counter()
+        result = PASS_RUNNERS[family](job)
+        seconds = round(time.perf_counter() - mark, 3)
+        timings["passes"].append({"family": family, "methods": [s.method for s in stages], "seconds": seconds})  # type: ignore[attr-defined]
+        reports = reports + [{**r, "pass": i} for r in result.reports]
+        decisions, current = result.decisions, target
+    return reports
