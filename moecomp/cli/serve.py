@@ -81,6 +81,12 @@ def _reap_on_start(settings: Settings) -> None:
         db.engine.dispose()
 
 
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    # uvicorn re-raises the signal that stopped it once it has shut down; with this handler in
+    # place that becomes a normal exit, and the worker is stopped in order instead of orphaned.
+    raise SystemExit(0)
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
@@ -92,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         _prepare_embedded(settings)
     _reap_on_start(settings)
     worker = start_worker() if embedded and not args.no_worker else None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     try:
         print(f"moecomp: dashboard at http://{args.host}:{args.port}/dashboard", flush=True)
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)

@@ -46,6 +46,7 @@ def celery_argv(args: argparse.Namespace, queue: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from moecomp.worker.app import make_celery  # noqa: PLC0415
     from moecomp.worker.reaper import start_reaper  # noqa: PLC0415
+    from moecomp.worker.runner import preload  # noqa: PLC0415
 
     settings = Settings()
     if not settings.database_url:  # embedded: the worker may start before `serve` created the database
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
         migrate_database(settings)
     app = make_celery(settings)
+    preload()
     start_reaper(settings, app)
     app.worker_main(celery_argv(args, app.conf.task_default_queue))
     return 0

@@ -50,6 +50,21 @@ def _library(name: str) -> ModuleType:
         return importlib.import_module("moecomp.worker.fallback")
 
 
+LIBRARY_MODULES = (
+    "moecomp.compression.pipeline",
+    "moecomp.compression.evaluation.run",
+    "moecomp.compression.evaluation.report",
+    "moecomp.compression.evaluation.gate",
+)
+
+
+def preload() -> None:
+    """Import torch, transformers and the library once in the worker's main process, before the pool
+    forks, so that each job starts at once instead of spending seconds on imports."""
+    for name in LIBRARY_MODULES:
+        _library(name)
+
+
 def resolve_model(job: Job, upload: Upload | None, settings: Settings) -> tuple[str | Path, str | None]:
     """The model reference compress() takes, from the job's stored ModelSource."""
     source = job.model_source

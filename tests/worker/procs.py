@@ -1,0 +1,85 @@
+"""Helpers for tests that run the real service: processes in their own groups, ports, HTTP polling."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MOECOMP = [sys.executable, "-m", "moecomp.cli.main"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a moecomp process: only MOECOMP_* of our choosing, small thread pools."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOECOMP_")}
+    env.update({"MOECOMP_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"})
+    env.update({f"MOECOMP_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a moecomp command to completion; raise with its output if it failed."""
+    done = subprocess.run([*MOECOMP, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise AssertionError(f"moecomp {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@contextmanager
+def process(env: dict[str, str], *args: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A long-running moecomp command in its own process group, SIGKILLed as a group at the end."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [*MOECOMP, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        kill_group(proc)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
+def wait_ready(url: str, timeout: float = 60, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} not ready after {timeout} s\n{log.read_text() if log else ''}")
+
+
+def wait_job(client: httpx.Client, job_id: str, until: Any, timeout: float = 60) -> dict[str, Any]:
+    """Poll the job until ``until(job)`` holds; return it."""
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if until(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not get there in {timeout} s: {job}")

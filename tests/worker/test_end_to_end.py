@@ -1,0 +1,99 @@
+"""The real service: API and worker as separate processes on PostgreSQL + Redis, and the embedded mode.
+
+Jobs are submitted, watched and downloaded through the `moecomp` CLI, the way a person does it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.worker.procs import cli, free_port, kill_group, process, service_env, wait_job, wait_ready
+
+pytestmark = pytest.mark.slow
+
+SMALL_EVAL = {"perplexity": ["bundled:heldout"], "seq_len": 128, "max_tokens": 4096, "fidelity": False}
+
+
+def write_request(tmp_path: Path, recipe: dict, evaluation: dict) -> tuple[Path, Path]:
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    (tmp_path / "evaluation.json").write_text(json.dumps(evaluation))
+    return tmp_path / "recipe.json", tmp_path / "evaluation.json"
+
+
+def submit_watch_download(env: dict[str, str], tmp_path: Path, model: Path, evaluation: dict) -> str:
+    recipe, spec = write_request(tmp_path, {"stages": []}, evaluation)
+    job_id = cli(env, "submit", "--model", str(model), "--recipe", str(recipe), "--evaluation", str(spec)).stdout
+    job_id = job_id.strip()
+    watched = cli(env, "watch", job_id, timeout=180)
+    assert "succeeded" in watched.stdout
+    out = tmp_path / "checkpoint.tar"
+    cli(env, "download", job_id, "--out", str(out))
+    with httpx.Client(base_url=env["MOECOMP_URL"], headers={"Authorization": f"Bearer {env['MOECOMP_KEY']}"}) as c:
+        listed = {a["kind"]: a for a in c.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]}
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == listed["checkpoint"]["sha256"]
+    return job_id
+
+
+@pytest.fixture
+def distributed(tmp_path: Path, postgres_url: str, redis_url: str):
+    """Migrated PostgreSQL, a key, and the API (`moecomp serve`, not embedded: no worker of its own)."""
+    port = free_port()
+    env = service_env(
+        tmp_path / "data", database_url=postgres_url, broker_url=redis_url, heartbeat_s="0.5", stale_after_s="3"
+    )
+    cli(env, "admin", "migrate")
+    env["MOECOMP_KEY"] = cli(env, "admin", "create-key", "--team", "e2e").stdout.strip()
+    env["MOECOMP_URL"] = f"http://127.0.0.1:{port}"
+    with process(env, "serve", "--port", str(port), log=tmp_path / "api.log"):
+        wait_ready(env["MOECOMP_URL"], log=tmp_path / "api.log")
+        yield env
+
+
+def test_api_and_worker_processes_on_postgres_and_redis(distributed, tmp_path, tiny_mixtral_dir):
+    with process(distributed, "worker", log=tmp_path / "worker.log"):
+        submit_watch_download(distributed, tmp_path, tiny_mixtral_dir, SMALL_EVAL)
+
+
+def test_kill_9_of_the_worker_reruns_the_job_exactly_once(distributed, tmp_path, tiny_mixtral_dir):
+    slow_eval = {**SMALL_EVAL, "max_tokens": 16_000}  # long enough to be killed in the middle
+    recipe, spec = write_request(tmp_path, {"stages": []}, slow_eval)
+    args = ["--model", str(tiny_mixtral_dir), "--recipe", str(recipe), "--evaluation", str(spec)]
+    job_id = cli(distributed, "submit", *args).stdout.strip()
+    auth = {"Authorization": f"Bearer {distributed['MOECOMP_KEY']}"}
+    with httpx.Client(base_url=distributed["MOECOMP_URL"], headers=auth) as client:
+        with process(distributed, "worker", log=tmp_path / "worker1.log") as first:
+            wait_job(client, job_id, lambda j: j["status"] == "running" and j["progress"] > 0.05, timeout=60)
+            os.killpg(first.pid, signal.SIGKILL)  # the whole worker: main process and pool child
+            kill_group(first)
+        with process(distributed, "worker", log=tmp_path / "worker2.log"):
+            job = wait_job(client, job_id, lambda j: j["status"] in ("succeeded", "failed"), timeout=180)
+        artifacts = client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]
+        events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
+    assert (job["status"], job["attempts"]) == ("succeeded", 2), job
+    kinds = sorted(a["kind"] for a in artifacts)
+    assert kinds == sorted(set(kinds)) and "checkpoint" in kinds  # one set, no duplicates from attempt 1
+    job_dir = tmp_path / "data" / "artifacts" / job_id
+    assert [p.name for p in job_dir.iterdir()] == ["2"]
+    assert sum(e["data"].get("text", "").startswith("job succeeded") for e in events) == 1
+    assert any("lost during attempt 1" in e["data"].get("text", "") for e in events)
+
+
+def test_embedded_mode_runs_a_job_end_to_end(tmp_path, tiny_mixtral_dir):
+    port = free_port()
+    env = service_env(tmp_path / "data")
+    env["MOECOMP_URL"] = f"http://127.0.0.1:{port}"
+    with process(env, "serve", "--port", str(port), log=tmp_path / "serve.log") as serve:
+        wait_ready(env["MOECOMP_URL"], log=tmp_path / "serve.log")
+        key_file = tmp_path / "data" / "local-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        env["MOECOMP_KEY"] = key_file.read_text().strip()
+        submit_watch_download(env, tmp_path, tiny_mixtral_dir, SMALL_EVAL)
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(30) == 0
