@@ -3,13 +3,32 @@
 score[l, e] = mean over calibration tokens t of softmax(router_l(x_t))[e]   (over all experts, not top-k)
 Keep the ``keep`` best experts of each MoE layer (layerwise), or the ``keep * n_moe_layers`` best
 across the model (global; per-layer counts may differ). Shared experts are never dropped.
+
+Sigmoid-routed families (DeepSeek-V3): score[l, e] = mean over t of sigmoid(router_l(x_t))[e]. The
+router there gives every expert an independent affinity s_e = sigmoid(w_e . x); the gate weights are
+these affinities renormalised over the selected experts, so s_e is the quantity the router itself
+ranks and normalises. A softmax over the logits would be a distribution the model never computes.
+(The correction bias only steers selection for load balance and is not part of the gate weight.)
+
+Global rule: every MoE layer first keeps its ``top_k`` best experts (a layer with fewer experts than
+the router picks could not route); the rest of the budget ``keep * n_moe_layers - top_k * n_moe_layers``
+goes to the best remaining experts of the whole model (ties: lower layer, then lower expert id).
+Iterative (layerwise only): each layer is scored and trimmed in the same pass before the next layer is
+scored, so later layers' scores see the earlier layers already trimmed.
 """
 
-from typing import ClassVar, Literal
+from __future__ import annotations
 
-from pydantic import Field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
+from moecomp.compression.structure import Decisions
 
 
 class ExpertDropConfig(StageConfig):
@@ -18,3 +37,102 @@ class ExpertDropConfig(StageConfig):
     mode: Literal["layerwise", "global"] = "layerwise"
     keep: int = Field(6, ge=1, description="Experts kept per MoE layer (global: on average).")
     iterative: bool = Field(False, description="Re-score after each layer's drop instead of one pass.")
+
+    @model_validator(mode="after")
+    def _iterative_is_layerwise(self) -> ExpertDropConfig:
+        if self.iterative and self.mode == "global":
+            raise ValueError("expert_drop.iterative needs mode 'layerwise' (a global budget needs every score first)")
+        return self
+
+
+def score(logits: torch.Tensor, routing: str) -> torch.Tensor:
+    """Sum over tokens of the router affinity: [T, E] logits -> [E] (float32)."""
+    logits = logits.float()
+    probs = logits.softmax(dim=-1) if routing == "softmax" else logits.sigmoid()  # [T, E]
+    return probs.sum(dim=0)
+
+
+class ExpertScores(Observer):
+    """Accumulates ``score`` per MoE layer from the router's logits (its first output)."""
+
+    def __init__(self, config: ExpertDropConfig, sctx: SelectContext) -> None:
+        self.config, self.sctx = config, sctx
+        self.sums: dict[int, torch.Tensor] = {}
+        self.tokens: dict[int, int] = {}
+        self.ids: dict[int, tuple[int, ...]] = {}
+
+    def attach(self, info: LayerInfo, layer: nn.Module) -> list[RemovableHandle]:
+        if not info.is_moe:
+            return []
+        self.ids[info.index] = info.expert_ids
+        router = layer.get_submodule(info.family.layout.router)
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            logits = output[0] if isinstance(output, tuple) else output  # [T, E]
+            total = score(logits, info.family.routing).double()
+            self.sums[info.index] = self.sums.get(info.index, 0) + total
+            self.tokens[info.index] = self.tokens.get(info.index, 0) + logits.shape[0]
+
+        return [router.register_forward_hook(hook)]
+
+    def scores(self) -> dict[int, dict[int, float]]:
+        """Layer -> original expert id -> mean affinity."""
+        return {
+            layer: dict(zip(self.ids[layer], (self.sums[layer] / self.tokens[layer]).tolist(), strict=True))
+            for layer in sorted(self.sums)
+        }
+
+    def decide(self, info: LayerInfo) -> list[int] | None:
+        if not (self.config.iterative and info.is_moe):
+            return None
+        layer_scores = {info.index: self.scores()[info.index]}
+        return select_scores(layer_scores, self.config, self.sctx).kept_experts.get(info.index)
+
+
+def _ranked(scores: dict[int, float]) -> list[int]:
+    return sorted(scores, key=lambda e: (-scores[e], e))
+
+
+def validate(scores: dict[int, dict[int, float]], config: ExpertDropConfig, sctx: SelectContext) -> None:
+    top_k = sctx.family.top_k(sctx.config)
+    if config.keep < top_k:
+        raise ValueError(f"expert_drop.keep={config.keep} is below the router's top-k ({top_k})")
+    fewest = min((len(s) for s in scores.values()), default=0)
+    if config.keep >= fewest:
+        raise ValueError(f"expert_drop.keep={config.keep} must be below the experts per MoE layer ({fewest})")
+
+
+def select_scores(scores: dict[int, dict[int, float]], config: ExpertDropConfig, sctx: SelectContext) -> Decisions:
+    """Kept experts per layer (original ids), by the layerwise or the global rule."""
+    validate(scores, config, sctx)
+    if config.mode == "layerwise":
+        kept = {layer: _ranked(s)[: config.keep] for layer, s in scores.items()}
+    else:
+        kept = _select_global(scores, config.keep, sctx.family.top_k(sctx.config))
+    changed = {layer: ids for layer, ids in kept.items() if len(ids) < len(scores[layer])}
+    return Decisions(kept_experts=changed)
+
+
+def _select_global(scores: dict[int, dict[int, float]], keep: int, top_k: int) -> dict[int, list[int]]:
+    kept = {layer: _ranked(s)[:top_k] for layer, s in scores.items()}
+    rest = [(-s[e], layer, e) for layer, s in scores.items() for e in _ranked(s)[top_k:]]
+    budget = keep * len(scores) - top_k * len(scores)
+    for _, layer, e in sorted(rest)[:budget]:
+        kept[layer].append(e)
+    return kept
+
+
+def select(observer: ExpertScores, config: ExpertDropConfig, sctx: SelectContext, round_: int = 0) -> Decisions:
+    if config.iterative:  # decided in-pass; validate what the pass saw
+        validate(observer.scores(), config, sctx)
+        return Decisions()
+    return select_scores(observer.scores(), config, sctx)
+
+
+def report(observer: ExpertScores, sctx: SelectContext) -> dict[str, Any]:
+    """{"scores": {layer: [mean affinity per ORIGINAL expert, null where already dropped]}}."""
+    n = sctx.family.num_experts(sctx.config)
+    return {"scores": {str(layer): [s.get(e) for e in range(n)] for layer, s in observer.scores().items()}}
+
+
+TRIMMER = Trimmer(rounds=lambda config: 1, observer=ExpertScores, select=select, report=report)

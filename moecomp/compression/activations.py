@@ -1,0 +1,143 @@
+"""The model skeleton and the inputs of its decoder layers, built the way the model's own forward does.
+
+The skeleton lives on the ``meta`` device; only the embedding and the rotary embedding are made real.
+The model's forward is then run with every decoder layer replaced by a catcher that records the
+arguments the model passes to it (position embeddings, the causal mask of that layer's attention
+type, position ids) and stops the forward. So masks and rotary embeddings are exactly the model's.
+
+Memory (bytes) of a calibration pass, N sequences of L tokens, hidden H, activation dtype of b bytes:
+  one decoder layer's weights  +  2 * N * L * H * b (layer inputs and outputs)
+  +  micro-batch working set (the layer's forward on m sequences, about m * L * (H + k * 2I) * b for
+     top-k experts of width I, plus attention)  +  per-stage extras (consecutive block drop keeps
+     ``drop`` more N * L * H copies on the host).
+The two activation buffers stay on the device when they fit in its free memory with room for the rest,
+otherwise on the host (pinned when CUDA is used), streamed to the device one micro-batch at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+from moecomp.compression.adapters import MoEFamily
+from moecomp.compression.lazy_checkpoint import WeightSource, assign_tensors, state_names
+
+
+class _Stop(Exception):
+    """Raised by the last catcher: the rest of the forward is not needed."""
+
+
+class _Catcher(nn.Module):
+    def __init__(self, index: int, store: dict[int, Any], stop_at: int) -> None:
+        super().__init__()
+        self.index, self.store, self.stop_at = index, store, stop_at
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args:
+            raise TypeError("decoder layers are expected to receive keyword arguments only")
+        self.store[self.index] = (hidden_states, kwargs)
+        if self.index == self.stop_at:
+            raise _Stop()
+        return hidden_states
+
+
+def build_skeleton(source: WeightSource, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The model on ``meta`` with a real embedding and rotary embedding on ``device``."""
+    config: PretrainedConfig = source.config
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    family = source.family
+    embed = model.get_submodule(family.embed_tokens)
+    assign_tensors(embed, source.module_tensors(family.embed_tokens + ".", state_names(embed), None, device, dtype))
+    rotary = model.get_submodule(family.rotary_emb)
+    _set(model, family.rotary_emb, type(rotary)(config=config).to(device))  # inv_freq is not in checkpoints
+    return model
+
+
+def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent), name, module)
+
+
+@torch.no_grad()
+def capture(model: nn.Module, family: MoEFamily, ids: torch.Tensor, stop_at: int) -> dict[int, Any]:
+    """Run the model's forward on ``ids``; return {layer: (hidden input, kwargs)} for layers 0..stop_at."""
+    layers = model.get_submodule(family.layout.layers)
+    originals = list(layers)
+    store: dict[int, Any] = {}
+    try:
+        for i in range(len(layers)):
+            layers[i] = _Catcher(i, store, stop_at)
+        model.get_submodule(family.base_model)(input_ids=ids, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+    return store
+
+
+def layer_kwargs(model: nn.Module, family: MoEFamily, seq_len: int, device: torch.device) -> list[dict[str, Any]]:
+    """The keyword arguments of every decoder layer for one sequence of ``seq_len`` tokens.
+
+    Calibration sequences are full packed blocks (no padding), so the arguments do not depend on the
+    tokens and broadcast over any micro-batch size.
+    """
+    n = len(model.get_submodule(family.layout.layers))
+    ids = torch.zeros(1, seq_len, dtype=torch.long, device=device)
+    store = capture(model, family, ids, stop_at=n - 1)
+    return [store[i][1] for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where activations live and how the batch is cut."""
+
+    activations_on_device: bool
+    micro_batch: int
+    activation_bytes: int  # one [N, L, H] buffer
+    layer_bytes: int  # the largest decoder layer's weights
+
+    def describe(self, n: int, seq_len: int) -> str:
+        where = "device" if self.activations_on_device else "host (pinned)"
+        gib = 2**30
+        return (
+            f"calibration: {n} x {seq_len} tokens, micro-batch {self.micro_batch} sequences; "
+            f"activations 2 x {self.activation_bytes / gib:.2f} GiB on the {where}; "
+            f"one layer's weights {self.layer_bytes / gib:.2f} GiB"
+        )
+
+
+def layer_nbytes(layer: nn.Module, dtype: torch.dtype) -> int:
+    size = torch.tensor([], dtype=dtype).element_size()
+    return sum(t.numel() * size for t in layer.state_dict(keep_vars=True).values())
+
+
+def make_plan(
+    model: nn.Module,
+    family: MoEFamily,
+    shape: tuple[int, int],
+    device: torch.device,
+    dtype: torch.dtype,
+    micro_batch: int | None,
+    tokens_per_micro_batch: int = 16384,
+) -> Plan:
+    n, seq_len = shape
+    hidden = model.config.hidden_size
+    act = n * seq_len * hidden * torch.tensor([], dtype=dtype).element_size()
+    layers = model.get_submodule(family.layout.layers)
+    weights = max(layer_nbytes(layer, dtype) for layer in layers)
+    mb = micro_batch or max(1, min(n, tokens_per_micro_batch // seq_len))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        # Leave room for the layer (x2: loading the next while the last is freed) and the working set.
+        on_device = 2 * act + 2 * weights + 4 * mb * seq_len * hidden * 64 < free
+    else:
+        on_device = True  # host and device are the same memory
+    return Plan(activations_on_device=on_device, micro_batch=mb, activation_bytes=act, layer_bytes=weights)

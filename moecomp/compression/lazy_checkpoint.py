@@ -1,0 +1,146 @@
+"""Weights one decoder layer at a time: from safetensors files on disk, or generated (benchmarks).
+
+A :class:`WeightSource` hands the engine the tensors of the embedding and of one decoder layer,
+never the whole model. :class:`SafetensorsSource` reads only the names it needs with
+``safe_open`` (sharded checkpoints through ``model.safetensors.index.json``) and fuses per-expert
+tensors on the fly: ``gate_up_proj[e] = cat(gate[e], up[e])`` (output axis), ``down_proj[e] = down[e]``.
+When a layer keeps only some experts, only those experts are read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig
+
+from moecomp.compression.adapters import MoEFamily, get_adapter
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+# Fused module tensor -> the per-expert disk projections concatenated (in order) along the output axis.
+FUSED_FROM = {"gate_up_proj": ("gate", "up"), "down_proj": ("down",)}
+
+
+class WeightSource(Protocol):
+    """Where the engine gets weights; ``layer_tensors`` returns exactly the names asked for."""
+
+    config: PretrainedConfig
+    family: MoEFamily
+
+    def module_tensors(
+        self, prefix: str, names: list[str], kept: list[int] | None, device: torch.device, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]: ...
+
+
+def layer_prefix(family: MoEFamily, idx: int) -> str:
+    return f"{family.layout.layers}.{idx}."
+
+
+class SafetensorsSource:
+    """Read tensors by module name from a (possibly sharded) safetensors checkpoint."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = Path(model_dir)
+        self.config = AutoConfig.from_pretrained(self.model_dir)
+        self.family = get_adapter(self.config)
+        self._files = _weight_map(self.model_dir)  # module-style name -> file
+        self._disk_names = _renamed(self._files, self.family)  # module-style name -> disk name
+
+    def has(self, name: str) -> bool:
+        return name in self._disk_names
+
+    def module_tensors(
+        self, prefix: str, names: list[str], kept: list[int] | None, device: torch.device, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
+        """Tensors ``prefix + name`` for each name (module numbering), experts restricted to ``kept``."""
+        with ExitStack() as stack:
+            handles: dict[str, Any] = {}
+
+            def read(name: str) -> torch.Tensor:
+                disk = self._disk_names[name]
+                path = self._files[name]
+                if path not in handles:
+                    handles[path] = stack.enter_context(safe_open(str(self.model_dir / path), "pt", device="cpu"))
+                return handles[path].get_tensor(disk)
+
+            return {
+                name: self._one(prefix + name, kept, read).to(device=device, dtype=dtype, non_blocking=True)
+                for name in names
+            }
+
+    def _one(self, full: str, kept: list[int] | None, read: Any) -> torch.Tensor:
+        parent, _, leaf = full.rpartition(".")
+        fused = parent.endswith("." + self.family.layout.experts) and leaf in FUSED_FROM
+        if not fused or self.has(full):
+            tensor = read(full)
+            if fused and kept is not None:
+                tensor = tensor[torch.tensor(kept)]
+            elif kept is not None and self._is_router_tensor(full):
+                tensor = tensor[torch.tensor(kept)]
+            return tensor
+        experts = kept if kept is not None else range(self._count_experts(parent))
+        parts = FUSED_FROM[leaf]
+        names = {p: getattr(self.family.disk, p) for p in parts}
+        # [E, out, in]: per expert, the projections concatenated along the output axis.
+        return torch.stack(
+            [torch.cat([read(f"{parent}.{e}.{names[p]}.weight") for p in parts], dim=0) for e in experts]
+        )
+
+    def _is_router_tensor(self, full: str) -> bool:
+        parent, _, leaf = full.rpartition(".")
+        return parent.endswith("." + self.family.layout.router) and leaf in self.family.layout.router_tensors
+
+    def _count_experts(self, experts_path: str) -> int:
+        return self.family.num_experts(self.config)
+
+
+def _weight_map(model_dir: Path) -> dict[str, str]:
+    """Disk tensor name -> file name, for a single file or a sharded checkpoint."""
+    index = model_dir / INDEX_FILE
+    if index.exists():
+        return dict(json.loads(index.read_text())["weight_map"])
+    single = model_dir / SINGLE_FILE
+    if not single.exists():
+        raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {model_dir}")
+    with safe_open(str(single), "pt", device="cpu") as handle:
+        return {name: SINGLE_FILE for name in handle.keys()}
+
+
+def _renamed(files: dict[str, str], family: MoEFamily) -> dict[str, str]:
+    """Module-style name -> disk name (applying the family's renames); rewrites ``files`` keys too."""
+    mapping: dict[str, str] = {}
+    for disk in list(files):
+        name = disk
+        for old, new in family.disk.renames:
+            name = name.replace(old, new)
+        mapping[name] = disk
+        files[name] = files[disk]
+    return mapping
+
+
+def assign_tensors(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace a (meta) module's parameters and buffers by ``tensors`` (names relative to the module)."""
+    for name, tensor in tensors.items():
+        parent_name, _, leaf = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        old = getattr(parent, leaf)
+        if isinstance(old, nn.Parameter):
+            setattr(parent, leaf, nn.Parameter(tensor, requires_grad=False))
+        else:
+            parent._buffers[leaf] = tensor
+
+
+def state_names(module: nn.Module) -> list[str]:
+    """Names of every parameter and persistent buffer (what a checkpoint holds for this module)."""
+    return list(module.state_dict(keep_vars=True).keys())
+
+
+def iter_meta_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from module.state_dict(keep_vars=True).items()
