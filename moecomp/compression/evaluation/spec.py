@@ -1,6 +1,12 @@
-"""What a job asks the evaluation to measure, and the quality gate it must pass."""
+"""What a job asks the evaluation to measure, and the quality gate it must pass.
+
+Stored as JSON on the job by the API: field names are part of the contract. New fields always carry
+defaults so that specs stored before they existed stay valid.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -8,9 +14,27 @@ from pydantic import BaseModel, ConfigDict, Field
 class QualityGate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min_accuracy_pct: float | None = Field(None, ge=0, le=1000, description="Minimum % of the original's mean accuracy.")
+    min_accuracy_pct: float | None = Field(
+        None, ge=0, le=1000, description="Minimum % of the original's mean accuracy."
+    )
     max_perplexity_increase_pct: float | None = Field(None, ge=0, description="Maximum perplexity rise, % of original.")
     min_top1_agreement: float | None = Field(None, ge=0, le=1, description="Minimum top-1 agreement with the original.")
+
+
+class SpeedSpec(BaseModel):
+    """How throughput is measured (the study: prefill at 2048 tokens, decode at batch 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefill_tokens: int = Field(2048, ge=8, le=32768, description="Prompt length of the prefill measurement.")
+    decode_tokens: int = Field(64, ge=2, le=4096, description="New tokens generated per decode measurement.")
+    decode_batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=8)
+    decode_prompt_tokens: int = Field(128, ge=1, le=32768, description="Prompt length before decoding starts.")
+    warmup: int = Field(1, ge=0, le=10, description="Untimed runs before each measurement.")
+    repeats: int = Field(3, ge=1, le=20, description="Timed runs; the median is reported.")
+    reuse_cached_baseline: bool = Field(
+        False, description="Take the original's speed from the cache instead of measuring it in this run."
+    )
 
 
 class EvaluationSpec(BaseModel):
@@ -22,6 +46,17 @@ class EvaluationSpec(BaseModel):
     seq_len: int = Field(256, ge=8, le=32768)
     max_tokens: int = Field(65536, ge=8, le=4_000_000, description="Tokens of held-out text used at most.")
     tasks: list[str] = Field(default_factory=list, max_length=32, description="lm-eval task names.")
+    task_limit: int | None = Field(None, ge=1, le=100_000, description="Examples per task at most (None: all).")
+    task_batch_size: int = Field(8, ge=1, le=512)
     fidelity: bool = True
+    fidelity_tokens: int = Field(16384, ge=8, le=1_000_000, description="Held-out tokens compared with the original.")
+    fidelity_topk: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="Original's most likely tokens kept per position for the KL (see fidelity).",
+    )
     speed: bool = False
+    speed_settings: SpeedSpec = Field(default_factory=SpeedSpec)
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="auto: the checkpoint's.")
     gate: QualityGate = Field(default_factory=QualityGate)

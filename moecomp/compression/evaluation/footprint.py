@@ -1,0 +1,69 @@
+"""Size of a checkpoint: bytes on disk, parameters in total and per token, FLOPs per token.
+
+active = total - sum over MoE blocks of routed_params * (1 - top_k / n_experts)
+  (a token runs top_k of the n routed experts; shared experts, attention, norms and the LM head always run)
+flops_per_token(C) = 2 * (active - embedding) + 4 * n_attention_layers * C * n_heads * head_dim
+  2 FLOPs per multiply-add of every weight a token touches (the embedding is a lookup, not a matmul),
+  plus the attention scores q.k and the weighted sum of v over a context of C earlier tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _routed(block: nn.Module) -> tuple[int, int, int] | None:
+    """(routed params, n experts, top_k) of an MoE block with ``experts`` and a router ``gate``; else None."""
+    experts, gate = getattr(block, "experts", None), getattr(block, "gate", None)
+    top_k = getattr(gate, "top_k", None) or getattr(block, "top_k", None)
+    if experts is None or top_k is None:
+        return None
+    params = list(experts.parameters())
+    if not params:
+        return None
+    n_experts = getattr(gate, "num_experts", None) or params[0].shape[0]
+    return sum(p.numel() for p in params), int(n_experts), int(top_k)
+
+
+def active_params(model: nn.Module) -> int:
+    """Parameters one token runs through (see module docstring)."""
+    total = sum(p.numel() for p in model.parameters())
+    idle = 0.0
+    for module in model.modules():
+        routed = _routed(module)
+        if routed is not None:
+            params, n_experts, top_k = routed
+            idle += params * (1 - min(top_k, n_experts) / n_experts)
+    return int(total - idle)
+
+
+def attention_layers(model: nn.Module) -> int:
+    return sum(1 for name, _ in model.named_modules() if name.endswith("self_attn"))
+
+
+def footprint(model: nn.Module, path: Path, context: int) -> dict[str, Any]:
+    """Disk bytes, parameters and FLOPs per token at a context of ``context`` tokens."""
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    embedding = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    # With tied embeddings the one matrix is also the LM head, which is a matmul: keep it.
+    lookup = 0 if output is not None and output.weight is embedding else embedding.numel()
+    active = active_params(model)
+    attn = 4 * attention_layers(model) * context * heads * head_dim
+    return {
+        "disk_bytes": disk_bytes(path),
+        "params_total": sum(p.numel() for p in model.parameters()),
+        "params_active": active,
+        "flops_per_token": 2 * (active - lookup) + attn,
+        "flops_context": context,
+    }

@@ -1,0 +1,104 @@
+"""Load a checkpoint from disk exactly as a user would, and name it for the cache.
+
+Remote code runs only for checkpoints this service wrote (a ``moecomp.json`` manifest next to
+``config.json``); a compressed-tensors checkpoint loads through plain transformers, which
+dequantizes its weights to dense tensors at load time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+MANIFEST_NAME = "moecomp.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: Any
+    path: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve_device(device: str) -> str:
+    """'auto' means the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def quantization_method(path: Path) -> str | None:
+    qc = read_config(path).get("quantization_config") or {}
+    return qc.get("quant_method")
+
+
+def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
+    """Load tokenizer and causal LM from ``path`` onto ``device`` in eval mode."""
+    path = Path(path)
+    own = (path / MANIFEST_NAME).is_file()
+    notes: list[str] = []
+    kwargs: dict[str, Any] = {"trust_remote_code": own, "device_map": resolve_device(device)}
+    if dtype != "auto":
+        kwargs["dtype"] = getattr(torch, dtype)
+    else:
+        kwargs["dtype"] = "auto"
+    quant = quantization_method(path)
+    if quant == "compressed-tensors":
+        notes.append(
+            "compressed-tensors checkpoint loaded with plain transformers: weights are dequantized to dense at load,"
+            " so it saves disk but neither memory nor time here (a quantized kernel runtime such as vLLM would)."
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=own)
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, notes=notes)
+
+
+def model_identity(path: Path) -> dict[str, Any]:
+    """What makes two evaluations of a checkpoint the same: its place, config and weight files.
+
+    A hub snapshot's path contains its revision hash, so path + config covers hub id + revision too.
+    Weight file names and sizes are cheap to read and catch a checkpoint rewritten in place.
+    """
+    path = Path(path).resolve()
+    config = (path / "config.json").read_bytes()
+    weights = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+    return {
+        "path": str(path),
+        "config_sha256": hashlib.sha256(config).hexdigest(),
+        "weights": weights,
+    }
+
+
+def runtime_name(model: PreTrainedModel, device: torch.device) -> str:
+    """E.g. 'transformers 5.17.0 sdpa, cpu, bfloat16' (attention implementation, device, dtype)."""
+    attn = getattr(model.config, "_attn_implementation", None) or "eager"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    dtype = str(model.dtype).removeprefix("torch.")
+    return f"transformers {transformers.__version__} {attn}, {where}, {dtype}"
+
+
+def free(loaded: LoadedModel | None) -> None:
+    """Drop a model and return its device memory before the next one loads."""
+    if loaded is None:
+        return
+    del loaded.model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
