@@ -110,8 +110,7 @@ def _trimming_pass(job: PassJob) -> PassResult:
         decisions, reports = run_trimming(
             job.model_dir, job.stages, job.calib_ids, device=job.device, dtype=dtype, ctx=job.ctx
         )
-    n_layers = AutoConfig.from_pretrained(job.model_dir).num_hidden_layers
-    combined = to_original(decisions, job.decisions, n_layers)
+    combined = to_original(decisions, job.decisions, job.manifest["source"]["num_hidden_layers"])
     manifest = {**job.manifest, "decisions": combined.to_json()}
     export_trimmed(job.model_dir, decisions, job.out_dir, manifest=manifest, ctx=job.ctx)
     return PassResult(reports, combined)
