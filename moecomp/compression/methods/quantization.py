@@ -1,0 +1,137 @@
+"""Expert Slimming by weight quantization (He et al. 2024, arXiv 2406.02500, Sec. 3.1), via llm-compressor.
+
+Weights are quantized per group of ``g`` input columns (b bits, scale s, zero point z):
+
+    Q(w) = s * (clamp(round(w / s) + z, 0, 2^b - 1) - z),   s = (max - min) / (2^b - 1)   (asymmetric)
+                                                           s = max|w| / (2^(b-1) - 1), z = 0 (symmetric)
+
+- ``rtn``: round-to-nearest, Q applied to W directly; no data.
+- ``gptq`` (Frantar et al. 2022): quantize columns one at a time and push each column's error onto the
+  columns not yet quantized through the inverse Hessian H = 2 X X^T of the layer's inputs:
+  argmin_Q ||W X - Q X||^2.
+- ``awq`` (Lin et al. 2023): per-input-channel scales s = mean|x|^a / mean|w|^(1-a), a grid-searched to
+  minimise ||Q(W diag(s)) diag(s)^-1 X - W X||; diag(s)^-1 is folded into the preceding norm. In an MoE
+  the post-attention norm also feeds the router, so the router's weight is multiplied by s as well
+  (``preserve_routing``) and routing logits stay exactly what they were; the router is never quantized.
+- ``fp8``: e4m3 weights per output channel, activations per token at run time (needs FP8 hardware).
+
+Group size: 128 by default; a linear whose input width g does not divide gets the largest divisor of its
+width below g (an expert 64 wide gets 64). Routers and shared-expert gates are never quantized.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.slimming_targets import SCOPES, Scope
+
+QUANT_SCOPE_DEFAULT: list[Scope] = list(SCOPES)
+
+
+class _QuantizationConfig(StageConfig):
+    family: ClassVar[str] = "slimming"
+    scope: list[Scope] = Field(
+        default_factory=lambda: list(QUANT_SCOPE_DEFAULT),
+        description="Which linears to quantize; routed_experts is required. Routers are never quantized.",
+    )
+
+    @field_validator("scope")
+    @classmethod
+    def _routed_required(cls, value: list[Scope]) -> list[Scope]:
+        if "routed_experts" not in value:
+            raise ValueError("scope must include 'routed_experts' (expert slimming quantizes the experts)")
+        return sorted(set(value), key=SCOPES.index)
+
+
+class _IntQuantizationConfig(_QuantizationConfig):
+    bits: Literal[4, 8] = Field(4, description="Weight bits.")
+    group_size: int | None = Field(
+        128, ge=1, description="Input columns per scale; none = one scale per output channel."
+    )
+    symmetric: bool = Field(True, description="Symmetric (no zero point) or asymmetric with a zero point.")
+
+
+class GPTQConfig(_IntQuantizationConfig):
+    method: Literal["gptq"] = "gptq"
+    calibrate_all_experts: bool = Field(
+        True,
+        description="Every expert sees every calibration token while statistics are gathered "
+        "(outputs still follow the router); off = an expert sees only its routed tokens.",
+    )
+    dampening_frac: float = Field(0.01, gt=0, lt=1, description="Added to H's diagonal, as a fraction of its mean.")
+    block_size: int = Field(128, ge=1, description="Columns quantized per GPTQ block.")
+
+
+class AWQConfig(_IntQuantizationConfig):
+    method: Literal["awq"] = "awq"
+    symmetric: bool = Field(False, description="AWQ's usual form is asymmetric (with a zero point).")
+    calibrate_all_experts: bool = True
+    preserve_routing: bool = Field(
+        True, description="Rescale the router (and shared-expert gate) with the norm so routing is unchanged."
+    )
+    n_grid: int = Field(20, ge=2, le=100, description="Grid points searched for the scale exponent a.")
+
+
+class RTNConfig(_IntQuantizationConfig):
+    method: Literal["rtn"] = "rtn"
+
+
+class FP8Config(_QuantizationConfig):
+    method: Literal["fp8"] = "fp8"
+
+
+QuantizationStage = GPTQConfig | AWQConfig | RTNConfig | FP8Config
+
+
+def resolve_group_size(in_features: int, requested: int | None) -> int | None:
+    """The group size used for a linear ``in_features`` wide: ``requested`` when it divides the width,
+    else the largest divisor of the width below it; None (per channel) stays None."""
+    if requested is None:
+        return None
+    size = min(requested, in_features)
+    while in_features % size:
+        size -= 1
+    return size
+
+
+def weight_args(config: _IntQuantizationConfig, group_size: int | None) -> dict:
+    """compressed-tensors ``QuantizationArgs`` fields for the weights of one group-size class."""
+    return {
+        "num_bits": config.bits,
+        "type": "int",
+        "symmetric": config.symmetric,
+        "strategy": "channel" if group_size is None else "group",
+        "group_size": group_size,
+    }
+
+
+def config_groups(config: QuantizationStage, patterns: dict[int, list[str]]) -> dict[str, dict]:
+    """One compressed-tensors scheme per input width (its own group size) over the target regexes."""
+    if isinstance(config, FP8Config):
+        targets = [p for group in patterns.values() for p in group]
+        return {"group_0": {"targets": targets, "weights": _fp8_weights(), "input_activations": _fp8_inputs()}}
+    groups: dict[str, dict] = {}
+    by_size: dict[int | None, list[str]] = {}
+    for in_features, names in sorted(patterns.items()):
+        by_size.setdefault(resolve_group_size(in_features, config.group_size), []).extend(names)
+    for index, (size, targets) in enumerate(by_size.items()):
+        groups[f"group_{index}"] = {"targets": targets, "weights": weight_args(config, size)}
+    return groups
+
+
+def _fp8_weights() -> dict:
+    return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel"}
+
+
+def _fp8_inputs() -> dict:
+    return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "token", "dynamic": True}
+
+
+def group_sizes_used(config: QuantizationStage, patterns: dict[int, list[str]]) -> dict[int, int | None]:
+    """Input width -> the group size it gets (reported per stage)."""
+    if isinstance(config, FP8Config):
+        return {}
+    return {width: resolve_group_size(width, config.group_size) for width in sorted(patterns)}

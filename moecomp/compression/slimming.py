@@ -1,0 +1,211 @@
+"""The slimming pass: checkpoint dir -> pruned and/or quantized checkpoint dir.
+
+    run_slimming(model_dir, stages, calib_ids, out_dir, device=..., ctx=...) -> [per-stage report]
+
+The model is loaded whole into host memory (source dtype), its fused experts are split into one
+``nn.Linear`` per projection and expert (llm-compressor's ``linearize_moe``), and each stage runs
+layer by layer (llm-compressor's sequential pipeline: one decoder layer at a time on the accelerator
+when there is one). Stage order: any number of pruning stages, then at most one quantization stage.
+
+The checkpoint is written with stock names that plain transformers (+ compressed-tensors for the
+quantized case) loads: packed low-bit weights in compressed-tensors' ``pack-quantized`` format, or
+dense weights after pruning (zeros stored as zeros: pruning saves no disk or memory in this format).
+Every export is reloaded and its logits compared with the in-memory model before it is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from llmcompressor.modeling.moe.conversion_mappings import set_save_conversion_mapping
+from llmcompressor.modeling.moe.linearize import linearize_moe
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from moecomp.compression.adapters import MoEFamily, get_adapter
+from moecomp.compression.context import RunContext
+from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.pruning import (
+    MagnitudeConfig,
+    PruningStage,
+    magnitude_mask,
+    realized_sparsity,
+)
+from moecomp.compression.methods.quantization import FP8Config, QuantizationStage, group_sizes_used
+from moecomp.compression.slimming_llmc import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
+from moecomp.compression.slimming_modifiers import BUILDERS
+from moecomp.compression.slimming_targets import Target, find_targets, patterns_by_in_features, router_names
+from moecomp.compression.slimming_verify import checkpoint_bytes, router_state, verify_reload
+
+SLIMMING_METHODS = ("gptq", "awq", "rtn", "fp8", "magnitude", "wanda", "sparsegpt")
+QUANTIZATION_METHODS = ("gptq", "awq", "rtn", "fp8")
+DENSE_NOTE = (
+    "pruned weights are stored dense (zeros included): unstructured and N:M sparsity save neither disk "
+    "nor memory in this checkpoint format"
+)
+
+
+def validate_stages(stages: list[StageConfig], device: str) -> None:
+    """Pruning stages first, then at most one quantization stage; FP8 only on FP8 hardware."""
+    methods = [getattr(s, "method", None) for s in stages]
+    unknown = [m for m in methods if m not in SLIMMING_METHODS]
+    if unknown:
+        raise ValueError(f"not slimming stages: {unknown}; slimming methods: {', '.join(SLIMMING_METHODS)}")
+    quant = [i for i, m in enumerate(methods) if m in QUANTIZATION_METHODS]
+    if len(quant) > 1 or (quant and quant[0] != len(stages) - 1):
+        raise ValueError("at most one quantization stage, and it must be the last slimming stage")
+    if any(isinstance(s, FP8Config) for s in stages):
+        require_fp8(device)
+
+
+def require_fp8(device: str) -> None:
+    """FP8 weights need e4m3 support in hardware: CUDA compute capability 8.9+ (Ada, Hopper, Blackwell)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        raise ValueError(f"fp8 needs a CUDA GPU with FP8 support (compute capability >= 8.9); device is {device!r}")
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if (major, minor) < (8, 9):
+        raise ValueError(f"fp8 needs compute capability >= 8.9; {device} has {major}.{minor}")
+
+
+def load_linearized(model_dir: Path, dtype: str = "auto") -> tuple[PreTrainedModel, MoEFamily, Any]:
+    """The whole model on the host with one ``nn.Linear`` per expert projection, its family, its tokenizer."""
+    family = get_adapter(AutoConfig.from_pretrained(model_dir))
+    torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+    model.eval()
+    linearize_moe(model)
+    return model, family, AutoTokenizer.from_pretrained(model_dir)
+
+
+def _scope_counts(targets: list[Target]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for target in targets:
+        counts[target.scope] = counts.get(target.scope, 0) + 1
+    return counts
+
+
+@torch.no_grad()
+def apply_magnitude(
+    model: nn.Module, config: MagnitudeConfig, targets: list[Target], *, device: str, ctx: RunContext
+) -> None:
+    """Zero the lowest-|W| weights of every target, layer by layer (no data)."""
+    n, m = config.n_m
+    layers = sorted({t.layer for t in targets})
+    for step, layer in enumerate(layers, start=1):
+        for target in (t for t in targets if t.layer == layer):
+            weight = model.get_submodule(target.name).weight
+            mask = magnitude_mask(weight.to(device), config.target_sparsity, n, m).to(weight.device)
+            weight.masked_fill_(mask, 0)
+        ctx.progress(config.method, step, len(layers))
+        ctx.check_cancelled()
+
+
+def _run_stage(
+    model: PreTrainedModel,
+    family: MoEFamily,
+    tokenizer: Any,
+    config: StageConfig,
+    calib_ids: torch.Tensor,
+    *,
+    device: str,
+    ctx: RunContext,
+) -> dict[str, Any]:
+    method = config.method  # type: ignore[attr-defined]
+    targets = find_targets(model, family, config.scope)  # type: ignore[attr-defined]
+    if not targets:
+        raise ValueError(f"{method}: no linear layer matches scope {config.scope}")  # type: ignore[attr-defined]
+    results: dict[str, Any] = {"targets": _scope_counts(targets), "tokens_per_expert": None, "fallbacks": []}
+    if isinstance(config, MagnitudeConfig):
+        apply_magnitude(model, config, targets, device=device, ctx=ctx)
+        return results
+    modifiers = BUILDERS[method](config, model, family, targets)
+    uses_data = method not in ("rtn", "fp8")
+    monitor = SlimmingMonitor(stage=method)
+    monitor.attach(model, family, router_names(model, family), ctx)
+    all_experts = bool(getattr(config, "calibrate_all_experts", False))
+    run_oneshot(
+        model, tokenizer, [*modifiers, monitor], calib_ids if uses_data else None, calibrate_all_experts=all_experts
+    )
+    if uses_data:
+        results["tokens_per_expert"] = monitor.tokens_per_expert()
+        results["calibration_tokens"] = int(calib_ids.numel())
+        results["calibrate_all_experts"] = all_experts
+    results["fallbacks"] = fallbacks(modifiers)
+    if results["fallbacks"]:
+        kind = "round-to-nearest" if method in QUANTIZATION_METHODS else "magnitude pruning"
+        ctx.message(method, f"{len(results['fallbacks'])} linears saw no calibration token: {kind} used", "warning")
+    if method in QUANTIZATION_METHODS:
+        results["group_sizes"] = {
+            str(k): v for k, v in group_sizes_used(config, patterns_by_in_features(targets)).items()
+        }  # type: ignore[arg-type]
+    return results
+
+
+def _pruning_report(model: nn.Module, config: PruningStage, family: MoEFamily) -> dict[str, Any]:
+    targets = find_targets(model, family, config.scope)
+    per_module = {t.name: realized_sparsity(model.get_submodule(t.name).weight) for t in targets}
+    return {
+        "requested_sparsity": config.target_sparsity,
+        "pattern": config.pattern,
+        "realized_sparsity": per_module,
+        "mean_realized_sparsity": sum(per_module.values()) / len(per_module),
+        "storage": DENSE_NOTE,
+    }
+
+
+def _save(model: PreTrainedModel, family: MoEFamily, tokenizer: Any, out_dir: Path, quantized: bool) -> None:
+    set_save_conversion_mapping(model, save_conversions(family))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if quantized:
+        model.save_pretrained(str(out_dir), save_compressed=True)  # llm-compressor's wrapper: pack-quantized
+    else:
+        PreTrainedModel.save_pretrained(model, str(out_dir))  # plain transformers: dense safetensors
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def run_slimming(
+    model_dir: Path,
+    stages: list[StageConfig],
+    calib_ids: torch.Tensor,
+    out_dir: Path,
+    *,
+    device: str,
+    ctx: RunContext,
+    dtype: str = "auto",
+) -> list[dict[str, Any]]:
+    """Prune and/or quantize the experts of the checkpoint in ``model_dir``; write the result to ``out_dir``.
+
+    Returns, per stage: ``method``, ``config`` (settings), ``results`` (targets per scope, tokens routed
+    to each expert per layer during calibration, modules that fell back to the data-free variant,
+    group sizes / realized sparsity per module, ``routers_unchanged``), ``seconds``, and ``checkpoint``
+    (bytes on disk vs the source, reload check) which is the same for every stage of the pass.
+    """
+    validate_stages(stages, device)
+    model, family, tokenizer = load_linearized(Path(model_dir), dtype)
+    routers = router_state(model, family)
+    reports: list[dict[str, Any]] = []
+    for config in stages:
+        method = config.method  # type: ignore[attr-defined]
+        ctx.message(method, f"{method}: {config.model_dump_json()}")
+        start = time.perf_counter()
+        results = _run_stage(model, family, tokenizer, config, calib_ids, device=device, ctx=ctx)
+        if method not in QUANTIZATION_METHODS:
+            results.update(_pruning_report(model, config, family))  # type: ignore[arg-type]
+        results["routers_unchanged"] = router_state(model, family) == routers
+        reports.append({"method": method, "config": config.model_dump(mode="json"), "results": results})
+        reports[-1]["seconds"] = round(time.perf_counter() - start, 3)
+        ctx.metrics(method, {"seconds": reports[-1]["seconds"], "routers_unchanged": results["routers_unchanged"]})
+    quantized = any(r["method"] in QUANTIZATION_METHODS for r in reports)
+    ctx.progress("export", 0, 1)
+    _save(model, family, tokenizer, Path(out_dir), quantized)
+    check = verify_reload(Path(out_dir), model, calib_ids)
+    check.update(checkpoint_bytes(Path(out_dir), Path(model_dir)))
+    if not quantized and reports:
+        check["storage"] = DENSE_NOTE
+    ctx.progress("export", 1, 1)
+    for report in reports:
+        report["checkpoint"] = check
+    return reports

@@ -1,0 +1,119 @@
+"""From a slimming stage config to the llm-compressor modifiers that carry it out.
+
+One builder per method, chosen from one table keyed by ``config.method``. Magnitude pruning needs
+no data and no llm-compressor modifier; it is applied directly in :mod:`moecomp.compression.slimming`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from llmcompressor.modifiers.modifier import Modifier
+from llmcompressor.modifiers.quantization import QuantizationModifier
+from llmcompressor.modifiers.transform.awq import AWQMapping, AWQModifier
+from torch import nn
+
+from moecomp.compression.adapters import MoEFamily
+from moecomp.compression.methods.pruning import SparseGPTConfig, WandaConfig
+from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, config_groups
+from moecomp.compression.slimming_llmc import RoutedGPTQModifier, RoutedSparseGPTModifier, RoutedWandaModifier
+from moecomp.compression.slimming_targets import Target, pattern_of, patterns_by_in_features
+
+Builder = Callable[[object, nn.Module, MoEFamily, list[Target]], list[Modifier]]
+
+
+def _gptq(config: GPTQConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+    groups = config_groups(config, patterns_by_in_features(targets))
+    return [
+        RoutedGPTQModifier(config_groups=groups, block_size=config.block_size, dampening_frac=config.dampening_frac)
+    ]
+
+
+def _quantize(config, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+    return [QuantizationModifier(config_groups=config_groups(config, patterns_by_in_features(targets)))]
+
+
+def _awq(config: AWQConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+    smoothing = AWQModifier(
+        mappings=awq_mappings(model, family, config), n_grid=config.n_grid, offload_device=None, duo_scaling=True
+    )
+    return [smoothing, *_quantize(config, model, family, targets)]
+
+
+def _sparsity_args(config, targets: list[Target]) -> dict:
+    n, m = config.n_m
+    return {
+        "sparsity": config.target_sparsity,
+        "mask_structure": f"{n}:{m}",
+        "targets": sorted({pattern_of(t.name) for t in targets}),
+    }
+
+
+def _wanda(config: WandaConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+    return [RoutedWandaModifier(**_sparsity_args(config, targets))]
+
+
+def _sparsegpt(config: SparseGPTConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+    return [
+        RoutedSparseGPTModifier(
+            **_sparsity_args(config, targets), block_size=config.block_size, dampening_frac=config.dampening_frac
+        )
+    ]
+
+
+BUILDERS: dict[str, Builder] = {
+    "gptq": _gptq,
+    "awq": _awq,
+    "rtn": _quantize,
+    "fp8": _quantize,
+    "wanda": _wanda,
+    "sparsegpt": _sparsegpt,
+}
+
+
+def _suffix(path: str) -> str:
+    return "re:.*" + re.escape(path) + "$"
+
+
+def _shared_balance(model: nn.Module, family: MoEFamily, preserve_routing: bool) -> list[str]:
+    """Shared-expert linears fed by the post-attention norm: their input projections, and a shared
+    gate (a shared path that is a single linear) when routing is preserved."""
+    layout = family.layout
+    first_moe = model.get_submodule(layout.layers)[family.moe_layers(model.config)[0]]
+    balance: list[str] = []
+    for path in family.shared_experts:
+        module = first_moe.get_submodule(f"{layout.mlp}.{path}")
+        if hasattr(module, "weight") and not list(module.children()):
+            if preserve_routing:
+                balance.append(_suffix(f"{layout.mlp}.{path}"))
+        else:
+            balance += [_suffix(f"{layout.mlp}.{path}.gate_proj"), _suffix(f"{layout.mlp}.{path}.up_proj")]
+    return balance
+
+
+def awq_mappings(model: nn.Module, family: MoEFamily, config: AWQConfig) -> list[AWQMapping]:
+    """AWQ smoothing pairs (smoothed layer -> layers that read its output).
+
+    The post-attention norm feeds the router, the routed experts' gate/up projections and the shared
+    expert. Every one of them must absorb the scale s, or its input silently changes: with
+    ``preserve_routing`` the router (and shared gate) are balance layers, so their weights become
+    W * s and their logits stay exactly as before (they are not quantized: they are no targets).
+    Without it this is llm-compressor's default for families it has no MoE table for (e.g. Mixtral).
+    """
+    layout = family.layout
+    experts = rf"re:.*{re.escape(layout.experts)}\.\d+\."
+    moe_balance = [_suffix(layout.router)] if config.preserve_routing else []
+    moe_balance += _shared_balance(model, family, config.preserve_routing)
+    moe_balance += [experts + "gate_proj$", experts + "up_proj$"]
+    mappings = [
+        AWQMapping(_suffix(layout.post_attention_norm), moe_balance),
+        AWQMapping("re:.*up_proj$", ["re:.*down_proj$"]),
+    ]
+    if "attention" in config.scope:
+        mappings = [
+            AWQMapping("re:.*input_layernorm$", ["re:.*q_proj$", "re:.*k_proj$", "re:.*v_proj$"]),
+            AWQMapping("re:.*v_proj$", ["re:.*o_proj$"]),
+            *mappings,
+        ]
+    return mappings
