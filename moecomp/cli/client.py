@@ -160,11 +160,15 @@ class _Bar:
     def __init__(self) -> None:
         from tqdm import tqdm  # noqa: PLC0415
 
-        self.bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}{postfix}]")
+        # disable=None: a bar on a terminal; in a log (not a TTY) one line per finished stage instead.
+        self.bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}{postfix}]", disable=None)
 
     def show(self, kind: str, event: dict[str, Any]) -> None:
         data = event.get("data") or {}
-        if kind == "progress":
+        if kind == "progress" and self.bar.disable:
+            if data.get("step") == data.get("total"):
+                print(f"[{event.get('stage')}] {data.get('step')}/{data.get('total')} done", flush=True)
+        elif kind == "progress":
             self.bar.set_description(event.get("stage") or "")
             self.bar.set_postfix_str(f"{data.get('step')}/{data.get('total')}")
             if "job_progress" in data:

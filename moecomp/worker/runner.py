@@ -116,7 +116,7 @@ def run_body(inp: JobInput, workdir: Path, reporter: JobReporter, device: str, c
     out = JobOutput(checkpoint=checkpoint, manifest=manifest)
     if inp.evaluation is not None:
         ctx.check_cancelled()
-        reporter.begin_phase(compress_end, 0.9, 3)
+        reporter.begin_phase(compress_end, 0.9, 1)  # evaluate() reports one stage, step by step
         _evaluate(inp, out, workdir, reporter, device, cache_dir)
     write_model_card(checkpoint, inp.model, inp.revision, inp.recipe, out.report)
     return out
