@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moecomp.compression.methods import STAGE_CONFIGS
 
-Stage = Annotated[Union[STAGE_CONFIGS], Field(discriminator="method")]  # type: ignore[valid-type]
+Stage = Annotated[Union[STAGE_CONFIGS], Field(discriminator="method")]  # type: ignore[valid-type]  # noqa: UP007
 
 # Bounded so that no request can ask for unbounded memory or disk.
 MAX_SAMPLES = 4096
