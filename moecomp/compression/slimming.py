@@ -34,7 +34,7 @@ from moecomp.compression.methods.pruning import (
     magnitude_mask,
     realized_sparsity,
 )
-from moecomp.compression.methods.quantization import FP8Config, QuantizationStage, group_sizes_used
+from moecomp.compression.methods.quantization import FP8Config, group_sizes_used
 from moecomp.compression.slimming_llmc import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
 from moecomp.compression.slimming_modifiers import BUILDERS
 from moecomp.compression.slimming_targets import Target, find_targets, patterns_by_in_features, router_names
@@ -166,6 +166,54 @@ def _save(model: PreTrainedModel, family: MoEFamily, tokenizer: Any, out_dir: Pa
     tokenizer.save_pretrained(str(out_dir))
 
 
+def slim_model(
+    model: PreTrainedModel,
+    family: MoEFamily,
+    tokenizer: Any,
+    stages: list[StageConfig],
+    calib_ids: torch.Tensor,
+    *,
+    device: str,
+    ctx: RunContext,
+) -> list[dict[str, Any]]:
+    """Apply the slimming stages to a linearized in-memory model (see :func:`load_linearized`)."""
+    validate_stages(stages, device)
+    routers = router_state(model, family)
+    reports: list[dict[str, Any]] = []
+    for config in stages:
+        method = config.method  # type: ignore[attr-defined]
+        ctx.message(method, f"{method}: {config.model_dump_json()}")
+        start = time.perf_counter()
+        results = _run_stage(model, family, tokenizer, config, calib_ids, device=device, ctx=ctx)
+        if method not in QUANTIZATION_METHODS:
+            results.update(_pruning_report(model, config, family))  # type: ignore[arg-type]
+        results["routers_unchanged"] = router_state(model, family) == routers
+        seconds = round(time.perf_counter() - start, 3)
+        reports.append({"method": method, "config": config.model_dump(mode="json"), "results": results})
+        reports[-1]["seconds"] = seconds
+        ctx.metrics(method, {"seconds": seconds, "routers_unchanged": results["routers_unchanged"]})
+    return reports
+
+
+def export_slimmed(
+    model: PreTrainedModel,
+    family: MoEFamily,
+    tokenizer: Any,
+    out_dir: Path,
+    *,
+    source_dir: Path,
+    quantized: bool,
+    check_ids: torch.Tensor,
+) -> dict[str, Any]:
+    """Write the checkpoint, reload it with plain transformers, compare logits, measure bytes on disk."""
+    _save(model, family, tokenizer, out_dir, quantized)
+    check = verify_reload(out_dir, model, check_ids)
+    check.update(checkpoint_bytes(out_dir, source_dir))
+    if not quantized:
+        check["storage"] = DENSE_NOTE
+    return check
+
+
 def run_slimming(
     model_dir: Path,
     stages: list[StageConfig],
@@ -185,26 +233,12 @@ def run_slimming(
     """
     validate_stages(stages, device)
     model, family, tokenizer = load_linearized(Path(model_dir), dtype)
-    routers = router_state(model, family)
-    reports: list[dict[str, Any]] = []
-    for config in stages:
-        method = config.method  # type: ignore[attr-defined]
-        ctx.message(method, f"{method}: {config.model_dump_json()}")
-        start = time.perf_counter()
-        results = _run_stage(model, family, tokenizer, config, calib_ids, device=device, ctx=ctx)
-        if method not in QUANTIZATION_METHODS:
-            results.update(_pruning_report(model, config, family))  # type: ignore[arg-type]
-        results["routers_unchanged"] = router_state(model, family) == routers
-        reports.append({"method": method, "config": config.model_dump(mode="json"), "results": results})
-        reports[-1]["seconds"] = round(time.perf_counter() - start, 3)
-        ctx.metrics(method, {"seconds": reports[-1]["seconds"], "routers_unchanged": results["routers_unchanged"]})
+    reports = slim_model(model, family, tokenizer, stages, calib_ids, device=device, ctx=ctx)
     quantized = any(r["method"] in QUANTIZATION_METHODS for r in reports)
     ctx.progress("export", 0, 1)
-    _save(model, family, tokenizer, Path(out_dir), quantized)
-    check = verify_reload(Path(out_dir), model, calib_ids)
-    check.update(checkpoint_bytes(Path(out_dir), Path(model_dir)))
-    if not quantized and reports:
-        check["storage"] = DENSE_NOTE
+    check = export_slimmed(
+        model, family, tokenizer, Path(out_dir), source_dir=Path(model_dir), quantized=quantized, check_ids=calib_ids
+    )
     ctx.progress("export", 1, 1)
     for report in reports:
         report["checkpoint"] = check
