@@ -1,0 +1,127 @@
+"""submit / status / watch / download against the real API (uvicorn in a thread, SQLite, SQLite broker).
+
+The job itself is run in-process by the worker's task body with a small stand-in body, so that
+these tests are about the client, not about compression.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from moecomp.api.app import create_app
+from moecomp.cli.client import model_source
+from moecomp.cli.main import main
+from moecomp.persistence.database import Database
+from moecomp.persistence.keys import create_api_key
+from moecomp.persistence.migrate import upgrade
+from moecomp.settings import Settings
+from moecomp.worker.lifecycle import run_job_once
+from moecomp.worker.runner import JobOutput
+from tests.worker.procs import free_port
+
+
+def small_body(inp, workdir: Path, reporter, device: str, cache: Path) -> JobOutput:
+    ctx = reporter.context()
+    for layer in range(1, 5):
+        ctx.progress("expert_drop", layer, 4)
+    checkpoint = workdir / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.json").write_text('{"model_type": "mixtral"}')
+    (checkpoint / "model.safetensors").write_bytes(bytes(range(256)) * 4096)
+    (checkpoint / "moecomp.json").write_text("{}")
+    return JobOutput(checkpoint=checkpoint, manifest={})
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mixtral_dir: Path) -> Iterator[Settings]:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'api.db'}",
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        allowed_model_roots=[tiny_mixtral_dir.parent],
+    )
+    upgrade(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    with db.session() as s:
+        key = create_api_key(s, "cli")
+    db.engine.dispose()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    monkeypatch.setenv("MOECOMP_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MOECOMP_KEY", key)
+    yield settings
+    server.should_exit = True
+    thread.join(10)
+
+
+def submit(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str], recipe: dict | None = None) -> str:
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe or {"stages": []}))
+    assert main(["submit", "--model", str(model), "--recipe", str(tmp_path / "recipe.yaml")]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def test_submit_watch_download_verifies_sha256(service, tmp_path, tiny_mixtral_dir, capsys):
+    job_id = submit(tmp_path, tiny_mixtral_dir, capsys)
+    assert main(["status", job_id]) == 0
+    assert "queued" in capsys.readouterr().out
+    run_job_once(service, job_id, body=small_body)
+    assert main(["watch", job_id]) == 0
+    out = capsys.readouterr().out
+    assert "[expert_drop] 4/4 done" in out and "succeeded" in out
+    assert main(["watch", job_id, "--poll"]) == 0
+    assert main(["download", job_id, "--out", str(tmp_path)]) == 0
+    tar = tmp_path / "checkpoint.tar"
+    assert f"sha256 {hashlib.sha256(tar.read_bytes()).hexdigest()} (verified)" in capsys.readouterr().out
+
+
+def test_download_refuses_a_corrupted_artifact_and_leaves_nothing(service, tmp_path, tiny_mixtral_dir, capsys):
+    job_id = submit(tmp_path, tiny_mixtral_dir, capsys)
+    run_job_once(service, job_id, body=small_body)
+    stored = next(service.artifacts_dir.glob(f"{job_id}/*/checkpoint.tar"))
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF  # same size, one bit flipped: only the sha256 can tell
+    stored.write_bytes(bytes(data))
+    out = tmp_path / "out.tar"
+    assert main(["download", job_id, "--out", str(out)]) == 1
+    assert "sha256 mismatch" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".*.part"))
+
+
+def test_validation_errors_are_shown_with_their_location(service, tmp_path, tiny_mixtral_dir, capsys):
+    (tmp_path / "bad.yaml").write_text("stages: [{method: expert_drop, keep: 0}]")
+    assert main(["submit", "--model", str(tiny_mixtral_dir), "--recipe", str(tmp_path / "bad.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 422" in err and "recipe.stages.0" in err
+
+
+def test_failed_job_makes_watch_exit_non_zero(service, tmp_path, tiny_mixtral_dir, capsys):
+    job_id = submit(tmp_path, tiny_mixtral_dir, capsys)
+
+    def broken(*_args) -> JobOutput:
+        raise FileNotFoundError("weights went missing")
+
+    run_job_once(service, job_id, body=broken)
+    assert main(["watch", job_id]) == 1
+    assert "model_not_found" in capsys.readouterr().out
+
+
+def test_model_source_kinds(tmp_path):
+    assert model_source(str(tmp_path), "main") == {"kind": "local", "path": str(tmp_path.resolve())}
+    assert model_source("upload:abc", "main") == {"kind": "upload", "upload_id": "abc"}
+    assert model_source("mistralai/Mixtral-8x7B-v0.1", "v1") == {
+        "kind": "hub",
+        "id": "mistralai/Mixtral-8x7B-v0.1",
+        "revision": "v1",
+    }
