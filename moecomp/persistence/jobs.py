@@ -207,7 +207,9 @@ def reap_stale(
 
 
 def _stale_verdict(job: Job, now: datetime, max_attempts: int, time_limit_s: float) -> tuple[str, str] | None:
-    """None to re-queue a stale running job, else the (code, message) it fails with."""
+    """None to re-queue a stale running job, else the (code, message) it ends with."""
+    if job.cancel_requested:  # nobody is left to stop it between layers: it stops here
+        return "cancelled", "cancelled on request (its worker had stopped)"
     if job.started_at is not None and (now - job.started_at).total_seconds() > time_limit_s:
         return "timeout", f"the job ran longer than its limit of {time_limit_s:.0f} s"
     if job.attempts >= max_attempts:
@@ -219,7 +221,10 @@ def _apply_verdict(session: Session, job: Job, verdict: tuple[str, str] | None, 
     if verdict is None:
         job.status, job.worker, job.heartbeat_at = JobStatus.queued, None, now
         return
-    job.status, job.error_code, job.error_message, job.finished_at = JobStatus.failed, *verdict, now
+    code, message = verdict
+    job.status = JobStatus.cancelled if code == "cancelled" else JobStatus.failed
+    job.error_code = None if code == "cancelled" else code
+    job.error_message, job.finished_at = message, now
 
 
 def _log_reaped(session: Session, revived: list[str], failed: list[str]) -> None:
