@@ -19,9 +19,24 @@ function s(tag, attrs = {}, ...children) {
 function frame(width, height, title, description) {
   chartCount += 1;
   const id = `chart-${chartCount}`;
-  return s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
     "aria-labelledby": `${id}-t ${id}-d`, preserveAspectRatio: "xMidYMid meet" },
   s("title", { id: `${id}-t` }, title), s("desc", { id: `${id}-d` }, description));
+  // Scales down on a phone, but never up past 1.4x: the labels keep a readable, similar size.
+  svg.style.maxWidth = `${Math.round(width * 1.4)}px`;
+  return svg;
+}
+
+/** <figure> with the chart's title as a visible caption (and an optional note under the chart). */
+export function chartFigure(svg, note = null, id = null) {
+  const figure = document.createElement("figure");
+  figure.className = "chart-box";
+  if (id) figure.id = id;
+  const caption = document.createElement("figcaption");
+  caption.textContent = svg.querySelector("title")?.textContent ?? "";
+  figure.append(caption, svg);
+  if (note) figure.append(Object.assign(document.createElement("p"), { className: "chart-note", textContent: note }));
+  return figure;
 }
 
 /** About five round tick values covering [lo, hi]. */
@@ -107,7 +122,7 @@ export function scatterChart({ title, xLabel, yLabel, points, xFormat = fmt, yFo
 
 /** items: [{label, value, marked}] as vertical bars; marked bars (e.g. dropped) are hatched and labelled. */
 export function barChart({ title, items, valueLabel, markLabel = "dropped" }) {
-  const W = Math.max(360, 44 + items.length * 34), H = 260, L = 56, R = 12, T = 24, B = 48;
+  const W = Math.max(480, 80 + items.length * 34), H = 300, L = 64, R = 12, T = 24, B = 52;
   const svg = frame(W, H, title,
     `${items.length} bars of ${valueLabel}; ${items.filter((i) => i.marked).length} marked ${markLabel}.`);
   if (!items.length) {

@@ -1,7 +1,7 @@
 // Compare: finished jobs on one model, quality (% of original) against memory and against speedup.
 
 import { artifactJSON, listAllJobs, listArtifacts } from "./api.js";
-import { scatterChart } from "./charts.js";
+import { chartFigure, scatterChart } from "./charts.js";
 import { memoryOf, qualityPct, speedupOf } from "./figures.js";
 import { formatNumber, formatPct, h, modelKey, modelLabel, recipeShort } from "./format.js";
 
@@ -22,14 +22,17 @@ function qualityLabel(kind) {
     : "Perplexity, % of original (lower is better)";
 }
 
+/** The jobs that have both figures, after the original; none at all gives [] (the chart says "No data"). */
 function pointsFor(entries, kind, xOf, reference) {
-  const points = reference ? [{ ...reference, y: 100, label: "original", reference: true }] : [];
+  const points = [];
   for (const { job, report } of entries) {
     const x = xOf(report), y = qualityPct(report, kind);
     if (x !== null && y !== null) points.push({ x, y, label: job.id.slice(0, 8) });
   }
-  return points;
+  return points.length && reference ? [{ ...reference, y: 100, label: "original", reference: true }, ...points] : points;
 }
+
+const memoryText = (m) => (m ? `${formatNumber(m.value)} ${m.unit}` : "—");
 
 function resultsTable(entries, kind) {
   return h("div", { class: "table-wrap" }, h("table", { class: "responsive compare-table" },
@@ -40,8 +43,7 @@ function resultsTable(entries, kind) {
       h("th", { scope: "row", "data-label": "Job" }, h("a", { href: `/dashboard/jobs/${job.id}` }, job.id.slice(0, 8))),
       h("td", { "data-label": "Recipe" }, recipeShort(job.recipe)),
       h("td", { "data-label": "Quality" }, formatPct(qualityPct(report, kind))),
-      h("td", { "data-label": "Memory" }, memoryOf(report.candidate)
-        ? `${formatNumber(memoryOf(report.candidate).value)} (${memoryOf(report.candidate).label})` : "—"),
+      h("td", { "data-label": "Memory" }, memoryText(memoryOf(report.candidate))),
       h("td", { "data-label": "Speedup" }, speedupOf(report) ? `${speedupOf(report).toFixed(2)}×` : "not measured"))))));
 }
 
@@ -56,11 +58,11 @@ function draw(target, entries, kind) {
   const speed = pointsFor(entries, kind, speedupOf, { x: 1 });
   const unmeasured = entries.filter(({ report }) => speedupOf(report) === null).length;
   target.replaceChildren(
-    h("figure", { class: "chart-box", id: "chart-memory" }, scatterChart({ title: "Quality against memory",
-      xLabel: base?.label ?? "Memory", yLabel: qualityLabel(kind), points: memory })),
-    h("figure", { class: "chart-box", id: "chart-speed" }, scatterChart({ title: "Quality against speedup",
-      xLabel: "Decode speedup over the original (×)", yLabel: qualityLabel(kind), points: speed }),
-    unmeasured ? h("figcaption", {}, `${unmeasured} job(s) without a speed measurement are not drawn here.`) : null),
+    chartFigure(scatterChart({ title: "Quality against memory", xLabel: base?.label ?? "Memory",
+      yLabel: qualityLabel(kind), points: memory }), null, "chart-memory"),
+    chartFigure(scatterChart({ title: "Quality against speedup", xLabel: "Decode speedup over the original (×)",
+      yLabel: qualityLabel(kind), points: speed }),
+    unmeasured ? `${unmeasured} job(s) without a speed measurement are not drawn here.` : null, "chart-speed"),
     resultsTable(entries, kind));
 }
 
@@ -88,7 +90,8 @@ export async function initCompare(root) {
 
   function listJobsOfModel() {
     const ofModel = jobs.filter((j) => refOf(j) === form.elements.model.value);
-    picker.replaceChildren(h("legend", {}, "Jobs"), ofModel.length ? null : h("p", {}, "No finished jobs on this model."),
+    const none = ofModel.length ? [] : [h("p", {}, "No finished jobs on this model.")];
+    picker.replaceChildren(h("legend", {}, "Jobs"), ...none,
       ...ofModel.map((job, i) => h("div", { class: "field checkbox" },
         h("input", { type: "checkbox", id: `pick-${job.id}`, value: job.id, checked: i < 8 }),
         h("label", { for: `pick-${job.id}` }, `${job.id.slice(0, 8)} · ${recipeShort(job.recipe)}`))));

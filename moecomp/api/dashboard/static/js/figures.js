@@ -66,10 +66,10 @@ export function qualityPct(report, kind) {
 /** {value, label} of the memory measure both the candidate and the original have. */
 export function memoryOf(result) {
   if (typeof result?.speed?.peak_memory_gib === "number") {
-    return { value: result.speed.peak_memory_gib, label: "Peak memory (GiB)" };
+    return { value: result.speed.peak_memory_gib, label: "Peak memory (GiB)", unit: "GiB peak" };
   }
   if (typeof result?.footprint?.disk_bytes === "number") {
-    return { value: result.footprint.disk_bytes / 2 ** 20, label: "Size on disk (MiB)" };
+    return { value: result.footprint.disk_bytes / 2 ** 20, label: "Size on disk (MiB)", unit: "MiB on disk" };
   }
   return null;
 }

@@ -1,6 +1,6 @@
 // The job page's report: gate, figures with "% of original", expert-score heatmaps and similarity bars.
 
-import { barChart, heatmap, scatterChart } from "./charts.js";
+import { barChart, chartFigure, heatmap, scatterChart } from "./charts.js";
 import { describeFigure, firstPerplexitySource, memoryOf, modelFigures, qualityPct } from "./figures.js";
 import { formatNumber, formatPct, h } from "./format.js";
 
@@ -94,7 +94,7 @@ export function renderReport(target, report, manifest) {
     if (report.notes?.length) parts.push(h("ul", { class: "notes" }, report.notes.map((n) => h("li", {}, n))));
   }
   const charts = [report ? tradeoffChart(report) : null, ...structureCharts(manifest)].filter(Boolean);
-  if (charts.length) parts.push(h("div", { class: "chart-grid" }, charts.map((c) => h("figure", { class: "chart-box" }, c))));
+  if (charts.length) parts.push(h("div", { class: "chart-grid" }, charts.map((c) => chartFigure(c))));
   target.replaceChildren(...parts.filter(Boolean));
   target.dataset.ready = "true";
 }

@@ -1,0 +1,233 @@
+"""The dashboard in a real browser (Debian's Chromium through Playwright) against the real service:
+`moecomp serve` in embedded mode with its worker, running real jobs on the bundled tiny Mixtral.
+
+Tests run in file order and share the service; jobs submitted by a fixture are reused by later tests.
+Screenshots go to test-artifacts/screenshots/ (git-ignored; the folder is printed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dashboard.conftest import SMALL_CALIBRATION, Service, sign_in
+
+pytestmark = pytest.mark.slow
+
+RELOAD_MARK = "window.__notReloaded = true"
+
+
+def job_count(service: Service) -> int:
+    with service.client() as client:
+        return len(client.get("/v1/jobs", params={"limit": 100}).json()["items"])
+
+
+def test_sign_in_refuses_a_wrong_key_then_sets_an_httponly_strict_cookie(page: Any, service: Service) -> None:
+    page.goto("/dashboard/compare")
+    assert "/dashboard/login" in page.url
+    page.fill("#key", "mc_00000000_" + "x" * 40)
+    page.click("button[type=submit]")
+    assert page.locator("#login-error").inner_text().endswith("That API key is not valid (or was revoked).")
+    assert page.context.cookies() == []
+    page.focus("#key")
+    page.keyboard.type(service.key)
+    page.keyboard.press("Tab")  # the focus order reaches the submit button next
+    assert page.evaluate("document.activeElement.type") == "submit"
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/dashboard/compare")  # back where the person was going
+    (cookie,) = page.context.cookies()
+    assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == ("moecomp_key", True, "Strict")
+    assert page.evaluate("document.cookie") == ""  # out of reach of scripts
+
+
+def test_a_bad_recipe_shows_the_servers_error_beside_the_field(page: Any, service: Service, screenshots: Path) -> None:
+    sign_in(page, service.key, "/dashboard/new")
+    page.wait_for_selector("#new-job[data-ready]")
+    unlabelled = page.evaluate(
+        """[...document.querySelectorAll('#new-job input, #new-job select')]
+             .filter((el) => el.type !== 'hidden' && el.labels.length === 0 && !el.getAttribute('aria-label'))
+             .map((el) => el.id)"""
+    )
+    assert unlabelled == []
+    before = job_count(service)
+    page.select_option("#add-method", "expert_drop")
+    page.click("#add-stage")
+    page.fill("#f-recipe-stages-0-keep", "0")
+    page.click("#submit-job")
+
+    keep_error = page.locator("#f-recipe-stages-0-keep-error")
+    keep_error.wait_for()
+    assert "greater than or equal to 1" in keep_error.inner_text()
+    assert page.get_attribute("#f-recipe-stages-0-keep", "aria-invalid") == "true"
+    assert "f-recipe-stages-0-keep-error" in page.get_attribute("#f-recipe-stages-0-keep", "aria-describedby")
+    summary = page.locator("#form-errors")
+    assert summary.is_visible() and page.evaluate("document.activeElement.id") == "form-errors"
+    assert "/dashboard/new" in page.url and job_count(service) == before  # nothing was created
+    page.screenshot(path=str(screenshots / "new-job-errors.png"), full_page=True)
+
+    # Fixed, but the model now lies outside the allowed roots: the old error goes, the new one shows.
+    page.fill("#f-recipe-stages-0-keep", "6")
+    page.fill("#f-model-path", "/etc")
+    page.click("#submit-job")
+    path_error = page.locator("#f-model-path-error")
+    path_error.wait_for()
+    assert path_error.inner_text().strip() != ""
+    assert page.get_attribute("#f-model-path", "aria-invalid") == "true"
+    assert keep_error.is_hidden() and page.get_attribute("#f-recipe-stages-0-keep", "aria-invalid") is None
+    assert job_count(service) == before
+
+
+def test_the_jobs_list_follows_jobs_live_to_succeeded(
+    page: Any, service: Service, api_jobs: list[str], screenshots: Path
+) -> None:
+    sign_in(page, service.key)
+    page.evaluate(RELOAD_MARK)
+    seen: dict[str, set[str]] = {job: set() for job in api_jobs}
+    partial_progress = False
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for job in api_jobs:
+            row = page.locator(f"tr[data-job-id='{job}']")
+            if row.count():
+                seen[job].add(row.get_attribute("data-status") or "")
+                now = int(row.locator("[role=progressbar]").get_attribute("aria-valuenow") or 0)
+                if 0 < now < 100 and not partial_progress:
+                    page.screenshot(path=str(screenshots / "jobs-running.png"), full_page=True)
+                    partial_progress = True
+        if all("succeeded" in s or "failed" in s for s in seen.values()):
+            break
+        page.wait_for_timeout(200)
+    assert all("succeeded" in s for s in seen.values()), seen
+    assert any(s & {"queued", "running"} for s in seen.values()), seen  # watched while it was still going
+    assert partial_progress
+    assert page.evaluate("window.__notReloaded") is True
+
+    first = page.locator(f"tr[data-job-id='{api_jobs[0]}']")
+    assert " ".join(first.locator(".status").inner_text().split()) == "✓ Succeeded"  # icon + text, not colour alone
+    assert first.locator("[role=progressbar]").get_attribute("aria-valuenow") == "100"
+    assert "expert drop keep 6" in first.inner_text()
+    order = page.eval_on_selector_all("#jobs-body tr", "rows => rows.map((r) => r.dataset.jobId)")
+    assert order.index(api_jobs[1]) < order.index(api_jobs[0])  # newest first
+    page.select_option("#filter-status", "failed")
+    page.wait_for_function("() => document.querySelectorAll('#jobs-body tr').length === 0")
+    page.select_option("#filter-status", "")
+    page.wait_for_selector(f"tr[data-job-id='{api_jobs[0]}']")
+    rows = page.locator("#jobs-body tr").count()
+    page.select_option("#filter-model", index=1)  # the bundled model: every job so far
+    page.wait_for_timeout(1500)
+    assert page.locator("#jobs-body tr").count() == rows
+    page.screenshot(path=str(screenshots / "jobs.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+    page.screenshot(path=str(screenshots / "jobs-phone.png"), full_page=True)
+
+
+def submit_from_the_form(page: Any) -> None:
+    page.wait_for_selector("#new-job[data-ready]")
+    page.select_option("#add-method", "expert_drop")
+    page.click("#add-stage")
+    page.fill("#f-recipe-stages-0-keep", "6")
+    page.select_option("#add-method", "layer_drop")
+    page.click("#add-stage")
+    page.fill("#f-recipe-stages-1-drop", "2")
+    page.click("button[aria-label='Move stage 2 up']")  # stages are applied in the order shown
+    assert page.locator("#stages > li").first.locator("legend").inner_text().startswith("Stage 1: layer drop")
+    page.fill("#f-recipe-calibration-samples", str(SMALL_CALIBRATION["samples"]))
+    page.fill("#f-recipe-calibration-seq_len", str(SMALL_CALIBRATION["seq_len"]))
+    page.fill("#f-evaluation-seq_len", "128")
+    page.fill("#f-evaluation-max_tokens", "2048")
+    page.fill("#f-evaluation-fidelity_tokens", "1024")
+    page.fill("#f-evaluation-gate-max_perplexity_increase_pct", "1000")
+    page.click("#submit-job")
+    page.wait_for_url("**/dashboard/jobs/*")
+
+
+def test_a_job_from_the_form_runs_live_to_a_report_with_charts_and_a_checked_download(
+    page: Any, service: Service, screenshots: Path, tmp_path: Path
+) -> None:
+    sign_in(page, service.key, "/dashboard/new")
+    submit_from_the_form(page)
+    job_id = page.url.rsplit("/", 1)[1]
+    page.evaluate(RELOAD_MARK)
+    with service.client() as client:
+        submitted = client.get(f"/v1/jobs/{job_id}").json()
+    assert [s["method"] for s in submitted["recipe"]["stages"]] == ["layer_drop", "expert_drop"]
+
+    page.wait_for_selector("#job-status [data-status=succeeded]", timeout=300_000)
+    page.wait_for_selector("#report[data-ready]")
+    assert page.evaluate("window.__notReloaded") is True
+    assert page.get_attribute("#job-progress [role=progressbar]", "aria-valuenow") == "100"
+    stages = page.eval_on_selector_all("#stage-list li", "items => items.map((li) => li.dataset.stage)")
+    assert {"layer_drop", "expert_drop", "evaluate"} <= set(stages), stages
+    for stage in ("layer_drop", "expert_drop"):
+        bar = page.locator(f"#stage-list li[data-stage={stage}] [role=progressbar]")
+        assert bar.get_attribute("aria-valuenow") == "100"
+        assert "layer" in bar.get_attribute("aria-valuetext")
+    assert page.locator("#event-log li").count() >= 5
+    assert "job succeeded" in page.locator("#event-log").inner_text()
+    assert page.locator("#cancel-button").is_hidden()
+
+    # The figures, each with its "% of original".
+    ppl = page.locator("tr[data-figure='perplexity.bundled:heldout.ppl']")
+    assert ppl.locator("td.pct").inner_text().endswith("%")
+    assert page.locator("tr[data-figure='footprint.disk_bytes'] td.pct").inner_text() != "—"
+    # The charts: the expert-score heatmap (8 layers x 8 experts of the original; MoE layers dropped
+    # first have no scores) and the layer similarities with the 2 dropped layers marked.
+    heat = page.locator("#report svg.chart:has(.heat-cell)")
+    cells, crossed = heat.locator(".heat-cell").count(), heat.locator(".heat-cell.dropped").count()
+    rows = heat.locator(".heat-row").count()
+    assert rows >= 6 and cells == rows * 8 and crossed == rows * 2, (rows, cells, crossed)
+    bars = page.locator("#report svg.chart:has(.bar-item)")
+    assert bars.locator(".bar-item").count() == 8 and bars.locator(".bar-item.marked").count() == 2
+    assert page.locator("#report svg.chart:has(.point) .point").count() == 2  # original + this job
+
+    row = page.locator("#artifacts-body tr[data-kind=checkpoint]")
+    listed_sha = row.locator(".sha256").inner_text().strip()
+    with page.expect_download() as download_info:
+        row.locator("a.download").click()
+    saved = tmp_path / "checkpoint.tar"
+    download_info.value.save_as(saved)
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == listed_sha
+    page.screenshot(path=str(screenshots / "job.png"), full_page=True)
+
+
+def test_compare_draws_quality_against_memory_and_speedup(
+    page: Any, service: Service, api_jobs: list[str], screenshots: Path
+) -> None:
+    for job in api_jobs:
+        assert service.wait_final(job)["status"] == "succeeded"
+    sign_in(page, service.key, "/dashboard/compare")
+    page.wait_for_selector("#compare-page[data-ready]")
+    for job in api_jobs:
+        assert page.is_checked(f"#pick-{job}")
+    memory = page.locator("#chart-memory svg")
+    labels = memory.locator(".point").evaluate_all("points => points.map((p) => p.dataset.label)")
+    assert "original" in labels and {j[:8] for j in api_jobs} <= set(labels)
+    assert memory.locator(".point .reference").count() == 1
+    speed = page.locator("#chart-speed svg")
+    speed_labels = speed.locator(".point").evaluate_all("points => points.map((p) => p.dataset.label)")
+    assert speed_labels[0] == "original" and api_jobs[1][:8] in speed_labels  # the job measured for speed
+    page.select_option("#compare-quality", "accuracy")  # no task was run: nothing to draw, said plainly
+    page.wait_for_selector("#chart-memory svg .chart-empty")
+    page.select_option("#compare-quality", "perplexity")
+    page.uncheck(f"#pick-{api_jobs[0]}")
+    page.wait_for_function(
+        "(label) => ![...document.querySelectorAll('#chart-memory .point')].some((p) => p.dataset.label === label)",
+        arg=api_jobs[0][:8],
+    )
+    page.check(f"#pick-{api_jobs[0]}")
+    page.wait_for_function("() => document.querySelectorAll('#chart-memory .point').length >= 3")
+    page.screenshot(path=str(screenshots / "compare.png"), full_page=True)
+
+
+def test_a_job_can_be_cancelled_from_its_page(page: Any, service: Service) -> None:
+    job_id = service.submit([{"method": "expert_drop", "keep": 6}])
+    sign_in(page, service.key, f"/dashboard/jobs/{job_id}")
+    page.click("#cancel-button")
+    page.wait_for_selector("#job-status [data-status=cancelled]", timeout=180_000)
+    assert page.locator("#cancel-button").is_hidden()
+    assert service.wait_final(job_id)["status"] == "cancelled"
