@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from moecomp.compression.evaluation.sources import read_documents
+from moecomp.compression.data import read_documents
 
 
 def token_stream(documents: list[str], tokenizer, max_tokens: int) -> list[int]:
@@ -36,5 +36,5 @@ def windows(ids: list[int], seq_len: int) -> torch.Tensor:
 
 
 def source_windows(source: str, tokenizer, seq_len: int, max_tokens: int) -> torch.Tensor:
-    """Windows of one held-out source (see :func:`moecomp.compression.evaluation.sources.read_documents`)."""
+    """Windows of one held-out source (see :func:`moecomp.compression.data.read_documents`)."""
     return windows(token_stream(read_documents(source), tokenizer, max_tokens), seq_len)
