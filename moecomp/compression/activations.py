@@ -119,6 +119,15 @@ def layer_nbytes(layer: nn.Module, dtype: torch.dtype) -> int:
     return sum(t.numel() * size for t in layer.state_dict(keep_vars=True).values())
 
 
+def working_set(config: PretrainedConfig, family: MoEFamily, tokens: int, dtype: torch.dtype) -> int:
+    """Rough peak bytes of one micro-batch's forward: the experts' [tokens*k, 2I] projections (and
+    their masked copy and activation), plus about a dozen fp32 [tokens, H] temporaries (norms, hooks)."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    moe = tokens * family.top_k(config) * 2 * width * size * 5 // 2
+    return moe + 12 * tokens * config.hidden_size * 4
+
+
 def make_plan(
     model: nn.Module,
     family: MoEFamily,
@@ -126,7 +135,7 @@ def make_plan(
     device: torch.device,
     dtype: torch.dtype,
     micro_batch: int | None,
-    tokens_per_micro_batch: int = 16384,
+    tokens_per_micro_batch: int = 8192,
 ) -> Plan:
     n, seq_len = shape
     hidden = model.config.hidden_size
@@ -137,7 +146,7 @@ def make_plan(
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         # Leave room for the layer (x2: loading the next while the last is freed) and the working set.
-        on_device = 2 * act + 2 * weights + 4 * mb * seq_len * hidden * 64 < free
+        on_device = 2 * act + 2 * weights + working_set(model.config, family, mb * seq_len, dtype) < free
     else:
         on_device = True  # host and device are the same memory
     return Plan(activations_on_device=on_device, micro_batch=mb, activation_bytes=act, layer_bytes=weights)

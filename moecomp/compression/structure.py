@@ -68,6 +68,15 @@ class Decisions:
             kept[layer] = sorted(set.intersection(*sides))
         return Decisions(kept_experts=kept, dropped_layers=sorted(layers), dropped_blocks=sorted(blocks))
 
+    def for_trimmed_model(self, num_layers: int) -> Decisions:
+        """The same structure in the trimmed model's own numbering (no dropped blocks; a layer's kept
+        experts are 0..k-1): apply this to a model built from the trimmed config, e.g. in remote code."""
+        new_index = {old: new for new, old in enumerate(self.kept_blocks(num_layers))}
+        return Decisions(
+            kept_experts={new_index[i]: list(range(len(v))) for i, v in self.kept_experts.items() if i in new_index},
+            dropped_layers=[new_index[i] for i in self.dropped_layers if i in new_index],
+        )
+
     def kept_blocks(self, num_layers: int) -> list[int]:
         """Original indices of the decoder blocks that remain, in order."""
         dropped = set(self.dropped_blocks)

@@ -133,3 +133,23 @@ def test_block_drop_keeps_dense_bookkeeping() -> None:
     deepseek = tiny_model("deepseek_v3")  # dense layer 0
     apply_decisions(deepseek, Decisions(dropped_blocks=[0], dropped_layers=[2]), get_adapter(deepseek.config).layout)
     assert deepseek.config.first_k_dense_replace == 0
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v3"])
+def test_trimmed_config_plus_renumbered_decisions_rebuild_the_same_shapes(model_type: str) -> None:
+    """What remote code does: build from the trimmed config on meta, apply the renumbered decisions."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(model_type)
+    family = get_adapter(model.config)
+    n = model.config.num_hidden_layers
+    moe = family.moe_layers(model.config)
+    decisions = Decisions(
+        kept_experts={moe[-1]: [0, 2, 3], moe[0]: [1, 2, 4]}, dropped_layers=[moe[1]], dropped_blocks=[0]
+    )
+    apply_decisions(model, decisions, family.layout)
+    with torch.device("meta"):
+        rebuilt = AutoModelForCausalLM.from_config(copy.deepcopy(model.config))
+    apply_decisions(rebuilt, decisions.for_trimmed_model(n), family.layout)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == expected

@@ -49,8 +49,8 @@ class BlockSimilarity(Observer):
     def __init__(self, config: BlockDropConfig, sctx: SelectContext, window: int | None = None) -> None:
         self.config = config
         self.window = window if window is not None else (config.drop if config.mode == "consecutive" else 1)
-        self.sums: dict[int, float] = {}  # block (original) -> sum of cos(h_i, h_{i+1})
-        self.window_sums: dict[int, float] = {}  # first block of a window (original) -> sum
+        self.sums: dict[int, torch.Tensor] = {}  # block (original) -> sum of cos(h_i, h_{i+1})
+        self.window_sums: dict[int, torch.Tensor] = {}  # first block of a window (original) -> sum
         self.tokens = 0  # per block
         self.blocks: list[int] = []  # original index of each position
         self._inputs: dict[int, torch.Tensor] = {}  # position -> h at its input (host), window > 1 only
@@ -60,29 +60,30 @@ class BlockSimilarity(Observer):
             self.blocks.append(info.index)
         if info.position == 0:
             self.tokens += h_in.shape[:-1].numel()
-        self.sums[info.index] = self.sums.get(info.index, 0.0) + score(h_in, h_out).item()
+        self.sums[info.index] = self.sums.get(info.index, 0.0) + score(h_in, h_out).double()  # no device sync
         if self.window > 1:
             self._observe_window(info, start, h_in, h_out)
 
     def _observe_window(self, info: LayerInfo, start: int, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
         pos = info.position
         if pos not in self._inputs:
-            self._inputs[pos] = torch.empty((info.num_sequences, *h_in.shape[1:]), dtype=h_in.dtype)
+            pin = h_in.device.type == "cuda"  # pinned: fast copies both ways
+            self._inputs[pos] = torch.empty((info.num_sequences, *h_in.shape[1:]), dtype=h_in.dtype, pin_memory=pin)
             self._inputs.pop(pos - self.window, None)  # no window starting there is still open
-        self._inputs[pos][start : start + h_in.shape[0]].copy_(h_in)
+        self._inputs[pos][start : start + h_in.shape[0]].copy_(h_in, non_blocking=True)
         first = pos + 1 - self.window  # the window whose last block is this one
         if first >= 0:
             h_first = self._inputs[first][start : start + h_out.shape[0]].to(h_out.device)
             key = self.blocks[first]
-            self.window_sums[key] = self.window_sums.get(key, 0.0) + score(h_first, h_out).item()
+            self.window_sums[key] = self.window_sums.get(key, 0.0) + score(h_first, h_out).double()
 
     def similarity(self) -> dict[int, float]:
-        return {i: s / self.tokens for i, s in sorted(self.sums.items())}
+        return {i: float(s) / self.tokens for i, s in sorted(self.sums.items())}
 
     def window_similarity(self) -> dict[int, float]:
         if self.window == 1:
             return self.similarity()
-        return {i: s / self.tokens for i, s in sorted(self.window_sums.items())}
+        return {i: float(s) / self.tokens for i, s in sorted(self.window_sums.items())}
 
 
 def select_discrete(similarity: dict[int, float], drop: int) -> list[int]:

@@ -47,7 +47,7 @@ class LayerSimilarity(Observer):
 
     def __init__(self, config: LayerDropConfig, sctx: SelectContext) -> None:
         self.config = config
-        self.sums: dict[str, dict[int, float]] = {m: {} for m in METRICS}
+        self.sums: dict[str, dict[int, torch.Tensor]] = {m: {} for m in METRICS}  # device scalars: no sync
         self.tokens: dict[int, int] = {}
 
     def attach(self, info: LayerInfo, layer: nn.Module) -> list[RemovableHandle]:
@@ -62,7 +62,7 @@ class LayerSimilarity(Observer):
         def on_moe(module: nn.Module, args: Any, output: Any) -> None:
             y = output[0] if isinstance(output, tuple) else output
             for metric, value in score(seen["x"], seen["normed"], y).items():
-                self.sums[metric][info.index] = self.sums[metric].get(info.index, 0.0) + value.item()
+                self.sums[metric][info.index] = self.sums[metric].get(info.index, 0.0) + value.double()
             self.tokens[info.index] = self.tokens.get(info.index, 0) + y.shape[:-1].numel()
 
         return [
@@ -71,7 +71,7 @@ class LayerSimilarity(Observer):
         ]
 
     def similarity(self, metric: str) -> dict[int, float]:
-        return {i: self.sums[metric][i] / self.tokens[i] for i in sorted(self.tokens)}
+        return {i: float(self.sums[metric][i]) / self.tokens[i] for i in sorted(self.tokens)}
 
 
 def select_similarity(similarity: dict[int, float], drop: int) -> list[int]:
