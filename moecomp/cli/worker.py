@@ -46,7 +46,6 @@ def celery_argv(args: argparse.Namespace, queue: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from moecomp.worker.app import make_celery  # noqa: PLC0415
     from moecomp.worker.reaper import start_reaper  # noqa: PLC0415
-    from moecomp.worker.runner import preload  # noqa: PLC0415
 
     settings = Settings()
     if not settings.database_url:  # embedded: the worker may start before `serve` created the database
@@ -54,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
 
         migrate_database(settings)
     app = make_celery(settings)
-    preload()
+    # Import torch, transformers and the library once, before the pool forks, so that each job
+    # starts at once instead of spending seconds on imports in its pool process.
+    import moecomp.worker.lifecycle  # noqa: F401, PLC0415
+
     start_reaper(settings, app)
     app.worker_main(celery_argv(args, app.conf.task_default_queue))
     return 0

@@ -6,16 +6,19 @@ lifecycle (lifecycle.py) to turn into artifacts and a final status.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pydantic import ValidationError
 
+from moecomp.compression.evaluation.gate import check_gate
+from moecomp.compression.evaluation.report import write_report
+from moecomp.compression.evaluation.run import evaluate
 from moecomp.compression.evaluation.spec import EvaluationSpec
+from moecomp.compression.pipeline import compress
 from moecomp.compression.recipe import Recipe
+from moecomp.compression.sources import resolve_model
 from moecomp.persistence.models import Job, Upload
 from moecomp.settings import Settings
 from moecomp.worker.errors import JobError
@@ -40,32 +43,7 @@ class JobOutput:
     gate_failures: list[str] = field(default_factory=list)
 
 
-def _library(name: str) -> ModuleType:
-    """The library module, or the temporary stand-ins while it has not landed."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not name.startswith(exc.name):
-            raise  # the module exists but one of its own imports is missing: a real error
-        return importlib.import_module("moecomp.worker.fallback")
-
-
-LIBRARY_MODULES = (
-    "moecomp.compression.pipeline",
-    "moecomp.compression.evaluation.run",
-    "moecomp.compression.evaluation.report",
-    "moecomp.compression.evaluation.gate",
-)
-
-
-def preload() -> None:
-    """Import torch, transformers and the library once in the worker's main process, before the pool
-    forks, so that each job starts at once instead of spending seconds on imports."""
-    for name in LIBRARY_MODULES:
-        _library(name)
-
-
-def resolve_model(job: Job, upload: Upload | None, settings: Settings) -> tuple[str | Path, str | None]:
+def model_reference(job: Job, upload: Upload | None, settings: Settings) -> tuple[str | Path, str | None]:
     """The model reference compress() takes, from the job's stored ModelSource."""
     source = job.model_source
     kind = source.get("kind")
@@ -84,7 +62,7 @@ def resolve_model(job: Job, upload: Upload | None, settings: Settings) -> tuple[
 
 
 def parse_input(job: Job, upload: Upload | None, settings: Settings) -> JobInput:
-    model, revision = resolve_model(job, upload, settings)
+    model, revision = model_reference(job, upload, settings)
     try:
         recipe = Recipe.model_validate(job.recipe)
         evaluation = EvaluationSpec.model_validate(job.evaluation or {})
@@ -93,16 +71,9 @@ def parse_input(job: Job, upload: Upload | None, settings: Settings) -> JobInput
     return JobInput(model, revision, recipe, evaluation)
 
 
-def _local_dir(model: str | Path, revision: str | None) -> Path | None:
+def _local_dir(model: str | Path, revision: str | None) -> Path:
     """The folder the original model was read from (the hub cache for hub ids), for the baseline."""
-    if isinstance(model, Path):
-        return model
-    from huggingface_hub import snapshot_download  # noqa: PLC0415
-
-    try:
-        return Path(snapshot_download(model, revision=revision, local_files_only=True))
-    except Exception:  # compress() read it, so this is rare; the report then has no baseline
-        return None
+    return resolve_model(model, revision=revision)  # compress() fetched it already: no second download
 
 
 def run_body(inp: JobInput, workdir: Path, reporter: JobReporter, device: str, cache_dir: Path) -> JobOutput:
@@ -110,9 +81,8 @@ def run_body(inp: JobInput, workdir: Path, reporter: JobReporter, device: str, c
     ctx = reporter.context()
     compress_end = 0.7 if inp.evaluation is not None else 0.9
     reporter.begin_phase(0.0, compress_end, len(inp.recipe.stages) + 3)  # load, calibrate, stages, export
-    pipeline = _library("moecomp.compression.pipeline")
     checkpoint = workdir / "checkpoint"
-    manifest = pipeline.compress(inp.model, inp.recipe, checkpoint, revision=inp.revision, device=device, ctx=ctx)
+    manifest = compress(inp.model, inp.recipe, checkpoint, revision=inp.revision, device=device, ctx=ctx)
     out = JobOutput(checkpoint=checkpoint, manifest=manifest)
     if inp.evaluation is not None:
         ctx.check_cancelled()
@@ -124,13 +94,10 @@ def run_body(inp: JobInput, workdir: Path, reporter: JobReporter, device: str, c
 
 def _evaluate(inp: JobInput, out: JobOutput, workdir: Path, reporter: JobReporter, device: str, cache: Path) -> None:
     assert inp.evaluation is not None
-    run = _library("moecomp.compression.evaluation.run")
-    report_mod = _library("moecomp.compression.evaluation.report")
-    gate_mod = _library("moecomp.compression.evaluation.gate")
     baseline = _local_dir(inp.model, inp.revision)
     ctx = reporter.context()
-    out.report = run.evaluate(
+    out.report = evaluate(
         out.checkpoint, baseline, inp.evaluation, device=device, ctx=ctx, cache_dir=cache, manifest=out.manifest
     )
-    out.report_files = list(report_mod.write_report(out.report, workdir / "report"))
-    out.gate_failures = list(gate_mod.check_gate(out.report, inp.evaluation.gate))
+    out.report_files = list(write_report(out.report, workdir / "report"))
+    out.gate_failures = list(check_gate(out.report, inp.evaluation.gate))

@@ -1,0 +1,55 @@
+"""The task body with the real library: expert drop on tiny-mixtral, the quality gate, a cancel mid-engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import select, update
+
+from moecomp.persistence.models import Artifact, Job, JobEvent, JobStatus
+from moecomp.worker.lifecycle import run_job_once
+from tests.worker.conftest import EVAL_SMALL, get_job
+
+DROP = {"stages": [{"method": "expert_drop", "keep": 4}], "calibration": {"samples": 8, "seq_len": 128}}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_quality_gate_failure_keeps_the_artifacts(settings, db, make_job):
+    job_id = make_job(recipe=DROP, evaluation={**EVAL_SMALL, "gate": {"max_perplexity_increase_pct": 0}})
+    run_job_once(settings, job_id)
+    job = get_job(db, job_id)
+    assert (job.status, job.error_code) == (JobStatus.failed, "quality_gate"), job.error_message
+    assert "perplexity" in job.error_message.lower()
+    with db.session() as s:
+        kinds = set(s.scalars(select(Artifact.kind).where(Artifact.job_id == job_id)))
+    assert {"checkpoint", "manifest", "report", "report_html", "model_card", "log"} <= kinds
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_cancel_stops_the_engine_between_layers(settings, db, make_job):
+    job_id = make_job(recipe=DROP)
+
+    def cancel_at_first_layer() -> None:
+        query = select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.stage == "expert_drop")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with db.session() as s:
+                if s.scalars(query.where(JobEvent.kind == "progress")).first() is not None:
+                    s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+                    s.commit()
+                    return
+            time.sleep(0.05)
+
+    threading.Thread(target=cancel_at_first_layer, daemon=True).start()
+    run_job_once(settings, job_id)
+    job = get_job(db, job_id)
+    assert job.status == JobStatus.cancelled, (job.error_code, job.error_message)
+    with db.session() as s:
+        steps = [
+            e.data["step"]
+            for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id))
+            if e.kind == "progress" and e.stage == "expert_drop"
+        ]
+    assert steps and max(steps) < 8  # stopped before the last of the 8 layers
