@@ -66,6 +66,7 @@ def test_a_bad_recipe_shows_the_servers_error_beside_the_field(page: Any, servic
     assert "f-recipe-stages-0-keep-error" in page.get_attribute("#f-recipe-stages-0-keep", "aria-describedby")
     summary = page.locator("#form-errors")
     assert summary.is_visible() and page.evaluate("document.activeElement.id") == "form-errors"
+    assert "Stage 1: expert drop › Keep: Input should be greater than or equal to 1" in summary.inner_text()
     assert "/dashboard/new" in page.url and job_count(service) == before  # nothing was created
     page.screenshot(path=str(screenshots / "new-job-errors.png"), full_page=True)
 
@@ -170,17 +171,18 @@ def test_a_job_from_the_form_runs_live_to_a_report_with_charts_and_a_checked_dow
     assert page.locator("#event-log li").count() >= 5
     assert "job succeeded" in page.locator("#event-log").inner_text()
     assert page.locator("#cancel-button").is_hidden()
+    assert "/dashboard/compare?model=" in page.get_attribute("#compare-link", "href")
 
     # The figures, each with its "% of original".
     ppl = page.locator("tr[data-figure='perplexity.bundled:heldout.ppl']")
     assert ppl.locator("td.pct").inner_text().endswith("%")
     assert page.locator("tr[data-figure='footprint.disk_bytes'] td.pct").inner_text() != "—"
-    # The charts: the expert-score heatmap (8 layers x 8 experts of the original; MoE layers dropped
-    # first have no scores) and the layer similarities with the 2 dropped layers marked.
+    # The charts: the expert-score heatmap (6 scored layers x 8 experts, 2 dropped in each; the 2 layers
+    # whose MoE layer drop removed first are rows saying so) and the layer similarities, 2 dropped marked.
     heat = page.locator("#report svg.chart:has(.heat-cell)")
     cells, crossed = heat.locator(".heat-cell").count(), heat.locator(".heat-cell.dropped").count()
-    rows = heat.locator(".heat-row").count()
-    assert rows >= 6 and cells == rows * 8 and crossed == rows * 2, (rows, cells, crossed)
+    assert (cells, crossed) == (6 * 8, 6 * 2)
+    assert heat.locator(".heat-row.removed").count() == 2
     bars = page.locator("#report svg.chart:has(.bar-item)")
     assert bars.locator(".bar-item").count() == 8 and bars.locator(".bar-item.marked").count() == 2
     assert page.locator("#report svg.chart:has(.point) .point").count() == 2  # original + this job

@@ -170,7 +170,7 @@ function ramp(t) {
  * rows: [{label, values: [per column], dropped: Set<column index>}]; dropped cells are crossed out.
  */
 export function heatmap({ title, rows, columnLabel = "expert", rowLabel = "layer" }) {
-  const cols = Math.max(0, ...rows.map((r) => r.values.length));
+  const cols = Math.max(1, ...rows.map((r) => r.values.length));
   const cell = 30, L = 70, T = 36, B = 40;
   const W = L + cols * cell + 90, H = T + rows.length * cell + B;
   const svg = frame(W, H, title, `${rows.length} ${rowLabel}s by ${cols} ${columnLabel}s; crossed cells are dropped.`);
@@ -183,8 +183,9 @@ export function heatmap({ title, rows, columnLabel = "expert", rowLabel = "layer
   const norm = (v) => (hi > lo ? (v - lo) / (hi - lo) : 0.5);
   const header = Array.from({ length: cols }, (_, c) =>
     s("text", { x: L + c * cell + cell / 2, y: T - 8, "text-anchor": "middle" }, String(c)));
-  const body = rows.map((row, r) => s("g", { class: "heat-row", "data-row": row.label },
+  const body = rows.map((row, r) => s("g", { class: `heat-row${row.note ? " removed" : ""}`, "data-row": row.label },
     s("text", { x: L - 8, y: T + r * cell + cell / 2 + 4, "text-anchor": "end" }, row.label),
+    row.note ? s("text", { x: L + 6, y: T + r * cell + cell / 2 + 4, class: "heat-note" }, `— ${row.note} —`) : null,
     row.values.map((v, c) => {
       const x = L + c * cell, y = T + r * cell, dropped = row.dropped?.has(c);
       return s("g", { class: `heat-cell${dropped ? " dropped" : ""}` },

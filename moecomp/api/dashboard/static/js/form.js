@@ -159,6 +159,15 @@ function attachError(box, message) {
   return input ?? box;
 }
 
+/** "Stage 1: expert drop › Keep" for an input: its group's legend and its own label. */
+function placeName(target) {
+  if (!target) return "";
+  const label = target.labels?.[0]?.textContent ?? target.querySelector?.(":scope > legend")?.textContent ?? "";
+  const stage = target.closest("fieldset.stage")?.querySelector("legend .stage-method")?.textContent;
+  const group = stage ?? target.closest("fieldset")?.querySelector(":scope > legend")?.textContent;
+  return [group, label].filter(Boolean).join(" › ");
+}
+
 /** Puts each 422 item beside its input (or the nearest enclosing group) and lists them all in `summary`. */
 export function showErrors(form, summary, detail, isTag) {
   const items = [];
@@ -166,7 +175,7 @@ export function showErrors(form, summary, detail, isTag) {
     const candidates = locCandidates(item.loc ?? [], isTag);
     const box = candidates.map((key) => form.querySelector(`[data-loc="${CSS.escape(key)}"]`)).find(Boolean);
     const target = box ? attachError(box, item.msg) : null;
-    const where = (item.loc ?? []).filter((p) => p !== "body").join(" › ");
+    const where = placeName(target) || (item.loc ?? []).filter((p) => p !== "body").join(" › ");
     items.push(h("li", {}, target?.id ? h("a", { href: `#${target.id}` }, where || "form") : where || "request",
       `: ${item.msg}`));
   }

@@ -114,6 +114,7 @@ export function initJob(root) {
     el("job-status").replaceChildren(statusBadge(job.status));
     overall.update(job.status === "succeeded" ? 1 : job.progress, job.stage ?? job.status);
     describeJob(el("job-details"), job);
+    el("compare-link").href = `/dashboard/compare?model=${encodeURIComponent(job.model_ref ?? modelKey(job.model))}`;
     cancel.hidden = FINAL.has(job.status) || job.cancel_requested;
     el("job-error").hidden = !job.error;
     if (job.error) el("job-error").textContent = `${job.error.code}: ${job.error.message}`;

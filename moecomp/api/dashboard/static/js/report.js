@@ -43,11 +43,19 @@ const decisionsOf = (stage, manifest) => stage.decisions ?? manifest?.decisions 
 
 function expertHeatmap(stage, manifest) {
   const kept = decisionsOf(stage, manifest).kept_experts ?? {};
-  const rows = Object.entries(stage.scores).sort(([a], [b]) => Number(a) - Number(b)).map(([layer, values]) => {
+  const rows = Object.entries(stage.scores).map(([layer, values]) => {
     const keep = kept[layer];
     const dropped = new Set(keep ? values.map((_, e) => e).filter((e) => !keep.includes(e)) : []);
     return { label: layer, values, dropped };
   });
+  // Layers whose MoE (or whole block) another stage removed have no expert scores: say so in their row.
+  const all = manifest?.decisions ?? {};
+  for (const [list, note] of [[all.dropped_layers, "MoE removed"], [all.dropped_blocks, "block removed"]]) {
+    for (const layer of list ?? []) {
+      if (!(String(layer) in stage.scores)) rows.push({ label: String(layer), values: [], note });
+    }
+  }
+  rows.sort((a, b) => Number(a.label) - Number(b.label));
   return heatmap({ title: `Expert scores per layer (${stage.method ?? "expert drop"})`, rows });
 }
 
