@@ -137,7 +137,7 @@ export function initJobs(root) {
 
   async function loop() {
     try {
-      await tick();
+      if (!document.hidden) await tick(); // a background tab stops asking; it catches up when shown
     } catch (error) {
       showError(error);
     }

@@ -69,9 +69,10 @@ class StageEditor {
 
   render(focusIndex = -1, focusClass = "") {
     this.list.replaceChildren(...this.stages.map((stage, i) => this.stageItem(stage, i)));
+    // Keep the keyboard user's place: the same control in the moved stage, or "Add stage" when none is left.
     const item = this.list.children[focusIndex];
     const focus = item?.querySelector(`.${focusClass}:not([disabled])`) ?? item?.querySelector("input, select, button");
-    focus?.focus();
+    (focus ?? this.fallbackFocus)?.focus();
   }
 
   stageItem(stage, i) {
@@ -121,6 +122,7 @@ export async function initNewJob(root) {
   const readModel = modelSource(root.querySelector("#model-source"), JSON.parse(root.dataset.models || "[]"),
     root.dataset.defaultModel || "");
   const editor = new StageEditor(root.querySelector("#stages"), catalog.methods);
+  editor.fallbackFocus = root.querySelector("#add-stage");
   const picker = root.querySelector("#add-method");
   picker.replaceChildren(...catalog.methods.map((m) =>
     h("option", { value: m.name }, `${m.name.replaceAll("_", " ")} (${m.family})`)));

@@ -1,0 +1,76 @@
+"""The chart and form modules in the browser, on data made up here: the edge cases a real job rarely hits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.dashboard.conftest import Service, sign_in
+
+
+def run_module(page: Any, module: str, body: str) -> Any:
+    """Evaluate ``body`` (an async function of the imported module ``m``) in a signed-in dashboard page."""
+    return page.evaluate(f"async () => {{ const m = await import('/dashboard/static/js/{module}'); {body} }}")
+
+
+def test_ticks_are_round_and_terminate_on_ranges_below_float_precision(page: Any, service: Service) -> None:
+    sign_in(page, service.key)
+    assert run_module(page, "charts.js", "return m.ticks(0, 10);") == [0, 2, 4, 6, 8, 10]
+    assert run_module(page, "charts.js", "return m.ticks(88, 112);") == [90, 95, 100, 105, 110]
+    # 100 and 99.99999999999999 % (a re-export): adding such a step to 100 would never advance.
+    tiny = run_module(page, "charts.js", "return m.ticks(99.99999999999999, 100);")
+    assert 1 <= len(tiny) <= 16
+
+
+def test_a_scatter_of_equal_points_gets_distinct_readable_ticks(page: Any, service: Service) -> None:
+    sign_in(page, service.key)
+    labels = run_module(
+        page,
+        "charts.js",
+        """const svg = m.scatterChart({title: 't', xLabel: 'x', yLabel: 'y', points: [
+             {x: 17.3142, y: 100, label: 'original', reference: true},
+             {x: 17.3143, y: 99.99999999999999, label: 'job'}]});
+           document.body.append(svg);
+           return {x: [...svg.querySelectorAll('.tick text')].map((t) => t.textContent),
+                   points: svg.querySelectorAll('.point').length,
+                   reference: svg.querySelectorAll('.reference').length};""",
+    )
+    assert labels["points"] == 2 and labels["reference"] == 1
+    assert len(set(labels["x"])) == len(labels["x"])  # no two ticks read the same
+
+
+def test_bars_mark_the_dropped_and_the_heatmap_crosses_dropped_experts(page: Any, service: Service) -> None:
+    sign_in(page, service.key)
+    counts = run_module(
+        page,
+        "charts.js",
+        """const bars = m.barChart({title: 'b', valueLabel: 'cos', items: [0.5, 0.9, 0.95, 0.7].map(
+             (value, i) => ({label: String(i), value, marked: i === 2}))});
+           const heat = m.heatmap({title: 'h', rows: [
+             {label: '0', values: [0.1, 0.5, 0.2], dropped: new Set([0])},
+             {label: '1', values: [], note: 'MoE removed'}]});
+           return {bars: bars.querySelectorAll('.bar-item').length,
+                   marked: [...bars.querySelectorAll('.bar-item.marked')].map((b) => b.dataset.label),
+                   cells: heat.querySelectorAll('.heat-cell').length,
+                   crossed: heat.querySelectorAll('.heat-cell.dropped .cross').length,
+                   removed: heat.querySelector('.heat-row.removed .heat-note').textContent,
+                   tooltip: heat.querySelector('.heat-cell.dropped title').textContent};""",
+    )
+    assert counts == {
+        "bars": 4,
+        "marked": ["2"],
+        "cells": 3,
+        "crossed": 1,
+        "removed": "— MoE removed —",
+        "tooltip": "layer 0, expert 0: 0.1 (dropped)",
+    }
+
+
+def test_error_locations_drop_body_and_union_tags(page: Any, service: Service) -> None:
+    sign_in(page, service.key)
+    candidates = run_module(
+        page,
+        "form.js",
+        """return m.locCandidates(['body', 'recipe', 'stages', 0, 'expert_drop', 'keep'],
+                                  (part) => part === 'expert_drop');""",
+    )
+    assert candidates == ["recipe.stages.0.keep", "recipe.stages.0", "recipe.stages", "recipe"]
