@@ -84,6 +84,10 @@ def make_config(args: argparse.Namespace) -> PretrainedConfig:
     else:
         values = dict(SHAPES["small" if args.small else args.shape])
         config = AutoConfig.for_model(values.pop("model_type"), **values)
+    if args.layers:
+        config.num_hidden_layers = args.layers
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[: args.layers]
     return config
 
 
@@ -231,6 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--small", action="store_true", help="tiny config on CPU, 8 x 64 tokens, fp32")
     parser.add_argument("--shape", default="mixtral-8x7b", choices=sorted(SHAPES))
     parser.add_argument("--config", help="a config.json (folder or file) of any supported family")
+    parser.add_argument("--layers", type=int, default=None, help="override num_hidden_layers (quick checks)")
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch (default: auto)")

@@ -50,6 +50,12 @@ class SafetensorsSource:
         self.model_dir = Path(model_dir)
         self.config = AutoConfig.from_pretrained(self.model_dir)
         self.family = get_adapter(self.config)
+        if getattr(self.config, "quantization_config", None):
+            # Scores need the real weights; packed/FP8 tensors would be read as if they were plain.
+            raise ValueError(
+                f"{self.model_dir} is a quantized checkpoint ({_quant_method(self.config)}); trimming calibration "
+                "reads unquantized weights: run trimming stages before quantization stages"
+            )
         self._files = _weight_map(self.model_dir)  # module-style name -> file
         self._disk_names = _renamed(self._files, self.family)  # module-style name -> disk name
 
@@ -99,6 +105,11 @@ class SafetensorsSource:
 
     def _count_experts(self, experts_path: str) -> int:
         return self.family.num_experts(self.config)
+
+
+def _quant_method(config: PretrainedConfig) -> str:
+    quant = config.quantization_config
+    return str(quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", quant))
 
 
 def _weight_map(model_dir: Path) -> dict[str, str]:

@@ -136,3 +136,11 @@ def test_in_pass_decisions_use_original_expert_ids(tiny_mixtral_dir: Path) -> No
     assert set(observer.scores()[0]) == {1, 3, 4, 6, 7}
     assert set(result.decisions.kept_experts[0]) <= {1, 3, 4, 6, 7} and len(result.decisions.kept_experts[0]) == 3
     assert len(result.decisions.kept_experts) == len(get_adapter(source.config).moe_layers(source.config))
+
+
+def test_quantized_checkpoints_are_refused_with_a_reason(tmp_path: Path) -> None:
+    model = tiny_model("olmoe")
+    model.config.quantization_config = {"quant_method": "compressed-tensors", "format": "pack-quantized"}
+    model.config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="quantized checkpoint .*compressed-tensors.* before quantization"):
+        SafetensorsSource(tmp_path)
