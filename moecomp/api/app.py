@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="moecomp", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.db = db
+    app.state.session_slots = None  # see deps.get_session
     app.state.celery = make_celery(settings)
     app.state.metrics = make_registry(db)
     install_error_handlers(app)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
@@ -22,27 +23,46 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: mc_<prefix8>_<se
 _cookie = APIKeyCookie(name=COOKIE_NAME, auto_error=False, description="Set by POST /dashboard/login")
 
 
-def get_settings(request: Request) -> Settings:
+# async: these only read app state, and FastAPI would send a plain def to the thread pool and back.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     return request.app.state.db
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-def get_session(db: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
-    with db.session() as session:
-        yield session
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session per request, for at most ``db.capacity`` requests at once (the others wait here).
+
+    Deadlock guard: FastAPI runs sync handlers, sync dependencies and the response validation of sync
+    handlers on one pool of 40 threads. Were more requests holding sessions than the connection pool
+    has connections, every thread could end up waiting for a connection while every connection waits,
+    held by its session, for a thread. Admitting only as many sessions as there are connections means
+    a thread never waits for a connection; waiting requests wait here, holding neither. The session
+    closes right after the handler (scope="function"; before a streamed body), on a limiter of its own.
+    """
+    state = request.app.state
+    if getattr(state, "session_slots", None) is None:  # made in the event loop that uses them
+        state.session_slots = anyio.Semaphore(state.db.capacity)
+        state.close_limiter = anyio.CapacityLimiter(8)
+    async with state.session_slots:
+        session = state.db.sessions()
+        try:
+            yield session
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close, limiter=state.close_limiter)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_team(
@@ -53,6 +73,9 @@ def get_team(
     """The team of the Bearer key, else of the dashboard cookie; 401 (WWW-Authenticate: Bearer) otherwise."""
     key = bearer.credentials if bearer is not None else cookie
     team = team_for_key(session, key) if key else None
+    # End the read transaction: a long handler (an upload) must not sit idle in a transaction.
+    # expire_on_commit=False keeps the team loaded.
+    session.commit()
     if team is None:
         raise Unauthorized()
     return team

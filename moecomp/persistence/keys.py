@@ -50,10 +50,14 @@ def team_for_key(session: Session, key: str | None) -> Team | None:
     if match is None:
         return None
     digest = hash_key(key or "")
-    rows = session.scalars(select(ApiKey).where(ApiKey.prefix == match.group(1), ApiKey.revoked_at.is_(None)))
-    for row in rows:
-        if hmac.compare_digest(row.secret_hash, digest):
-            return session.get(Team, row.team_id)
+    rows = session.execute(
+        select(ApiKey.secret_hash, Team)
+        .join(Team, Team.id == ApiKey.team_id)
+        .where(ApiKey.prefix == match.group(1), ApiKey.revoked_at.is_(None))
+    )
+    for secret_hash, team in rows:
+        if hmac.compare_digest(secret_hash, digest):
+            return team
     return None
 
 
