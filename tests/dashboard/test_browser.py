@@ -195,6 +195,9 @@ def test_a_job_from_the_form_runs_live_to_a_report_with_charts_and_a_checked_dow
     download_info.value.save_as(saved)
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == listed_sha
     page.screenshot(path=str(screenshots / "job.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(screenshots / "job-phone.png"), full_page=True)
 
 
 def test_compare_draws_quality_against_memory_and_speedup(
@@ -224,6 +227,8 @@ def test_compare_draws_quality_against_memory_and_speedup(
     page.check(f"#pick-{api_jobs[0]}")
     page.wait_for_function("() => document.querySelectorAll('#chart-memory .point').length >= 3")
     page.screenshot(path=str(screenshots / "compare.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
 def test_a_job_can_be_cancelled_from_its_page(page: Any, service: Service) -> None:

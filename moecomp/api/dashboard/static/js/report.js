@@ -4,23 +4,26 @@ import { barChart, chartFigure, heatmap, scatterChart } from "./charts.js";
 import { describeFigure, firstPerplexitySource, memoryOf, modelFigures, qualityPct } from "./figures.js";
 import { formatNumber, formatPct, h } from "./format.js";
 
+function figureRow(path, label, original, compressed, pct) {
+  return h("tr", { "data-figure": path }, h("th", { scope: "row" }, label),
+    h("td", { "data-label": "Original" }, original), h("td", { "data-label": "Compressed" }, compressed),
+    h("td", { class: "pct", "data-label": "% of original" }, pct));
+}
+
 function figuresTable(report) {
   const candidate = modelFigures(report.candidate);
   const baseline = modelFigures(report.baseline);
   const rows = Object.keys(candidate).map((path) => {
     const [label, format] = describeFigure(path);
-    return h("tr", { "data-figure": path }, h("th", { scope: "row" }, label),
-      h("td", {}, path in baseline ? format(baseline[path]) : "—"), h("td", {}, format(candidate[path])),
-      h("td", { class: "pct" }, formatPct(report.relative?.[path])));
+    return figureRow(path, label, path in baseline ? format(baseline[path]) : "—", format(candidate[path]),
+      formatPct(report.relative?.[path]));
   });
+  const agreement = formatPct((report.fidelity?.top1_agreement ?? NaN) * 100);
   const fidelity = report.fidelity ? [
-    h("tr", { "data-figure": "fidelity.top1_agreement" }, h("th", { scope: "row" }, "Top-1 agreement with the original"),
-      h("td", {}, "100%"), h("td", {}, formatPct(report.fidelity.top1_agreement * 100)),
-      h("td", { class: "pct" }, formatPct(report.fidelity.top1_agreement * 100))),
-    h("tr", { "data-figure": "fidelity.kl_mean" }, h("th", { scope: "row" }, "KL(original ‖ compressed), nats"),
-      h("td", {}, "0"), h("td", {}, formatNumber(report.fidelity.kl_mean)), h("td", {}, "—")),
+    figureRow("fidelity.top1_agreement", "Top-1 agreement with the original", "100%", agreement, agreement),
+    figureRow("fidelity.kl_mean", "KL(original ‖ compressed), nats", "0", formatNumber(report.fidelity.kl_mean), "—"),
   ] : [];
-  return h("div", { class: "table-wrap" }, h("table", { class: "figures" },
+  return h("div", { class: "table-wrap" }, h("table", { class: "figures responsive" },
     h("caption", {}, "Figures of the compressed model against the original"),
     h("thead", {}, h("tr", {}, ["Figure", "Original", "Compressed", "% of original"].map((t) => h("th", { scope: "col" }, t)))),
     h("tbody", {}, rows, fidelity)));
