@@ -57,6 +57,26 @@ def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Pop
     return subprocess.Popen(cmd, env=env)
 
 
+def _proc_stat(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # the fields after "(comm)"; [1] is ppid, [11:13] utime, stime
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds used by the server process and its direct children (uvicorn workers), from /proc."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _proc_stat(int(entry.name))
+        except (OSError, ValueError):
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def wait_ready(base: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -116,19 +136,25 @@ def report(out: dict[str, list[float]], errors: dict[str, int], seconds: float) 
     print(f"mean {statistics.mean(everything) * 1000:.1f} ms; load average {os.getloadavg()}")
 
 
-async def run_load(base: str, headers: dict[str, str], job_id: str, args: argparse.Namespace) -> None:
+async def run_load(base: str, headers: dict[str, str], job_id: str, args: argparse.Namespace, server_pid: int) -> None:
     out: dict[str, list[float]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
     # One client (one keep-alive connection) per simulated user, built before the clock starts;
     # verify=False skips loading the CA bundle, tens of ms per client (this is plain HTTP anyway).
     clients = [httpx.AsyncClient(base_url=base, headers=headers, timeout=10, verify=False) for _ in range(args.clients)]
-    started = time.monotonic()
+    started, cpu0, client_cpu0 = time.monotonic(), server_cpu_s(server_pid), time.process_time()
     stop_at = started + args.duration
     try:
         await asyncio.gather(*(client_loop(c, job_id, stop_at, args.list_every, out, errors) for c in clients))
     finally:
         await asyncio.gather(*(c.aclose() for c in clients))
     report(out, errors, time.monotonic() - started)
+    # CPU per request is the figure that survives a shared machine: latency depends on who else runs.
+    n = sum(len(v) for v in out.values())
+    print(
+        f"server CPU {1000 * (server_cpu_s(server_pid) - cpu0) / n:.2f} ms/request, "
+        f"load generator CPU {1000 * (time.process_time() - client_cpu0) / n:.2f} ms/request"
+    )
 
 
 def main() -> None:
@@ -169,7 +195,7 @@ def main() -> None:
                 f"{args.clients} clients x {args.duration:.0f} s on {url.split(':')[0]}, "
                 f"{args.workers} uvicorn worker(s), {os.cpu_count()} CPUs (shared)"
             )
-            asyncio.run(run_load(base, headers, job_ids[-1], args))
+            asyncio.run(run_load(base, headers, job_ids[-1], args, server.pid))
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -119,6 +119,9 @@ def test_cancel_queued_running_and_final(client: TestClient, auth: dict[str, str
 
     cancelled = client.post(f"/v1/jobs/{queued}/cancel", headers=auth).json()
     assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+    assert cancelled["error"] == {"code": "cancelled", "message": "cancelled before it started"}
+    [event] = client.get(f"/v1/jobs/{queued}/events", headers=auth).json()["items"]
+    assert (event["seq"], event["kind"], event["data"]) == (1, "message", {"text": "cancelled before it started"})
     flagged = client.post(f"/v1/jobs/{running}/cancel", headers=auth).json()
     assert flagged["status"] == "running" and flagged["cancel_requested"] is True
     conflict = client.post(f"/v1/jobs/{done}/cancel", headers=auth)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from moecomp.api.errors import Conflict, Invalid, NotFound
 from moecomp.api.schemas import ErrorPublic, JobCreate, JobPublic
 from moecomp.api.services.model_sources import check_recipe_fits, resolve_source
+from moecomp.persistence.jobs import append_event
 from moecomp.persistence.models import Job, JobStatus, Team, utcnow
 from moecomp.settings import Settings
 
@@ -144,26 +145,29 @@ def list_jobs(
 def cancel_job(session: Session, team: Team, job_id: str) -> Job:
     """queued -> cancelled now; running -> cancel_requested (the worker stops between layers); final -> 409."""
     job = get_job(session, team, job_id)
-    now = utcnow()
     # Conditional updates: the worker may claim or finish the job between our read and our write.
-    done = session.execute(
+    stopped = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status == JobStatus.queued)
         .values(
             status=JobStatus.cancelled,
             cancel_requested=True,
-            finished_at=now,
+            finished_at=utcnow(),
             error_code="cancelled",
             error_message="cancelled before it started",
         )
     ).rowcount
-    if not done:
-        done = session.execute(
+    flagged = (
+        stopped
+        or session.execute(
             update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True)
         ).rowcount
+    )
     session.commit()
+    if stopped:  # no worker will ever write this job's events: say what happened here
+        append_event(session, job.id, "message", "cancel", {"text": "cancelled before it started"})
     session.refresh(job)
-    if not done and JobStatus(job.status).final:
+    if not flagged and JobStatus(job.status).final:
         raise Conflict(f"job is already {job.status}")
     return job
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from functools import cache
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
@@ -41,6 +42,7 @@ def describe_method(config: type[BaseModel]) -> MethodPublic:
     )
 
 
+@cache  # the schemas are fixed for the life of the process, and building them costs ~15 ms
 def describe_methods() -> MethodsPublic:
     return MethodsPublic(
         methods=[describe_method(c) for c in STAGE_CONFIGS],
