@@ -109,7 +109,7 @@ export function scatterChart({ title, xLabel, yLabel, points, xFormat = fmt, yFo
     const cx = px(p.x), cy = py(p.y);
     const shape = p.reference
       ? s("path", { d: `M${cx} ${cy - 8}L${cx + 8} ${cy}L${cx} ${cy + 8}L${cx - 8} ${cy}Z`, class: "mark reference" })
-      : s("circle", { cx, cy, r: 6, class: `mark series-${i % 6}` });
+      : s("circle", { cx, cy, r: 6, class: `mark series-${(p.series ?? i) % 6}` });
     const anchor = cx > W * 0.7 ? "end" : "start";
     const dx = anchor === "end" ? -10 : 10;
     return s("g", { class: "point", "data-label": p.label },

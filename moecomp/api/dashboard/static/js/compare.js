@@ -25,10 +25,10 @@ function qualityLabel(kind) {
 /** The jobs that have both figures, after the original; none at all gives [] (the chart says "No data"). */
 function pointsFor(entries, kind, xOf, reference) {
   const points = [];
-  for (const { job, report } of entries) {
+  entries.forEach(({ job, report }, series) => { // one colour per job across both charts
     const x = xOf(report), y = qualityPct(report, kind);
-    if (x !== null && y !== null) points.push({ x, y, label: job.id.slice(0, 8) });
-  }
+    if (x !== null && y !== null) points.push({ x, y, label: job.id.slice(0, 8), series });
+  });
   return points.length && reference ? [{ ...reference, y: 100, label: "original", reference: true }, ...points] : points;
 }
 
