@@ -8,12 +8,14 @@ Screenshots go to test-artifacts/screenshots/ (git-ignored; the folder is printe
 from __future__ import annotations
 
 import hashlib
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from moecomp.assets import DEMO_MODEL as TINY_MIXTRAL
 from tests.dashboard.conftest import SMALL_CALIBRATION, Service, sign_in
 
 pytestmark = pytest.mark.slow
@@ -238,3 +240,24 @@ def test_a_job_can_be_cancelled_from_its_page(page: Any, service: Service) -> No
     page.wait_for_selector("#job-status [data-status=cancelled]", timeout=180_000)
     assert page.locator("#cancel-button").is_hidden()
     assert service.wait_final(job_id)["status"] == "cancelled"
+
+
+def test_a_model_folder_uploads_from_the_form_and_fills_its_id(page: Any, service: Service, tmp_path: Path) -> None:
+    archive = tmp_path / "model.tar"
+    with tarfile.open(archive, "w") as tar:
+        for file in sorted(TINY_MIXTRAL.iterdir()):
+            tar.add(file, arcname=file.name)
+    sign_in(page, service.key, "/dashboard/new")
+    page.wait_for_selector("#new-job[data-ready]")
+    page.select_option("#f-model-kind", "upload")
+    page.set_input_files("#f-model-upload-file", str(archive))
+    page.click("#upload-button")
+    page.wait_for_function("() => document.querySelector('#f-model-upload_id').value !== ''")
+    upload_id = page.input_value("#f-model-upload_id")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert digest in page.inner_text("#upload-status")
+    with service.client() as client:  # the id is usable: a job on it is accepted (then cancelled)
+        body = {"model": {"kind": "upload", "upload_id": upload_id}, "recipe": {"stages": []}}
+        job = client.post("/v1/jobs", json=body)
+        assert job.status_code == 201, job.text
+        client.post(f"/v1/jobs/{job.json()['id']}/cancel")

@@ -62,6 +62,26 @@ export function listEvents(id, after = 0, limit = 500) {
   return getJSON(`/v1/jobs/${encodeURIComponent(id)}/events?after=${after}&limit=${limit}`);
 }
 
+/**
+ * Streams a model folder's tar to POST /v1/models; onProgress(fraction) while it goes up.
+ * XMLHttpRequest rather than fetch: only it reports upload progress.
+ */
+export function uploadModel(file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/v1/models");
+    xhr.setRequestHeader("Content-Type", "application/x-tar");
+    xhr.responseType = "json";
+    xhr.upload.addEventListener("progress", (e) => e.lengthComputable && onProgress(e.loaded / e.total));
+    xhr.addEventListener("load", () => {
+      if (xhr.status === 201) resolve(xhr.response);
+      else reject(new ApiError(xhr.status, xhr.response?.detail ?? xhr.statusText));
+    });
+    xhr.addEventListener("error", () => reject(new ApiError(0, "The upload was interrupted.")));
+    xhr.send(file);
+  });
+}
+
 export function artifactUrl(artifact) {
   return artifact.url || `/v1/artifacts/${encodeURIComponent(artifact.id)}/content`;
 }

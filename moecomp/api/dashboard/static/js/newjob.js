@@ -1,9 +1,9 @@
 // The new-job page: model source, stages stacked in order (from GET /v1/methods), calibration,
 // evaluation and gate; submits POST /v1/jobs and shows 422 errors beside the fields.
 
-import { ApiError, listMethods, postJSON } from "./api.js";
+import { ApiError, listMethods, postJSON, uploadModel } from "./api.js";
 import { clearErrors, renderObject, showErrors } from "./form.js";
-import { h } from "./format.js";
+import { formatBytes, h, progressBar } from "./format.js";
 
 const SOURCE_FIELDS = {
   local: [["path", "Folder", "A model folder with config.json, under an allowed root."]],
@@ -26,6 +26,7 @@ function modelSource(container, suggestions, defaultPath) {
         h("label", { for: id }, label), inputs[name], h("p", { class: "hint", id: `${id}-hint` }, hint),
         h("p", { class: "field-error", id: `${id}-error`, hidden: true }));
     }))]));
+  groups.upload.append(uploadControl(inputs.upload_id));
   const sync = () => {
     for (const [k, group] of Object.entries(groups)) group.hidden = k !== kind.value;
   };
@@ -39,6 +40,38 @@ function modelSource(container, suggestions, defaultPath) {
     for (const [name] of SOURCE_FIELDS[kind.value]) out[name] = inputs[name].value.trim();
     return out;
   };
+}
+
+/** A tar of a model folder (config.json, safetensors, tokenizer) sent to POST /v1/models; fills the id. */
+function uploadControl(idInput) {
+  const file = h("input", { id: "f-model-upload-file", type: "file", accept: ".tar,application/x-tar",
+    "aria-describedby": "f-model-upload-file-hint" });
+  const bar = progressBar("Upload progress");
+  bar.node.hidden = true;
+  const note = h("p", { class: "hint", role: "status", id: "upload-status" });
+  const button = h("button", { type: "button", class: "secondary", id: "upload-button" }, "Upload");
+  button.addEventListener("click", async () => {
+    if (!file.files.length) {
+      note.textContent = "Choose a .tar file first.";
+      return;
+    }
+    button.disabled = true;
+    bar.node.hidden = false;
+    try {
+      const done = await uploadModel(file.files[0], (f) => bar.update(f, "uploading"));
+      idInput.value = done.id;
+      bar.update(1, "uploaded");
+      note.textContent = `Uploaded ${formatBytes(done.bytes)}, sha256 ${done.sha256}.`;
+    } catch (error) {
+      note.textContent = `Upload refused: ${error.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h("div", { class: "field" }, h("label", { for: file.id }, "Model folder as a .tar"),
+    h("div", { class: "inline" }, file, button), bar.node,
+    h("p", { class: "hint", id: "f-model-upload-file-hint" }, "tar -cf model.tar -C MODEL_DIR . — then submit the job."),
+    note);
 }
 
 /** The ordered list of stages: add, move up/down, remove; each rendered from its method's schema. */
