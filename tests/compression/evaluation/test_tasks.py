@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moecomp.compression.evaluation.local_tasks import TASKS_DIR
+from moecomp.compression.evaluation.tasks import local_task_config, run_task
+from tests.compression.evaluation.helpers import EXAMPLES
+
+
+def hand_accuracy(model, tokenizer, task: str, n: int) -> float:
+    """Pick the choice with the highest summed log-likelihood after context + "\\n"; fraction right."""
+    docs = [json.loads(line) for line in (TASKS_DIR / f"{task}.jsonl").read_text().splitlines()[:n]]
+    right = 0
+    for doc in docs:
+        scores = []
+        for choice in doc["choices"]:
+            context = tokenizer.encode(doc["context"])
+            whole = tokenizer.encode(doc["context"] + "\n" + choice)
+            continuation = whole[len(context) :]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([whole[:-1]])).logits[0].float()
+            logprobs = F.log_softmax(logits[-len(continuation) :], -1)
+            scores.append(logprobs.gather(-1, torch.tensor(continuation)[:, None]).sum().item())
+        right += int(max(range(len(scores)), key=scores.__getitem__) == doc["label"])
+    return right / len(docs)
+
+
+@pytest.mark.parametrize("task", ["moecomp_next_verse"])  # one task: the hand loop is slow on CPU
+def test_local_task_accuracy_equals_a_hand_computation_from_choice_loglikelihoods(mixtral32, task):
+    result = run_task(mixtral32, task, limit=EXAMPLES, batch_size=8)
+    assert result["local"] and result["n"] == EXAMPLES
+    assert result["acc"] == pytest.approx(hand_accuracy(mixtral32.model, mixtral32.tokenizer, task, EXAMPLES))
+    assert 0 < result["acc_stderr"] < 0.1
+
+
+def test_local_task_configs_point_at_the_shipped_data_and_unknown_names_are_registry_tasks():
+    config = local_task_config("moecomp_next_verse")
+    assert config["output_type"] == "multiple_choice"
+    assert config["dataset_kwargs"]["data_files"] == {"test": str(TASKS_DIR / "moecomp_next_verse.jsonl")}
+    assert local_task_config("hellaswag") is None
