@@ -7,6 +7,7 @@ dequantizes its weights to dense tensors at load time.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -100,5 +101,8 @@ def free(loaded: LoadedModel | None) -> None:
     if loaded is None:
         return
     del loaded.model
+    # lm-eval's wrapper and autograd-free caches can sit in reference cycles: collect them now,
+    # or the original's weights would still be on the device when the candidate loads.
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -34,14 +34,28 @@ def _wrap(loaded: LoadedModel, batch_size: int):
     return HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=str(loaded.device))
 
 
+class TaskUnavailable(ValueError):
+    """A task that lm-eval cannot load here: an unknown name, or a registry task whose data is unreachable."""
+
+
 def run_task(loaded: LoadedModel, name: str, *, limit: int | None = None, batch_size: int = 8) -> dict[str, Any]:
     """Accuracy of ``loaded`` on one task: acc (and acc_norm, stderr where lm-eval gives them), n examples."""
     from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager, get_task_dict
 
     task = local_task_config(name) or name
+    manager = TaskManager()  # indexes lm-eval's registry: seconds, so made once per task run
+    try:
+        get_task_dict([task], manager)  # loads the dataset: fail here with a message, not mid-run
+    except Exception as exc:
+        raise TaskUnavailable(
+            f"task {name!r} could not be loaded ({type(exc).__name__}: {exc}); local tasks: "
+            "moecomp_next_verse, moecomp_speech_end; registry tasks need the network or a filled HF datasets cache"
+        ) from exc
     out = simple_evaluate(
         model=_wrap(loaded, batch_size),
         tasks=[task],
+        task_manager=manager,
         limit=limit,
         bootstrap_iters=0,
         log_samples=False,
@@ -58,5 +72,5 @@ def run_task(loaded: LoadedModel, name: str, *, limit: int | None = None, batch_
             # Binomial standard error; lm-eval's own needs bootstrap iterations we skip for speed.
             result[metric], result[f"{metric}_stderr"] = p, math.sqrt(p * (1 - p) / max(1, result["n"] - 1))
     if "acc" not in result:
-        raise ValueError(f"task {name} reports no accuracy (metrics: {sorted(metrics)})")
+        raise TaskUnavailable(f"task {name} reports no accuracy (metrics: {sorted(metrics)})")
     return result

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from moecomp.compression.evaluation.local_tasks import TASKS_DIR
-from moecomp.compression.evaluation.tasks import local_task_config, run_task
+from moecomp.compression.evaluation.tasks import TaskUnavailable, local_task_config, run_task
 from tests.compression.evaluation.helpers import EXAMPLES
 
 
@@ -42,3 +42,8 @@ def test_local_task_configs_point_at_the_shipped_data_and_unknown_names_are_regi
     assert config["output_type"] == "multiple_choice"
     assert config["dataset_kwargs"]["data_files"] == {"test": str(TASKS_DIR / "moecomp_next_verse.jsonl")}
     assert local_task_config("hellaswag") is None
+
+
+def test_an_unknown_task_fails_before_any_model_work_with_a_message_naming_it(mixtral32):
+    with pytest.raises(TaskUnavailable, match="'no_such_task' could not be loaded"):
+        run_task(mixtral32, "no_such_task")
