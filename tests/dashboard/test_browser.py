@@ -261,3 +261,17 @@ def test_a_model_folder_uploads_from_the_form_and_fills_its_id(page: Any, servic
         job = client.post("/v1/jobs", json=body)
         assert job.status_code == 201, job.text
         client.post(f"/v1/jobs/{job.json()['id']}/cancel")
+
+
+def test_older_jobs_page_in_on_request(page: Any, service: Service) -> None:
+    with service.client() as client:  # cancelled while queued: listed, but no work for the worker
+        for _ in range(51):
+            job_id = service.submit([])
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+        total = len(client.get("/v1/jobs", params={"limit": 200}).json()["items"])
+    sign_in(page, service.key)
+    page.wait_for_function("() => document.querySelectorAll('#jobs-body tr').length === 50")
+    page.click("#more-jobs")
+    page.wait_for_function("(n) => document.querySelectorAll('#jobs-body tr').length === n", arg=min(total, 100))
+    page.select_option("#filter-status", "cancelled")  # a filter starts again from the newest page
+    page.wait_for_function("() => document.querySelectorAll('#jobs-body tr').length === 50")

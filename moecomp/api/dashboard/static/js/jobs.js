@@ -7,6 +7,7 @@ import {
 } from "./format.js";
 
 const POLL_MS = 1000;
+const PAGE = 50;
 
 /** Remembers the last progress event of each running job, read incrementally from /events. */
 class StepTracker {
@@ -90,15 +91,29 @@ export function initJobs(root) {
   const tbody = root.querySelector("#jobs-body");
   const summary = root.querySelector("#jobs-summary");
   const announcer = document.querySelector("#announcer");
+  const more = root.querySelector("#more-jobs");
   const rows = new Map();
   const tracker = new StepTracker();
+  let pages = 1; // "Show older jobs" adds a page; every shown page stays live
+
+  async function fetchPages(filters) {
+    const jobs = [];
+    let cursor = "";
+    for (let page = 0; page < pages; page += 1) {
+      const body = await listJobs({ ...filters, limit: PAGE, cursor });
+      jobs.push(...body.items);
+      cursor = body.next_cursor;
+      if (!cursor) break;
+    }
+    more.hidden = !cursor;
+    return jobs;
+  }
 
   async function tick() {
     const status = form.elements.status.value;
     const model = form.elements.model.value;
-    const body = await listJobs({ status, model, limit: 100 });
-    syncModelFilter(form.elements.model, body.items);
-    const jobs = body.items;
+    const jobs = await fetchPages({ status, model });
+    syncModelFilter(form.elements.model, jobs);
     await Promise.all(jobs.filter((j) => j.status === "running").map((j) => tracker.refresh(j).catch(() => null)));
     render(jobs);
   }
@@ -125,7 +140,14 @@ export function initJobs(root) {
     summary.textContent = jobs.length ? `${jobs.length} job${jobs.length === 1 ? "" : "s"}` : "No jobs match.";
   }
 
-  form.addEventListener("change", () => tick().catch(showError));
+  form.addEventListener("change", () => {
+    pages = 1;
+    tick().catch(showError);
+  });
+  more.addEventListener("click", () => {
+    pages += 1;
+    tick().catch(showError);
+  });
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     tick().catch(showError);
