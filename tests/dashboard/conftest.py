@@ -114,11 +114,21 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
+SHOTS_TAKEN = pytest.StashKey[bool]()
+
+
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
+def screenshots(pytestconfig: pytest.Config) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    print(f"\nscreenshots: {SCREENSHOTS}")
+    pytestconfig.stash[SHOTS_TAKEN] = True
     return SCREENSHOTS
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where this run's screenshots are, even when output is captured (-q without -s)."""
+    if terminalreporter.config.stash.get(SHOTS_TAKEN, False):
+        shots = sorted(SCREENSHOTS.glob("*.png"))
+        terminalreporter.write_line(f"dashboard screenshots in {SCREENSHOTS}: {', '.join(p.name for p in shots)}")
 
 
 @pytest.fixture
