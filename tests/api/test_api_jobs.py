@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -97,9 +99,15 @@ def test_filters_by_status_and_model(
     assert listed(model="100%_") == []  # LIKE wildcards are literal
 
 
+def _cursor(created: str, job_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created, job_id]).encode()).decode()
+
+
 @pytest.mark.parametrize(
     ("params", "loc"),
     [
+        ({"model": "a\x00b"}, ["query", "model"]),
+        ({"cursor": _cursor("2026-01-01T00:00:00", "a\x00")}, ["query", "cursor"]),
         ({"status": "sleeping"}, ["query", "status"]),
         ({"limit": 0}, ["query", "limit"]),
         ({"cursor": "not-a-cursor"}, ["query", "cursor"]),
@@ -127,6 +135,12 @@ def test_cancel_queued_running_and_final(client: TestClient, auth: dict[str, str
     conflict = client.post(f"/v1/jobs/{done}/cancel", headers=auth)
     assert conflict.status_code == 409 and conflict.json() == {"detail": "job is already succeeded"}
     assert client.post(f"/v1/jobs/{queued}/cancel", headers=auth).status_code == 409
+
+
+@pytest.mark.parametrize("job_id", ["0" * 32, "a%00b", "x" * 500, "%E2%9C%93"])
+def test_unknown_or_malformed_ids_are_404(client: TestClient, auth: dict[str, str], job_id: str) -> None:
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).status_code == 404
+    assert client.get(f"/v1/artifacts/{job_id}/content", headers=auth).status_code == 404
 
 
 def test_another_teams_job_is_not_found(client: TestClient, auth: dict[str, str], other_auth: dict[str, str]) -> None:
@@ -162,6 +176,8 @@ BAD_BODIES = {
     "path outside the roots": (lambda: job_body(path="/etc"), ["body", "model", "path"]),
     "traversal": (lambda: job_body(path="tiny-mixtral/../../../../.."), ["body", "model", "path"]),
     "no config.json": (lambda: job_body(path="."), ["body", "model", "path"]),
+    "nul byte in path": (lambda: job_body(path="tiny\x00mixtral"), ["body", "model", "path"]),
+    "path too long": (lambda: job_body(path="x" * 999), ["body", "model", "path"]),
     "bad hub id": (
         lambda: {**job_body(), "model": {"kind": "hub", "id": "../etc/passwd"}},
         ["body", "model", "hub", "id"],

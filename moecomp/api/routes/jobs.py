@@ -14,6 +14,7 @@ from moecomp.persistence.models import JobStatus
 from moecomp.worker.queue import enqueue_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+MAX_SEQ = 2**31 - 1  # event seq is a 32-bit column
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
@@ -39,7 +40,7 @@ def list_jobs(
     session: SessionDep,
     team: TeamDep,
     status: JobStatus | None = None,
-    model: Annotated[str | None, Query(max_length=1000)] = None,
+    model: Annotated[str | None, Query(max_length=1000, pattern=r"^[^\x00]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> JobsPublic:
@@ -62,7 +63,7 @@ def list_events(
     job_id: str,
     session: SessionDep,
     team: TeamDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=events.MAX_EVENTS)] = 500,
 ) -> EventsPublic:
     job = jobs.get_job(session, team, job_id)
@@ -76,8 +77,8 @@ def stream_events(
     session: SessionDep,
     team: TeamDep,
     db: DatabaseDep,
-    after: Annotated[int, Query(ge=0)] = 0,
-    last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_SEQ)] = None,
 ) -> StreamingResponse:
     job = jobs.get_job(session, team, job_id)
     start = max(after, last_event_id or 0)  # a reconnecting EventSource resumes after its last event

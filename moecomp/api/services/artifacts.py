@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from moecomp.api.errors import NotFound, RangeNotSatisfiable
 from moecomp.api.schemas import ArtifactPublic
+from moecomp.api.services.jobs import ID_RE
 from moecomp.persistence.models import Artifact, Job, Team
 from moecomp.settings import Settings
 
@@ -43,6 +44,8 @@ def list_artifacts(session: Session, job: Job) -> list[ArtifactPublic]:
 
 
 def get_artifact(session: Session, team: Team, artifact_id: str) -> Artifact:
+    if not ID_RE.match(artifact_id):
+        raise NotFound("artifact not found")
     row = session.execute(
         select(Artifact).join(Job, Job.id == Artifact.job_id).where(Artifact.id == artifact_id, Job.team_id == team.id)
     ).scalar_one_or_none()

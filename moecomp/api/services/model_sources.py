@@ -42,6 +42,13 @@ def _local_candidates(path: str, roots: list[Path]) -> list[Path]:
     return [p] if p.is_absolute() else [root / p for root in roots] + [Path.cwd() / p]
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_config(folder: Path, loc: tuple[str, ...]) -> dict[str, Any]:
     try:
         config = json.loads((folder / "config.json").read_text())
@@ -52,13 +59,21 @@ def _read_config(folder: Path, loc: tuple[str, ...]) -> dict[str, Any]:
     return config
 
 
+def _resolve(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (OSError, ValueError):  # a NUL byte, a name too long, a symlink loop
+        return None
+
+
 def resolve_local(source: LocalSource, settings: Settings) -> ResolvedSource:
     loc = (*LOC, "path")
     roots = settings.allowed_model_roots
-    inside = [c.resolve() for c in _local_candidates(source.path, roots) if _under(c.resolve(), roots)]
+    resolved = [_resolve(c) for c in _local_candidates(source.path, roots)]
+    inside = [c for c in resolved if c is not None and _under(c, roots)]
     if not inside:
         raise Invalid(loc, "path must lie under an allowed model root", source.path)
-    folder = next((c for c in inside if (c / "config.json").is_file()), None)
+    folder = next((c for c in inside if _is_file(c / "config.json")), None)
     if folder is None:
         raise Invalid(loc, "no model folder with a config.json at this path", source.path)
     return ResolvedSource({"kind": "local", "path": str(folder)}, str(folder), _read_config(folder, loc))
