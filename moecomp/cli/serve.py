@@ -77,6 +77,8 @@ def _reap_on_start(settings: Settings) -> None:
     db = Database(settings.resolved_database_url)
     try:
         reap_once(settings, db, make_celery(settings))
+    except Exception as exc:  # a broker still starting must not keep the API down; workers reap too
+        print(f"moecomp: the start-up reaper pass failed ({exc}); workers will retry", file=sys.stderr)
     finally:
         db.engine.dispose()
 

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from moecomp.worker.app import make_celery  # noqa: PLC0415
     from moecomp.worker.reaper import start_reaper  # noqa: PLC0415
 
+    # CUDA must not be initialised in the main process before the pool forks (a forked child could not
+    # use it): torch then answers is_available()/device_count() through NVML, without touching CUDA.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     settings = Settings()
     if not settings.database_url:  # embedded: the worker may start before `serve` created the database
         from moecomp.cli.admin import migrate_database  # noqa: PLC0415

@@ -57,13 +57,16 @@ def run_job_once(settings: Settings, job_id: str, body: Body = run_body) -> Leas
         with db.session() as s:
             job = s.get(Job, job_id)
             if job is None or JobStatus(job.status).final:
+                log.info("job %s is %s: nothing to do", job_id, job.status if job else "unknown")
                 return None
             if job.status == JobStatus.queued and job.cancel_requested:
                 jobs.fail_unclaimed(s, job_id, JobStatus.queued, "cancelled", "cancelled before it started")
                 return None
             lease = jobs.claim(s, job_id, worker_name(), settings.stale_after_s, settings.max_attempts)
-        if lease is not None:
-            _run_claimed(settings, db, lease, body)
+        if lease is None:
+            log.info("job %s is %s on %s: this delivery does nothing", job_id, job.status, job.worker)
+            return None
+        _run_claimed(settings, db, lease, body)
         return lease
     finally:
         db.engine.dispose()

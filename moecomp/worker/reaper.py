@@ -83,6 +83,8 @@ def start_reaper(settings: Settings, celery_app: Celery) -> threading.Event:
     db = Database(settings.resolved_database_url)
     try:
         reap_once(settings, db, celery_app)
+    except Exception:  # the database or broker is still starting: the loop retries in a few seconds
+        log.exception("start-up reaper pass failed")
     finally:
         db.engine.dispose()
     stop = threading.Event()
