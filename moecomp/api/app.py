@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 from moecomp import __version__
 from moecomp.api import dashboard
 from moecomp.api.errors import install_error_handlers
+from moecomp.api.http_metrics import HttpMetrics
 from moecomp.api.routes import artifacts, health, jobs, methods, models
 from moecomp.api.services.metrics import make_registry
 from moecomp.persistence.database import Database
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_slots = None  # see deps.get_session
     app.state.celery = make_celery(settings)
     app.state.metrics = make_registry(db)
+    app.add_middleware(HttpMetrics, registry=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(_v1())

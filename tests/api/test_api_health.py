@@ -71,3 +71,17 @@ def test_methods_list_every_stage_with_schema_and_defaults(client: TestClient, a
     assert expert["schema"]["properties"]["keep"]["minimum"] == 1
     assert all(m["family"] in ("trimming", "slimming") for m in body["methods"])
     assert "stages" in body["recipe_schema"]["properties"] and "gate" in body["evaluation_schema"]["properties"]
+
+
+def test_metrics_count_requests_by_route_template(client: TestClient, auth: dict[str, str]) -> None:
+    job_id = client.post("/v1/jobs", json=job_body(), headers=auth).json()["id"]
+    for _ in range(3):
+        client.get(f"/v1/jobs/{job_id}", headers=auth)
+    client.get("/v1/jobs/" + "0" * 32, headers=auth)
+    client.get("/nowhere")
+    samples = _samples(client.get("/metrics").text)
+    route = "/v1/jobs/{job_id}"
+    assert samples[("moecomp_http_requests_total", (("method", "GET"), ("route", route), ("status", "200")))] == 3
+    assert samples[("moecomp_http_requests_total", (("method", "GET"), ("route", route), ("status", "404")))] == 1
+    assert samples[("moecomp_http_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 1
+    assert samples[("moecomp_http_request_duration_seconds_count", (("method", "GET"), ("route", route)))] == 4
