@@ -16,9 +16,11 @@ from moecomp.compression.recipe import Recipe
 
 
 def _description(config: type[BaseModel]) -> str:
-    # The method module's docstring opens with the method's name and source; the class's is the fallback.
-    doc = inspect.getdoc(sys.modules[config.__module__]) or inspect.getdoc(config) or ""
-    return doc.strip()
+    # A config's own docstring if it has one (not one inherited from StageConfig), else its module's,
+    # which opens with the method's name, source and formula.
+    own = config.__dict__.get("__doc__")
+    doc = inspect.cleandoc(own) if own else inspect.getdoc(sys.modules[config.__module__])
+    return (doc or "").strip()
 
 
 def _defaults(config: type[BaseModel]) -> dict[str, object]:
