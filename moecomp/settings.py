@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(5.0, description="How often a running job's worker proves it is alive.")
     stale_after_s: float = Field(30.0, description="A running job silent this long is re-queued.")
     device: str = Field("auto", description="Worker device: auto, cpu, cuda or cuda:N.")
+    queue: str = Field("moecomp", description="Celery queue that the API sends jobs to and workers consume.")
     allow_remote_code: bool = Field(False, description="Let model loading run code shipped with input models.")
 
     @cached_property
