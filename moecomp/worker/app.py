@@ -15,7 +15,7 @@ from moecomp.settings import Settings
 from moecomp.worker.broker import split_sqla_url
 
 RUN_JOB = "moecomp.run_job"
-DEFAULT_QUEUE = "moecomp"
+DEFAULT_QUEUE = "moecomp"  # the default of settings.queue
 
 
 def _transport_options(settings: Settings, sqla: bool) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport=transport,
         broker_transport_options=_transport_options(settings, transport is not None),
         broker_connection_retry_on_startup=True,
-        task_default_queue=DEFAULT_QUEUE,
+        task_default_queue=settings.queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,

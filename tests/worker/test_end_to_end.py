@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import signal
+import uuid
 from pathlib import Path
 
 import httpx
@@ -45,8 +46,15 @@ def submit_watch_download(env: dict[str, str], tmp_path: Path, model: Path, eval
 def distributed(tmp_path: Path, postgres_url: str, redis_url: str):
     """Migrated PostgreSQL, a key, and the API (`moecomp serve`, not embedded: no worker of its own)."""
     port = free_port()
+    # A queue of its own: other test runs may share this Redis database and run workers on it.
+    queue = f"moecomp-{uuid.uuid4().hex[:8]}"
     env = service_env(
-        tmp_path / "data", database_url=postgres_url, broker_url=redis_url, heartbeat_s="0.5", stale_after_s="3"
+        tmp_path / "data",
+        database_url=postgres_url,
+        broker_url=redis_url,
+        heartbeat_s="0.5",
+        stale_after_s="3",
+        queue=queue,
     )
     cli(env, "admin", "migrate")
     env["MOECOMP_KEY"] = cli(env, "admin", "create-key", "--team", "e2e").stdout.strip()
