@@ -2,7 +2,7 @@
 
     run_slimming(model_dir, stages, calib_ids, out_dir, device=..., ctx=...) -> [per-stage report]
 
-The model is loaded whole into host memory (source dtype), its fused experts are split into one
+The model is loaded whole into host memory (see :func:`compute_dtype`), its fused experts are split into one
 ``nn.Linear`` per projection and expert (llm-compressor's ``linearize_moe``), and each stage runs
 layer by layer (llm-compressor's sequential pipeline: one decoder layer at a time on the accelerator
 when there is one). Stage order: any number of pruning stages, then at most one quantization stage.
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from compressed_tensors.offload import remove_dispatch
 from llmcompressor.modeling.moe.conversion_mappings import set_save_conversion_mapping
 from llmcompressor.modeling.moe.linearize import linearize_moe
 from torch import nn
@@ -70,10 +71,19 @@ def require_fp8(device: str) -> None:
         raise ValueError(f"fp8 needs compute capability >= 8.9; {device} has {major}.{minor}")
 
 
-def load_linearized(model_dir: Path, dtype: str = "auto") -> tuple[PreTrainedModel, MoEFamily, Any]:
+def compute_dtype(dtype: str, device: str) -> Any:
+    """The dtype the pass computes in: as asked, else the checkpoint's on an accelerator and float32 on
+    CPU (CPU kernels for bf16 matmuls and ``index_add_`` are 10-30x slower than for float32)."""
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    return "auto" if device.startswith("cuda") else torch.float32
+
+
+def load_linearized(model_dir: Path, dtype: Any = "auto") -> tuple[PreTrainedModel, MoEFamily, Any]:
     """The whole model on the host with one ``nn.Linear`` per expert projection, its family, its tokenizer."""
-    family = get_adapter(AutoConfig.from_pretrained(model_dir))
-    torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
+    config = AutoConfig.from_pretrained(model_dir)
+    family = get_adapter(config)
+    torch_dtype: Any = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
     model.eval()
     linearize_moe(model)
@@ -232,8 +242,13 @@ def run_slimming(
     (bytes on disk vs the source, reload check) which is the same for every stage of the pass.
     """
     validate_stages(stages, device)
-    model, family, tokenizer = load_linearized(Path(model_dir), dtype)
+    source_dtype = AutoConfig.from_pretrained(model_dir).dtype or torch.float32
+    model, family, tokenizer = load_linearized(Path(model_dir), compute_dtype(dtype, device))
     reports = slim_model(model, family, tokenizer, stages, calib_ids, device=device, ctx=ctx)
+    if model.dtype != source_dtype and dtype == "auto":
+        # The checkpoint keeps the source's dtype whatever the pass computed in; llm-compressor's
+        # offloading keeps its own copies of the weights, so it is removed before the cast.
+        remove_dispatch(model).to(source_dtype)
     quantized = any(r["method"] in QUANTIZATION_METHODS for r in reports)
     ctx.progress("export", 0, 1)
     check = export_slimmed(

@@ -1,0 +1,156 @@
+"""Quantization stages: configs, group sizes, targets, and quality on the trained tiny-mixtral fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from transformers import AutoModelForCausalLM
+
+from moecomp.compression.context import RunContext
+from moecomp.compression.methods.quantization import (
+    AWQConfig,
+    FP8Config,
+    GPTQConfig,
+    RTNConfig,
+    config_groups,
+    resolve_group_size,
+)
+from moecomp.compression.recipe import Recipe
+from moecomp.compression.slimming import load_linearized, run_slimming
+from moecomp.compression.slimming_targets import find_targets, patterns_by_in_features
+from tests.compression.slimming_fixtures import calibration_ids, heldout_ids, perplexity
+
+
+@pytest.mark.parametrize(
+    ("width", "requested", "expected"), [(64, 128, 64), (256, 128, 128), (96, 64, 48), (100, 128, 100), (7, 4, 1)]
+)
+def test_group_size_is_the_largest_divisor_not_above_the_request(width: int, requested: int, expected: int) -> None:
+    assert resolve_group_size(width, requested) == expected
+    assert resolve_group_size(width, None) is None
+
+
+def test_scope_must_keep_routed_experts() -> None:
+    with pytest.raises(ValidationError, match="routed_experts"):
+        GPTQConfig(scope=["attention"])
+    assert GPTQConfig(scope=["attention", "routed_experts"]).scope == ["routed_experts", "attention"]
+
+
+def test_configs_round_trip_through_a_recipe() -> None:
+    stages = [GPTQConfig(bits=8, group_size=None), AWQConfig(preserve_routing=False), RTNConfig(), FP8Config()]
+    recipe = Recipe(stages=stages)
+    assert Recipe.model_validate_json(recipe.model_dump_json()) == recipe
+
+
+def test_targets_never_include_routers_or_shared_gates(tiny_qwen2_moe_dir: Path) -> None:
+    model, family, _ = load_linearized(tiny_qwen2_moe_dir)
+    targets = find_targets(model, family, ["routed_experts", "shared_experts", "attention"])
+    names = {t.name for t in targets}
+    assert not any(n.endswith("mlp.gate") or n.endswith("shared_expert_gate") for n in names)
+    # 8 layers x (16 experts x 3 + shared expert 3 + attention 4)
+    assert len(targets) == 8 * (16 * 3 + 3 + 4)
+    assert {t.scope for t in find_targets(model, family, ["routed_experts"])} == {"routed_experts"}
+
+
+def test_each_input_width_gets_its_own_group_size(tiny_qwen2_moe_dir: Path) -> None:
+    model, family, _ = load_linearized(tiny_qwen2_moe_dir)
+    patterns = patterns_by_in_features(find_targets(model, family, ["routed_experts", "shared_experts"]))
+    assert sorted(patterns) == [64, 128, 256]  # expert down_proj, gate/up projections, shared down_proj
+    groups = config_groups(GPTQConfig(group_size=128), patterns)
+    sizes = {g["weights"]["group_size"]: g["targets"] for g in groups.values()}
+    assert set(sizes) == {64, 128}
+    assert any("experts" in t and "down_proj" in t for t in sizes[64])
+
+
+def test_fp8_is_refused_without_fp8_hardware(tmp_path: Path, tiny_mixtral_dir: Path) -> None:
+    with pytest.raises(ValueError, match="fp8 needs a CUDA GPU"):
+        run_slimming(
+            tiny_mixtral_dir,
+            [FP8Config()],
+            torch.zeros(1, 8, dtype=torch.long),
+            tmp_path,
+            device="cpu",
+            ctx=RunContext(),
+        )
+
+
+@pytest.fixture(scope="module")
+def mixtral_quantized(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: Path) -> dict:
+    """Each 4-bit method once on tiny-mixtral (group 64, calibration 16 x 128 tokens), with held-out ppl."""
+    calib = calibration_ids(tiny_mixtral_dir, samples=16, seq_len=128)
+    held = heldout_ids(tiny_mixtral_dir)
+    runs: dict = {"base": {"ppl": perplexity(tiny_mixtral_dir, held)}}
+    stages = {
+        "rtn": RTNConfig(group_size=64),
+        "gptq": GPTQConfig(group_size=64),
+        "awq": AWQConfig(group_size=64),
+        "awq_unpreserved": AWQConfig(group_size=64, preserve_routing=False),
+    }
+    for name, stage in stages.items():
+        out = tmp_path_factory.mktemp(name)
+        reports = run_slimming(tiny_mixtral_dir, [stage], calib, out, device="cpu", ctx=RunContext())
+        runs[name] = {"reports": reports, "dir": out, "ppl": perplexity(out, held)}
+    runs["calib"] = calib
+    return runs
+
+
+@pytest.mark.slow
+def test_gptq_beats_rtn_at_the_same_bits(mixtral_quantized: dict) -> None:
+    base, rtn, gptq = (mixtral_quantized[k]["ppl"] for k in ("base", "rtn", "gptq"))
+    assert base < gptq < rtn, (base, gptq, rtn)
+
+
+@pytest.mark.slow
+def test_awq_with_routing_preserved_beats_awq_without(mixtral_quantized: dict) -> None:
+    preserved, unpreserved = mixtral_quantized["awq"]["ppl"], mixtral_quantized["awq_unpreserved"]["ppl"]
+    assert preserved < unpreserved, (preserved, unpreserved)
+
+
+@pytest.mark.slow
+def test_routers_are_bit_identical_except_where_awq_rescales_them(mixtral_quantized: dict) -> None:
+    for name in ("rtn", "gptq", "awq_unpreserved"):
+        assert mixtral_quantized[name]["reports"][0]["results"]["routers_unchanged"], name
+    # AWQ with routing preserved multiplies the router by s (the norm was divided by s): weights change
+    assert not mixtral_quantized["awq"]["reports"][0]["results"]["routers_unchanged"]
+
+
+def _top2_flips(ref: torch.Tensor, got: torch.Tensor) -> float:
+    """Fraction of tokens whose set of top-2 experts differs."""
+    pick = lambda logits: logits.topk(2).indices.sort().values  # noqa: E731
+    return float((pick(ref) != pick(got)).any(-1).float().mean())
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_awq_preserves_routing_logits(mixtral_quantized: dict, tiny_mixtral_dir: Path) -> None:
+    """router(norm(x)) of the AWQ model equals the original's for the same x (up to bf16 rounding)."""
+    original = AutoModelForCausalLM.from_pretrained(tiny_mixtral_dir)  # bf16, as the checkpoints
+    x = torch.randn(512, 128, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    for name, preserved in (("awq", True), ("awq_unpreserved", False)):
+        smoothed = AutoModelForCausalLM.from_pretrained(mixtral_quantized[name]["dir"])
+        flips = []
+        for a, b in zip(original.model.layers, smoothed.model.layers, strict=True):
+            ref = a.mlp.gate(a.post_attention_layernorm(x))[0].float()
+            got = b.mlp.gate(b.post_attention_layernorm(x))[0].float()
+            flips.append(_top2_flips(ref, got))
+            if preserved:
+                torch.testing.assert_close(got, ref, rtol=0.02, atol=0.02 * float(ref.abs().max()))
+        assert (max(flips) < 0.02) == preserved, (name, flips)
+
+
+@pytest.mark.slow
+def test_report_has_tokens_per_expert_group_sizes_and_size(mixtral_quantized: dict) -> None:
+    report = mixtral_quantized["gptq"]["reports"][0]
+    tokens = report["results"]["tokens_per_expert"]
+    assert sorted(tokens) == list(range(8))
+    calib = mixtral_quantized["calib"]
+    assert all(sum(counts) == calib.numel() * 2 for counts in tokens.values())  # top-2 routing
+    assert report["results"]["group_sizes"] == {"128": 64, "256": 64}
+    assert report["results"]["fallbacks"] == []
+    check = report["checkpoint"]
+    assert check["reload_top1_agreement"] >= 0.9
+    # embeddings and lm_head stay bf16 (4.2 of 17.6 MB); the 4-bit linears shrink ~3.5x with their scales
+    assert check["weights_ratio"] < 0.75
+    assert mixtral_quantized["rtn"]["reports"][0]["results"]["tokens_per_expert"] is None
