@@ -91,7 +91,7 @@ def test_the_jobs_list_follows_jobs_live_to_succeeded(
     page.evaluate(RELOAD_MARK)
     seen: dict[str, set[str]] = {job: set() for job in api_jobs}
     partial_progress = False
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 480  # a shared, busy CPU
     while time.monotonic() < deadline:
         for job in api_jobs:
             row = page.locator(f"tr[data-job-id='{job}']")
@@ -160,7 +160,7 @@ def test_a_job_from_the_form_runs_live_to_a_report_with_charts_and_a_checked_dow
         submitted = client.get(f"/v1/jobs/{job_id}").json()
     assert [s["method"] for s in submitted["recipe"]["stages"]] == ["layer_drop", "expert_drop"]
 
-    page.wait_for_selector("#job-status [data-status=succeeded]", timeout=300_000)
+    page.wait_for_selector("#job-status [data-status=succeeded]", timeout=480_000)
     page.wait_for_selector("#report[data-ready]")
     assert page.evaluate("window.__notReloaded") is True
     assert page.get_attribute("#job-progress [role=progressbar]", "aria-valuenow") == "100"
@@ -218,7 +218,7 @@ def test_compare_draws_quality_against_memory_and_speedup(
     speed = page.locator("#chart-speed svg")
     speed_labels = speed.locator(".point").evaluate_all("points => points.map((p) => p.dataset.label)")
     assert speed_labels[0] == "original" and api_jobs[1][:8] in speed_labels  # the job measured for speed
-    page.select_option("#compare-quality", "accuracy")  # no task was run: nothing to draw, said plainly
+    page.select_option("#compare-quality", "accuracy")  # no job ran a zero-shot task: said plainly
     page.wait_for_selector("#chart-memory svg .chart-empty")
     page.select_option("#compare-quality", "perplexity")
     page.uncheck(f"#pick-{api_jobs[0]}")
