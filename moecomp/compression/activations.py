@@ -6,7 +6,8 @@ arguments the model passes to it (position embeddings, the causal mask of that l
 type, position ids) and stops the forward. So masks and rotary embeddings are exactly the model's.
 
 Memory (bytes) of a calibration pass, N sequences of L tokens, hidden H, activation dtype of b bytes:
-  one decoder layer's weights  +  2 * N * L * H * b (layer inputs and outputs)
+  one decoder layer's weights (on the device; the next one is prefetched into pinned host memory)
+  +  2 * N * L * H * b (layer inputs and outputs)
   +  micro-batch working set (the layer's forward on m sequences, about m * L * (H + k * 2I) * b for
      top-k experts of width I, plus attention)  +  per-stage extras (consecutive block drop keeps
      ``drop`` more N * L * H copies on the host).
@@ -25,6 +26,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.lazy_checkpoint import WeightSource, assign_tensors, state_names
+from moecomp.compression.structure import decoder_layers
 
 
 class _Stop(Exception):
@@ -68,7 +70,7 @@ def _set(root: nn.Module, path: str, module: nn.Module) -> None:
 @torch.no_grad()
 def capture(model: nn.Module, family: MoEFamily, ids: torch.Tensor, stop_at: int) -> dict[int, Any]:
     """Run the model's forward on ``ids``; return {layer: (hidden input, kwargs)} for layers 0..stop_at."""
-    layers = model.get_submodule(family.layout.layers)
+    layers = decoder_layers(model, family.layout)
     originals = list(layers)
     store: dict[int, Any] = {}
     try:
@@ -89,7 +91,7 @@ def layer_kwargs(model: nn.Module, family: MoEFamily, seq_len: int, device: torc
     Calibration sequences are full packed blocks (no padding), so the arguments do not depend on the
     tokens and broadcast over any micro-batch size.
     """
-    n = len(model.get_submodule(family.layout.layers))
+    n = len(decoder_layers(model, family.layout))
     ids = torch.zeros(1, seq_len, dtype=torch.long, device=device)
     store = capture(model, family, ids, stop_at=n - 1)
     return [store[i][1] for i in range(n)]
@@ -138,15 +140,15 @@ def make_plan(
     tokens_per_micro_batch: int = 8192,
 ) -> Plan:
     n, seq_len = shape
-    hidden = model.config.hidden_size
+    config: Any = model.config
+    hidden: int = config.hidden_size
     act = n * seq_len * hidden * torch.tensor([], dtype=dtype).element_size()
-    layers = model.get_submodule(family.layout.layers)
-    weights = max(layer_nbytes(layer, dtype) for layer in layers)
+    weights = max(layer_nbytes(layer, dtype) for layer in decoder_layers(model, family.layout))
     mb = micro_batch or max(1, min(n, tokens_per_micro_batch // seq_len))
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         # Leave room for the layer (x2: loading the next while the last is freed) and the working set.
-        on_device = 2 * act + 2 * weights + working_set(model.config, family, mb * seq_len, dtype) < free
+        on_device = 2 * act + 2 * weights + working_set(config, family, mb * seq_len, dtype) < free
     else:
         on_device = True  # host and device are the same memory
     return Plan(activations_on_device=on_device, micro_batch=mb, activation_bytes=act, layer_bytes=weights)

@@ -5,7 +5,8 @@ stopped at the first decoder layer); then for each decoder layer: load only its 
 decisions already taken (sliced experts, dropped MoE sub-layer; dropped blocks are skipped), attach
 the observers' hooks, run the whole batch through it in micro-batches, let observers decide on the
 layer if they do so in-pass (iterative expert drop: the layer is then re-run so that later layers see
-the trimmed one), keep its outputs as the next layer's inputs, free it. See
+the trimmed one), keep its outputs as the next layer's inputs, free it. While a layer runs, the
+next one is read from disk on a thread (:class:`LayerLoader`). See
 :mod:`moecomp.compression.activations` for the memory formula and placement.
 
 Every index an observer sees is the ORIGINAL model's numbering (layers and experts).
@@ -13,6 +14,7 @@ Every index an observer sees is the ORIGINAL model's numbering (layers and exper
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +26,13 @@ from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.context import RunContext
 from moecomp.compression.lazy_checkpoint import WeightSource, assign_tensors, layer_prefix, state_names
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
-from moecomp.compression.structure import Decisions, drop_moe_sublayer, is_moe_layer, slice_experts
+from moecomp.compression.structure import (
+    Decisions,
+    decoder_layers,
+    drop_moe_sublayer,
+    is_moe_layer,
+    slice_experts,
+)
 
 __all__ = ["LayerInfo", "Observer", "PassResult", "SelectContext", "Trimmer", "calibrate", "load_layer"]
 
@@ -40,26 +48,73 @@ def _layer_info(idx: int, position: int, layer: nn.Module, prior: Decisions, fam
     moe = is_moe_layer(layer, family.layout)
     ids: tuple[int, ...] = ()
     if moe:
-        count = layer.get_submodule(family.layout.router).weight.shape[0]
+        router: Any = layer.get_submodule(family.layout.router)
+        count = int(router.weight.shape[0])
         ids = tuple(prior.kept_experts.get(idx, range(count)))
     return LayerInfo(index=idx, position=position, is_moe=moe, expert_ids=ids, family=family, num_sequences=n)
 
 
-def load_layer(
-    model: nn.Module, source: WeightSource, idx: int, prior: Decisions, device: torch.device, dtype: torch.dtype
-) -> nn.Module:
-    """Decoder layer ``idx`` with its weights on ``device`` and ``prior`` applied (only kept experts read)."""
-    family = source.family
-    layer = model.get_submodule(family.layout.layers)[idx]
+def prepare_layer(
+    model: nn.Module, family: MoEFamily, idx: int, prior: Decisions
+) -> tuple[nn.Module, list[int] | None]:
+    """Decoder layer ``idx`` still on meta with ``prior`` applied; returns it and the experts to read."""
+    layer = decoder_layers(model, family.layout)[idx]
     kept = prior.kept_experts.get(idx)
     if idx in prior.dropped_layers:
         drop_moe_sublayer(layer, family.layout)
         kept = None
     elif kept is not None:
         slice_experts(layer, list(range(len(kept))), family.layout)  # shapes only: still on meta
-    tensors = source.module_tensors(layer_prefix(family, idx), state_names(layer), kept, device, dtype)
-    assign_tensors(layer, tensors)
+    return layer, kept
+
+
+def load_layer(
+    model: nn.Module, source: WeightSource, idx: int, prior: Decisions, device: torch.device, dtype: torch.dtype
+) -> nn.Module:
+    """Decoder layer ``idx`` with its weights on ``device`` and ``prior`` applied (only kept experts read)."""
+    layer, kept = prepare_layer(model, source.family, idx, prior)
+    prefix = layer_prefix(source.family, idx)
+    assign_tensors(layer, source.module_tensors(prefix, state_names(layer), kept, device, dtype))
     return layer
+
+
+class LayerLoader:
+    """Loads decoder layers in order. For sources that read files, layer i+1 is read into (pinned) host
+    memory on a thread while layer i runs; its copy to the device then starts when it is needed, after
+    layer i was freed, so device memory still holds one layer's weights at a time."""
+
+    def __init__(
+        self, model: nn.Module, source: WeightSource, prior: Decisions, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.model, self.source, self.prior, self.device, self.dtype = model, source, prior, device, dtype
+        n = len(decoder_layers(model, source.family.layout))
+        self.order = [i for i in range(n) if i not in prior.dropped_blocks]
+        self.pool = ThreadPoolExecutor(max_workers=1) if getattr(source, "supports_prefetch", False) else None
+        self.pending: dict[int, Future] = {}
+        if self.pool is not None and self.order:
+            self._start(self.order[0])  # overlaps with embedding the calibration batch
+
+    def _start(self, idx: int) -> None:
+        layer, kept = prepare_layer(self.model, self.source.family, idx, self.prior)
+        args = (layer_prefix(self.source.family, idx), state_names(layer), kept, torch.device("cpu"), self.dtype)
+        self.pending[idx] = self.pool.submit(self.source.module_tensors, *args, pin=self.device.type == "cuda")  # type: ignore[union-attr, call-arg]
+
+    def load(self, idx: int) -> nn.Module:
+        if self.pool is None:
+            return load_layer(self.model, self.source, idx, self.prior, self.device, self.dtype)
+        if idx not in self.pending:
+            self._start(idx)
+        host = self.pending.pop(idx).result()
+        later = [i for i in self.order if i > idx]
+        if later:
+            self._start(later[0])
+        layer = decoder_layers(self.model, self.source.family.layout)[idx]
+        assign_tensors(layer, {k: v.to(self.device, non_blocking=True) for k, v in host.items()})
+        return layer
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 @torch.no_grad()
@@ -118,43 +173,52 @@ def calibrate(
     device = torch.device(device)
     family = source.family
     model = build_skeleton(source, device, dtype)
-    plan = make_plan(model, family, tuple(ids.shape), device, dtype, micro_batch)
+    plan = make_plan(model, family, (ids.shape[0], ids.shape[1]), device, dtype, micro_batch)
     ctx.message(stage, plan.describe(*ids.shape))
+    loader = LayerLoader(model, source, prior, device, dtype)
+    try:
+        in_pass = _run_layers(loader, ids, observers, plan, ctx, stage)
+    finally:
+        loader.close()
+    return PassResult(decisions=in_pass, plan=plan, tokens=ids.numel())
+
+
+def _run_layers(
+    loader: LayerLoader, ids: torch.Tensor, observers: list[Observer], plan: Plan, ctx: RunContext, stage: str
+) -> Decisions:
+    """Embed ``ids``, then every decoder layer in turn; returns the in-pass decisions."""
+    model, family, device = loader.model, loader.source.family, loader.device
     kwargs = layer_kwargs(model, family, ids.shape[1], device)
     hidden = embed_inputs(model, family, ids, plan, device)
     out = torch.empty_like(hidden)
     in_pass = Decisions()
-    layers = model.get_submodule(family.layout.layers)
-    position = 0
-    for idx in range(len(layers)):
+    n_layers = len(decoder_layers(model, family.layout))
+    for idx in range(n_layers):
         ctx.check_cancelled()
-        if idx not in prior.dropped_blocks:
-            kept = _calibrate_layer(
-                source, model, (idx, position), (hidden, out), kwargs[idx], observers, prior, plan, device
-            )
-            if kept is not None:
-                in_pass = in_pass.merge(Decisions(kept_experts={idx: kept}))
-            hidden, out = out, hidden
-            position += 1
-        ctx.progress(stage, idx + 1, len(layers))
-    return PassResult(decisions=in_pass, plan=plan, tokens=ids.numel())
+        if idx in loader.prior.dropped_blocks:
+            ctx.progress(stage, idx + 1, n_layers)
+            continue
+        position = loader.order.index(idx)
+        kept = _calibrate_layer(loader, (idx, position), (hidden, out), kwargs[idx], observers, plan)
+        if kept is not None:
+            in_pass = in_pass.merge(Decisions(kept_experts={idx: kept}))
+        hidden, out = out, hidden
+        ctx.progress(stage, idx + 1, n_layers)
+    return in_pass
 
 
 def _calibrate_layer(
-    source: WeightSource,
-    model: nn.Module,
+    loader: LayerLoader,
     where: tuple[int, int],
     buffers: tuple[torch.Tensor, torch.Tensor],
     kwargs: dict[str, Any],
     observers: list[Observer],
-    prior: Decisions,
     plan: Plan,
-    device: torch.device,
 ) -> list[int] | None:
     """Load, observe and run one layer (``where`` = original index, position); returns an in-pass choice."""
-    (idx, position), (hidden, out) = where, buffers
-    layer = load_layer(model, source, idx, prior, device, hidden.dtype)
-    info = _layer_info(idx, position, layer, prior, source.family, hidden.shape[0])
+    (idx, position), (hidden, out), device = where, buffers, loader.device
+    layer = loader.load(idx)
+    info = _layer_info(idx, position, layer, loader.prior, loader.source.family, hidden.shape[0])
     handles = [h for obs in observers for h in obs.attach(info, layer)]
 
     def observe(start: int, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -169,7 +233,7 @@ def _calibrate_layer(
     kept = _in_pass_decision(observers, info)
     if kept is not None:
         columns = [info.expert_ids.index(e) for e in kept]
-        slice_experts(layer, columns, source.family.layout)
+        slice_experts(layer, columns, loader.source.family.layout)
         run_layer(layer, hidden, out, kwargs, plan, device)  # later layers see the trimmed layer
     layer.to_empty(device="meta")  # frees this layer's weights
     return kept

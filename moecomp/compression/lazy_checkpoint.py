@@ -46,6 +46,8 @@ def layer_prefix(family: MoEFamily, idx: int) -> str:
 class SafetensorsSource:
     """Read tensors by module name from a (possibly sharded) safetensors checkpoint."""
 
+    supports_prefetch = True  # reading is I/O: worth doing on a thread while the previous layer runs
+
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = Path(model_dir)
         self.config = AutoConfig.from_pretrained(self.model_dir)
@@ -63,9 +65,19 @@ class SafetensorsSource:
         return name in self._disk_names
 
     def module_tensors(
-        self, prefix: str, names: list[str], kept: list[int] | None, device: torch.device, dtype: torch.dtype
+        self,
+        prefix: str,
+        names: list[str],
+        kept: list[int] | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        pin: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Tensors ``prefix + name`` for each name (module numbering), experts restricted to ``kept``."""
+        """Tensors ``prefix + name`` for each name (module numbering), experts restricted to ``kept``.
+
+        ``pin``: host tensors in pinned memory (``device`` cpu), for asynchronous copies to a GPU.
+        """
+        pin = pin and device.type == "cpu"
         with ExitStack() as stack:
             handles: dict[str, Any] = {}
 
@@ -76,28 +88,48 @@ class SafetensorsSource:
                     handles[path] = stack.enter_context(safe_open(str(self.model_dir / path), "pt", device="cpu"))
                 return handles[path].get_tensor(disk)
 
-            return {
-                name: self._one(prefix + name, kept, read).to(device=device, dtype=dtype, non_blocking=True)
-                for name in names
-            }
+            return {name: self._one(prefix + name, kept, read, device, dtype, pin) for name in names}
 
-    def _one(self, full: str, kept: list[int] | None, read: Any) -> torch.Tensor:
+    def _one(
+        self, full: str, kept: list[int] | None, read: Any, device: torch.device, dtype: torch.dtype, pin: bool
+    ) -> torch.Tensor:
         parent, _, leaf = full.rpartition(".")
         fused = parent.endswith("." + self.family.layout.experts) and leaf in FUSED_FROM
         if not fused or self.has(full):
             tensor = read(full)
-            if fused and kept is not None:
+            if kept is not None and (fused or self._is_router_tensor(full)):
                 tensor = tensor[torch.tensor(kept)]
-            elif kept is not None and self._is_router_tensor(full):
-                tensor = tensor[torch.tensor(kept)]
-            return tensor
-        experts = kept if kept is not None else range(self._count_experts(parent))
-        parts = FUSED_FROM[leaf]
-        names = {p: getattr(self.family.disk, p) for p in parts}
-        # [E, out, in]: per expert, the projections concatenated along the output axis.
-        return torch.stack(
-            [torch.cat([read(f"{parent}.{e}.{names[p]}.weight") for p in parts], dim=0) for e in experts]
-        )
+            tensor = tensor.to(device=device, dtype=dtype, non_blocking=True)
+            return tensor.pin_memory() if pin else tensor
+        return self._fuse(parent, leaf, kept, read, device, dtype, pin)
+
+    def _fuse(
+        self,
+        parent: str,
+        leaf: str,
+        kept: list[int] | None,
+        read: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        pin: bool,
+    ) -> torch.Tensor:
+        """[E, out, in] from per-expert tensors, each copied once straight into its slice on the device."""
+        experts = kept if kept is not None else list(range(self._count_experts(parent)))
+        names = [getattr(self.family.disk, p) for p in FUSED_FROM[leaf]]
+        out: torch.Tensor | None = None
+        for i, e in enumerate(experts):
+            row = 0
+            for name in names:
+                part = read(f"{parent}.{e}.{name}.weight")  # [rows, in]
+                if out is None:
+                    out = torch.empty(
+                        (len(experts), part.shape[0] * len(names), part.shape[1]), device=device, dtype=dtype
+                    )
+                out[i, row : row + part.shape[0]].copy_(part)
+                row += part.shape[0]
+        if out is None:
+            raise ValueError(f"no experts to read under {parent}")
+        return out
 
     def _is_router_tensor(self, full: str) -> bool:
         parent, _, leaf = full.rpartition(".")

@@ -114,7 +114,8 @@ class ModuleLayout:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModuleLayout:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
 
 
 class DroppedMLP(nn.Module):
@@ -125,7 +126,10 @@ class DroppedMLP(nn.Module):
 
 
 def decoder_layers(model: nn.Module, layout: ModuleLayout) -> nn.ModuleList:
-    return model.get_submodule(layout.layers)
+    layers = model.get_submodule(layout.layers)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{layout.layers} is a {type(layers).__name__}, not a ModuleList")
+    return layers
 
 
 def is_moe_layer(layer: nn.Module, layout: ModuleLayout) -> bool:
@@ -190,7 +194,7 @@ def drop_blocks(model: nn.Module, blocks: list[int], layout: ModuleLayout) -> No
     kept = [i for i in range(len(layers)) if i not in dropped]
     remaining = [layers[i] for i in kept]
     for new_idx, layer in enumerate(remaining):
-        attention = layer.get_submodule(layout.attention)
+        attention: Any = layer.get_submodule(layout.attention)
         if hasattr(attention, "layer_idx"):
             attention.layer_idx = new_idx  # the KV cache is indexed by position in the stack
     _set_module(model, layout.layers, nn.ModuleList(remaining))

@@ -144,3 +144,22 @@ def test_quantized_checkpoints_are_refused_with_a_reason(tmp_path: Path) -> None
     model.config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="quantized checkpoint .*compressed-tensors.* before quantization"):
         SafetensorsSource(tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pass_agrees_with_cpu(tiny_qwen2_moe_dir: Path) -> None:
+    source = SafetensorsSource(tiny_qwen2_moe_dir)
+    ids = _ids(4, 64, 8192)
+    results = []
+    for device in ("cpu", "cuda"):
+        observers = _observers(source)
+        calibrate(source, ids, list(observers), device=device, dtype=torch.float32, micro_batch=2)
+        results.append((observers[0].scores(), observers[1].similarity("residual"), observers[2].window_similarity()))
+    for layer, scores in results[0][0].items():
+        assert all(abs(scores[e] - results[1][0][layer][e]) < 1e-4 for e in scores)
+    for a, b in zip(results[0][1:], results[1][1:], strict=True):
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-4 for k in a)
+    observers = _observers(source)
+    calibrate(source, ids, list(observers), device="cuda", dtype=torch.bfloat16)  # bf16 on the GPU runs too
+    assert all(abs(v - results[0][1][k]) < 2e-2 for k, v in observers[1].similarity("residual").items())
