@@ -11,8 +11,7 @@ import pytest
 from moecomp.persistence.database import Database
 from moecomp.persistence.models import Base, Job, Team
 from moecomp.settings import Settings
-
-EVAL_SMALL = {"perplexity": ["bundled:heldout"], "seq_len": 128, "max_tokens": 2048, "fidelity": False}
+from tests.worker.helpers import EVAL_SMALL
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -63,10 +62,3 @@ def make_job(db: Database, tiny_mixtral_dir: Path) -> Callable[..., str]:
             return job.id
 
     return make
-
-
-def get_job(db: Database, job_id: str) -> Job:
-    with db.session() as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        return job

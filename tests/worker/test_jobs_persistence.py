@@ -8,7 +8,7 @@ from sqlalchemy import update
 
 from moecomp.persistence import jobs
 from moecomp.persistence.models import Job, JobEvent, JobStatus, utcnow
-from tests.worker.conftest import get_job
+from tests.worker.helpers import get_job
 
 
 def test_second_claim_gets_nothing(db, make_job):

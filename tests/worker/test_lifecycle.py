@@ -12,7 +12,7 @@ from moecomp.persistence.models import Artifact, Job, JobEvent, JobStatus
 from moecomp.worker.artifacts import sha256_file
 from moecomp.worker.lifecycle import run_job_once
 from moecomp.worker.runner import JobInput, JobOutput
-from tests.worker.conftest import get_job
+from tests.worker.helpers import get_job
 
 LAYERS = 8
 

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from moecomp.persistence.models import Artifact, Job, JobEvent, JobStatus
 from moecomp.worker.lifecycle import run_job_once
-from tests.worker.conftest import EVAL_SMALL, get_job
+from tests.worker.helpers import EVAL_SMALL, get_job
 
 DROP = {"stages": [{"method": "expert_drop", "keep": 4}], "calibration": {"samples": 8, "seq_len": 128}}
 

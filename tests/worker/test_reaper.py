@@ -13,7 +13,7 @@ from moecomp.persistence.models import Job, JobStatus, utcnow
 from moecomp.worker.app import make_celery
 from moecomp.worker.queue import enqueue_job
 from moecomp.worker.reaper import reap_once
-from tests.worker.conftest import get_job
+from tests.worker.helpers import get_job
 
 
 def broker_rows(settings) -> list[tuple[int, str]]:
