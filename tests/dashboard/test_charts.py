@@ -74,3 +74,34 @@ def test_error_locations_drop_body_and_union_tags(page: Any, service: Service) -
                                   (part) => part === 'expert_drop');""",
     )
     assert candidates == ["recipe.stages.0.keep", "recipe.stages.0", "recipe.stages", "recipe"]
+
+
+def test_a_report_with_tasks_and_speed_shows_every_figure_as_percent_of_original(page: Any, service: Service) -> None:
+    """The shape of "moecomp.report/1" (compression/evaluation/schema.py) with the parts the CPU tests skip."""
+    sign_in(page, service.key)
+    rows = run_module(
+        page,
+        "report.js",
+        """const model = (acc, tok_s, mem) => ({runtime: 'transformers, cpu', perplexity: {}, mean_accuracy: acc,
+             tasks: {moecomp_next_verse: {acc, n: 40, local: true}},
+             speed: {prefill_tokens: 64, prefill_tok_s: tok_s * 10, decode_tok_s: tok_s, decode: {'1': {tok_s}},
+                     peak_memory_gib: mem, memory_measure: 'cuda'}});
+           const report = {device: 'cuda', candidate: model(0.6, 150, 20), baseline: model(0.8, 100, 80),
+             relative: {'tasks.moecomp_next_verse.acc': 75, mean_accuracy: 75, 'speed.decode_tok_s': 150,
+                        'speed.peak_memory_gib': 25},
+             gate: {passed: false, failures: ['mean accuracy 75.0% of the original < 90.0%']}};
+           const target = document.createElement('div');
+           m.renderReport(target, report, null);
+           document.body.append(target);
+           return {rows: [...target.querySelectorAll('tr[data-figure]')].map((r) =>
+                     [...r.children].map((c) => c.textContent)),
+                   gate: target.querySelector('.gate-fail').textContent,
+                   points: [...target.querySelectorAll('.point')].map((p) => p.dataset.label)};""",
+    )
+    figures = {row[0]: row[1:] for row in rows["rows"]}
+    assert figures["Accuracy (moecomp_next_verse)"] == ["80.0%", "60.0%", "75.0%"]
+    assert figures["Mean accuracy"] == ["80.0%", "60.0%", "75.0%"]
+    assert figures["Decode tokens/s"] == ["100", "150", "150.0%"]
+    assert figures["Peak memory, GiB"] == ["80", "20", "25.0%"]
+    assert "mean accuracy 75.0% of the original < 90.0%" in rows["gate"]
+    assert rows["points"] == ["original", "this job"]  # accuracy against peak memory
