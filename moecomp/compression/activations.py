@@ -138,14 +138,18 @@ def make_plan(
     dtype: torch.dtype,
     micro_batch: int | None,
     tokens_per_micro_batch: int = 8192,
+    activations_on_device: bool | None = None,
 ) -> Plan:
+    """Micro-batch size and activation placement; ``activations_on_device`` overrides the choice."""
     n, seq_len = shape
     config: Any = model.config
     hidden: int = config.hidden_size
     act = n * seq_len * hidden * torch.tensor([], dtype=dtype).element_size()
     weights = max(layer_nbytes(layer, dtype) for layer in decoder_layers(model, family.layout))
     mb = micro_batch or max(1, min(n, tokens_per_micro_batch // seq_len))
-    if device.type == "cuda":
+    if activations_on_device is not None:
+        on_device = activations_on_device
+    elif device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         # Leave room for the layer (x2: loading the next while the last is freed) and the working set.
         on_device = 2 * act + 2 * weights + working_set(config, family, mb * seq_len, dtype) < free

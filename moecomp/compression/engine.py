@@ -166,14 +166,19 @@ def calibrate(
     ctx: RunContext | None = None,
     stage: str = "calibration",
     micro_batch: int | None = None,
+    activations_on_device: bool | None = None,
 ) -> PassResult:
-    """One streamed pass of ``ids`` [N, L] through the model with ``prior`` applied, feeding ``observers``."""
+    """One streamed pass of ``ids`` [N, L] through the model with ``prior`` applied, feeding ``observers``.
+
+    ``micro_batch`` (sequences) and ``activations_on_device`` default to the plan's choice.
+    """
     ctx = ctx or RunContext()
     prior = prior or Decisions()
     device = torch.device(device)
     family = source.family
     model = build_skeleton(source, device, dtype)
-    plan = make_plan(model, family, (ids.shape[0], ids.shape[1]), device, dtype, micro_batch)
+    shape = (ids.shape[0], ids.shape[1])
+    plan = make_plan(model, family, shape, device, dtype, micro_batch, activations_on_device=activations_on_device)
     ctx.message(stage, plan.describe(*ids.shape))
     loader = LayerLoader(model, source, prior, device, dtype)
     try:

@@ -102,13 +102,15 @@ def test_progress_plan_and_cancellation(tiny_mixtral_dir: Path) -> None:
         calibrate(source, _ids(2, 16, 8192), [], ctx=cancelling)
 
 
-def test_deterministic_and_micro_batch_invariant(tiny_mixtral_dir: Path) -> None:
+def test_deterministic_micro_batch_and_placement_invariant(tiny_mixtral_dir: Path) -> None:
     source = SafetensorsSource(tiny_mixtral_dir)
     ids = _ids(4, 32, 8192)
     runs = []
-    for micro_batch in (4, 4, 1):
+    for micro_batch, on_device in ((4, True), (4, True), (1, False)):  # the last keeps activations on the host
         observers = _observers(source)
-        calibrate(source, ids, list(observers), dtype=torch.float32, micro_batch=micro_batch)
+        calibrate(
+            source, ids, list(observers), dtype=torch.float32, micro_batch=micro_batch, activations_on_device=on_device
+        )
         runs.append((observers[0].scores(), observers[1].similarity("residual"), observers[2].window_similarity()))
     assert runs[0] == runs[1]
     for a, b in zip(runs[0][1:], runs[2][1:], strict=True):
