@@ -157,6 +157,28 @@ async def run_load(base: str, headers: dict[str, str], job_id: str, args: argpar
     )
 
 
+def server_side_latency(base: str) -> None:
+    """Where the time goes: the server's own time to first byte, from its /metrics histogram."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        if family.name != "moecomp_http_request_duration_seconds":
+            continue
+        buckets: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels["method"] == "GET":
+                buckets[sample.labels["route"]].append((float(sample.labels["le"]), sample.value))
+        for route, pairs in sorted(buckets.items()):
+            pairs.sort()
+            total = pairs[-1][1]
+            if total < 10:
+                continue
+            p50 = next(le for le, n in pairs if n >= 0.5 * total)
+            p99 = next(le for le, n in pairs if n >= 0.99 * total)
+            print(f"server-side {route}: {total:.0f} requests, p50 <= {p50 * 1000:g} ms, p99 <= {p99 * 1000:g} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--database-url", default="", help="default: SQLite in a temporary folder")
@@ -196,6 +218,7 @@ def main() -> None:
                 f"{args.workers} uvicorn worker(s), {os.cpu_count()} CPUs (shared)"
             )
             asyncio.run(run_load(base, headers, job_ids[-1], args, server.pid))
+            server_side_latency(base)
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -44,7 +44,8 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     has connections, every thread could end up waiting for a connection while every connection waits,
     held by its session, for a thread. Admitting only as many sessions as there are connections means
     a thread never waits for a connection; waiting requests wait here, holding neither. The session
-    closes right after the handler (scope="function"; before a streamed body), on a limiter of its own.
+    closes right after the handler (scope="function"; before a streamed body), on a limiter of its own
+    (never behind the requests waiting for the shared one), shielded so a disconnect cannot skip it.
     """
     state = request.app.state
     if getattr(state, "session_slots", None) is None:  # made in the event loop that uses them
@@ -55,6 +56,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         try:
             yield session
         finally:
+            # On a thread: closing rolls back, a database round trip that must not stall the event loop.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(session.close, limiter=state.close_limiter)
 
@@ -73,9 +75,6 @@ def get_team(
     """The team of the Bearer key, else of the dashboard cookie; 401 (WWW-Authenticate: Bearer) otherwise."""
     key = bearer.credentials if bearer is not None else cookie
     team = team_for_key(session, key) if key else None
-    # End the read transaction: a long handler (an upload) must not sit idle in a transaction.
-    # expire_on_commit=False keeps the team loaded.
-    session.commit()
     if team is None:
         raise Unauthorized()
     return team

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from moecomp.api.deps import CeleryDep, DatabaseDep, SessionDep, SettingsDep, TeamDep
+from moecomp.api.responses import json_response
 from moecomp.api.schemas import ArtifactsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
 from moecomp.api.services import artifacts, events, jobs
 from moecomp.persistence.models import JobStatus
@@ -43,14 +44,14 @@ def list_jobs(
     model: Annotated[str | None, Query(max_length=1000, pattern=r"^[^\x00]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
-) -> JobsPublic:
+) -> Response:
     page, next_cursor = jobs.list_jobs(session, team, status, model, limit, cursor)
-    return JobsPublic(items=[jobs.job_public(j) for j in page], next_cursor=next_cursor)
+    return json_response(JobsPublic(items=[jobs.job_public(j) for j in page], next_cursor=next_cursor))
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: str, session: SessionDep, team: TeamDep) -> JobPublic:
-    return jobs.job_public(jobs.get_job(session, team, job_id))
+def get_job(job_id: str, session: SessionDep, team: TeamDep) -> Response:
+    return json_response(jobs.job_public(jobs.get_job(session, team, job_id)))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
@@ -65,10 +66,10 @@ def list_events(
     team: TeamDep,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=events.MAX_EVENTS)] = 500,
-) -> EventsPublic:
+) -> Response:
     job = jobs.get_job(session, team, job_id)
     items = events.list_events(session, job.id, after, limit)
-    return EventsPublic(items=items, last_seq=items[-1].seq if items else after)
+    return json_response(EventsPublic(items=items, last_seq=items[-1].seq if items else after))
 
 
 @router.get("/{job_id}/events/stream", response_class=StreamingResponse)

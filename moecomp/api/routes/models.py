@@ -19,6 +19,8 @@ async def upload_model(request: Request, session: SessionDep, settings: Settings
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.upload_limit_bytes:
         raise uploads.too_large(settings.upload_limit_bytes)
+    # The key check's read transaction must not stay open while a large body streams in.
+    await run_in_threadpool(session.rollback)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     tmp = settings.uploads_dir / f".incoming-{new_id()}.tar"
     size, sha256 = await uploads.receive(request.stream(), tmp, settings.upload_limit_bytes)
