@@ -82,11 +82,12 @@ def compare(model, wins: torch.Tensor, ref: FidelityReference) -> dict[str, floa
     """Mean KL_k(original || candidate) and top-1 agreement of ``model`` against ``ref`` over ``wins``."""
     kl_sum, agree, n, start = 0.0, 0, 0, 0
     for batch in batches(wins):
-        cand = next_token_logprobs(model, batch).flatten(0, 1).cpu()  # [B*(T-1), V]
+        cand = next_token_logprobs(model, batch).flatten(0, 1)  # [B*(T-1), V], on the model's device
         stop = start + cand.shape[0]
-        ref_idx, ref_lp = ref.indices[start:stop], ref.logprobs[start:stop]
+        # The reference slice goes to the device, not the [N, V] log-probs to the host.
+        ref_idx, ref_lp = ref.indices[start:stop].to(cand.device), ref.logprobs[start:stop].to(cand.device)
         kl_sum += divergence(ref_idx, ref_lp, cand, ref.exact).sum().item()
-        agree += (cand.argmax(-1) == ref.top1[start:stop]).sum().item()
+        agree += (cand.argmax(-1) == ref.top1[start:stop].to(cand.device)).sum().item()
         n, start = n + cand.shape[0], stop
     if n != ref.indices.shape[0]:
         raise ValueError(f"reference covers {ref.indices.shape[0]} positions, candidate {n}")

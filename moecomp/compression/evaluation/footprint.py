@@ -12,7 +12,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
+
+# compressed-tensors keeps a quantized linear as packed int32 words plus scales: count the weight it
+# stands for (weight_shape), not the storage tensors.
+_QUANT_STORAGE = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
+
+
+def param_count(module: nn.Module) -> int:
+    """Logical parameters of ``module``: a packed quantized weight counts as the dense weight it encodes."""
+    total, seen = 0, set()
+    for sub in module.modules():
+        shape = getattr(sub, "weight_shape", None)
+        if shape is not None and hasattr(sub, "weight_packed"):
+            total += int(torch.tensor(shape.tolist()).prod())
+        for name, p in sub.named_parameters(recurse=False):
+            if name not in _QUANT_STORAGE and id(p) not in seen:  # tied embeddings count once
+                seen.add(id(p))
+                total += p.numel()
+    return total
 
 
 def disk_bytes(path: Path) -> int:
@@ -30,12 +49,12 @@ def _routed(block: nn.Module) -> tuple[int, int, int] | None:
     if not params:
         return None
     n_experts = getattr(gate, "num_experts", None) or params[0].shape[0]
-    return sum(p.numel() for p in params), int(n_experts), int(top_k)
+    return param_count(experts), int(n_experts), int(top_k)
 
 
 def active_params(model: nn.Module) -> int:
     """Parameters one token runs through (see module docstring)."""
-    total = sum(p.numel() for p in model.parameters())
+    total = param_count(model)
     idle = 0.0
     for module in model.modules():
         routed = _routed(module)
@@ -62,7 +81,7 @@ def footprint(model: nn.Module, path: Path, context: int) -> dict[str, Any]:
     attn = 4 * attention_layers(model) * context * heads * head_dim
     return {
         "disk_bytes": disk_bytes(path),
-        "params_total": sum(p.numel() for p in model.parameters()),
+        "params_total": param_count(model),
         "params_active": active,
         "flops_per_token": 2 * (active - lookup) + attn,
         "flops_context": context,

@@ -63,8 +63,9 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
     quant = quantization_method(path)
     if quant == "compressed-tensors":
         notes.append(
-            "compressed-tensors checkpoint loaded with plain transformers: weights are dequantized to dense at load,"
-            " so it saves disk but neither memory nor time here (a quantized kernel runtime such as vLLM would)."
+            "compressed-tensors checkpoint loaded with plain transformers: its fused MoE experts are dequantized to"
+            " dense at load (other quantized linears are decompressed at every forward), so it saves disk but"
+            " neither memory nor time here; a runtime with quantized MoE kernels (e.g. vLLM) would."
         )
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()

@@ -85,7 +85,7 @@ def evaluate(
     cm = Measurer(candidate_dir, "candidate", spec, device, model_identity(candidate_dir), ResultCache(None), ctx)
     candidate = _measure(cm, cand_steps, progress, reference=reference)
     fidelity = candidate.pop("fidelity", None)
-    notes += cm.notes + _speed_notes(spec, baseline)
+    notes += cm.notes + _speed_notes(spec, candidate, baseline)
 
     report: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -106,8 +106,13 @@ def evaluate(
     return report
 
 
-def _speed_notes(spec: EvaluationSpec, baseline: dict[str, Any] | None) -> list[str]:
+def _speed_notes(spec: EvaluationSpec, candidate: dict[str, Any], baseline: dict[str, Any] | None) -> list[str]:
     notes = []
+    if (candidate.get("speed") or {}).get("peak_memory_gib", 0) is None:
+        notes.append(
+            "peak memory is not measured on a CPU (torch has no peak counter there): rss_gib is the resident memory"
+            " of the whole process, which held both models, so it is not a figure of either"
+        )
     if spec.speed and baseline and "speed:speed" in baseline["cached"]:
         notes.append("the original's speed comes from the cache (speed_settings.reuse_cached_baseline), not this run")
     return notes

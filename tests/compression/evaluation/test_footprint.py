@@ -28,3 +28,17 @@ def test_shared_experts_always_count(tiny_qwen2_moe_dir):
     routed = c.num_hidden_layers * c.num_experts * 3 * c.hidden_size * c.moe_intermediate_size
     idle = routed * (1 - c.num_experts_per_tok / c.num_experts)
     assert active_params(model) == sum(p.numel() for p in model.parameters()) - int(idle)
+
+
+def test_a_packed_quantized_weight_counts_as_the_dense_weight_it_encodes():
+    import torch
+    from torch import nn
+
+    from moecomp.compression.evaluation.footprint import param_count
+
+    packed = nn.Module()  # compressed-tensors' layout of a 4-bit [64, 128] weight, group size 64
+    packed.weight_packed = nn.Parameter(torch.zeros(64, 16, dtype=torch.int32), requires_grad=False)
+    packed.weight_scale = nn.Parameter(torch.ones(64, 2))
+    packed.weight_shape = nn.Parameter(torch.tensor([64, 128]), requires_grad=False)
+    model = nn.Sequential(packed, nn.Linear(128, 10, bias=False))
+    assert param_count(model) == 64 * 128 + 1280
