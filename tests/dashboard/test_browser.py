@@ -233,6 +233,19 @@ def test_compare_draws_quality_against_memory_and_speedup(
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
+def test_the_event_log_falls_back_to_polling_when_the_stream_is_refused(
+    page: Any, service: Service, api_jobs: list[str]
+) -> None:
+    job_id = api_jobs[0]
+    assert service.wait_final(job_id)["status"] == "succeeded"
+    page.route("**/events/stream*", lambda route: route.fulfill(status=503, body="no streams here"))
+    sign_in(page, service.key, f"/dashboard/jobs/{job_id}")
+    page.wait_for_function("() => document.querySelector('#event-log').textContent.includes('job succeeded')")
+    with service.client() as client:
+        events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
+    assert page.locator("#event-log li").count() == len(events)  # each once, none lost
+
+
 def test_a_job_can_be_cancelled_from_its_page(page: Any, service: Service) -> None:
     job_id = service.submit([{"method": "expert_drop", "keep": 6}])
     sign_in(page, service.key, f"/dashboard/jobs/{job_id}")

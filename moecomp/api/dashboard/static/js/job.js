@@ -1,6 +1,6 @@
 // The job page: recipe, per-stage progress, the live event log, artifacts, cancel and the report.
 
-import { ApiError, artifactJSON, artifactUrl, cancelJob, getJob, listArtifacts } from "./api.js";
+import { ApiError, artifactJSON, artifactUrl, cancelJob, getJob, listArtifacts, listEvents } from "./api.js";
 import {
   FINAL, formatBytes, formatDuration, formatTime, h, jobDuration, modelKey, progressBar, stageShort,
   statusBadge, stepCaption,
@@ -77,17 +77,29 @@ class EventLog {
   }
 }
 
-function streamEvents(jobId, log, board, onEnd) {
+function showEvent(event, log, board) {
+  log.add(event);
+  if (event.kind === "progress") board.update(event.stage, event.data);
+}
+
+/** Reads /events once a second: the fallback when the stream cannot be held open (e.g. a buffering proxy). */
+async function pollEvents(jobId, log, board, isFinal) {
+  const body = await listEvents(jobId, log.lastSeq, 500);
+  for (const event of body.items) showEvent(event, log, board);
+  if (body.items.length || !isFinal()) setTimeout(() => pollEvents(jobId, log, board, isFinal), POLL_MS);
+}
+
+/** The event stream (EventSource reconnects by itself, resuming with Last-Event-ID). */
+function streamEvents(jobId, log, board, onEnd, isFinal) {
   const source = new EventSource(`/v1/jobs/${encodeURIComponent(jobId)}/events/stream?after=0`);
-  const handle = (message) => {
-    const event = JSON.parse(message.data);
-    log.add(event);
-    if (event.kind === "progress") board.update(event.stage, event.data);
-  };
+  const handle = (message) => showEvent(JSON.parse(message.data), log, board);
   for (const kind of ["message", "progress", "metrics"]) source.addEventListener(kind, handle);
   source.addEventListener("end", () => {
     source.close();
     onEnd();
+  });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) pollEvents(jobId, log, board, isFinal).catch(() => null);
   });
   return source;
 }
@@ -109,6 +121,7 @@ export function initJob(root) {
   const log = new EventLog(el("event-log"));
   const cancel = el("cancel-button");
   let finished = false;
+  let final = false;
 
   function show(job) {
     el("job-status").replaceChildren(statusBadge(job.status));
@@ -136,7 +149,8 @@ export function initJob(root) {
     try {
       const job = await getJob(jobId);
       show(job);
-      if (FINAL.has(job.status)) {
+      final = FINAL.has(job.status);
+      if (final) {
         await finish();
         return;
       }
@@ -168,6 +182,6 @@ export function initJob(root) {
   });
 
   getJob(jobId).then((job) => describeRecipe(el("recipe"), job)).catch(() => null);
-  streamEvents(jobId, log, board, () => poll());
+  streamEvents(jobId, log, board, () => poll(), () => final);
   poll();
 }
