@@ -230,7 +230,9 @@ def _config_json(source_dir: Path, shape: TrimmedShape, before: dict[str, Any], 
     data.update({k: v for k, v in after.items() if before.get(k) != v and k != "transformers_version"})
     if not shape.stock:
         data.update(write_remote_code(out_dir, shape.config, layout))
-        data[layout.num_experts_key] = max(shape.experts_per_layer.values(), default=data[layout.num_experts_key])
+        data[layout.num_experts_key] = max(
+            shape.experts_per_layer.values(), default=getattr(shape.config, layout.num_experts_key)
+        )
         data["moecomp_experts_per_layer"] = {str(k): v for k, v in sorted(shape.experts_per_layer.items())}
         data["moecomp_dropped_moe_layers"] = shape.dropped_moe_layers
     return data

@@ -13,6 +13,7 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_moe import FAMILY_CONFIGS, tiny_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from moecomp.compression.adapters import get_adapter
@@ -67,12 +68,12 @@ RELOAD = textwrap.dedent(
 )
 
 
-def reload_isolated(tmp_path, jobs: dict[str, tuple[str, bool]]) -> dict:
+def reload_isolated(tmp_path, jobs: dict[str, tuple[str, bool]], ids: torch.Tensor = IDS) -> dict:
     """Load checkpoints in ``python -I -S`` with only site-packages on sys.path: moecomp is not importable."""
     work = tmp_path / "isolated"
     work.mkdir()
     (work / "jobs.json").write_text(json.dumps(jobs))
-    torch.save(IDS, work / "ids.pt")
+    torch.save(ids, work / "ids.pt")
     (work / "reload.py").write_text(RELOAD.format(site=sysconfig.get_paths()["purelib"]))
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "", "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
@@ -82,11 +83,12 @@ def reload_isolated(tmp_path, jobs: dict[str, tuple[str, bool]]) -> dict:
     return torch.load(work / "results.pt")
 
 
-def decided_logits(source, decisions):
+def decided_logits(source, decisions, ids=IDS):
+    """The reference: the source model loaded normally, decisions applied in memory by the engine's helpers."""
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     apply_decisions(model, decisions, get_adapter(model.config).layout)
     with torch.no_grad():
-        return model(IDS).logits
+        return model(ids).logits
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +185,11 @@ def test_fused_source_and_small_shards(tiny_qwen2_moe_dir, tmp_path):
     assert index["metadata"]["total_size"] < sum((out / s).stat().st_size for s in shards)
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert reloaded.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 6
+    # a sharded checkpoint (read through its index) as the source of a further export
+    again = export_trimmed(
+        out, Decisions(kept_experts={i: [1, 2, 3, 4, 5] for i in range(8)}), tmp_path / "again", manifest={}
+    )
+    assert AutoModelForCausalLM.from_pretrained(again).model.layers[0].mlp.experts.gate_up_proj.shape[0] == 5
     with torch.no_grad():
         torch.testing.assert_close(
             reloaded(IDS).logits, decided_logits(tiny_qwen2_moe_dir, decisions), atol=1e-5, rtol=0
@@ -193,3 +200,39 @@ def test_refuses_a_non_empty_output(tiny_mixtral_dir, tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError):
         export_trimmed(tiny_mixtral_dir, Decisions(), tmp_path, manifest={})
+
+
+@pytest.fixture(scope="module")
+def families_exported(tmp_path_factory):
+    """Every supported family (tiny random weights, saved the stock way): one stock and one remote-code export."""
+    root = tmp_path_factory.mktemp("families")
+    jobs, expected = {}, {}
+    for model_type in FAMILY_CONFIGS:
+        source = root / model_type
+        tiny_model(model_type).save_pretrained(source)
+        config = AutoConfig.from_pretrained(source)
+        family = get_adapter(config)
+        moe, n = family.moe_layers(config), family.num_experts(config)
+        cases = {
+            "stock": Decisions(kept_experts={i: list(range(1, n - 1)) for i in moe}, dropped_blocks=[0]),
+            "remote_code": Decisions(
+                kept_experts={moe[0]: [e for e in range(n) if e != 1], moe[-1]: list(range(2, n))},
+                dropped_layers=[moe[1]],
+            ),
+        }
+        for loading, decisions in cases.items():
+            out = export_trimmed(source, decisions, root / f"{model_type}-{loading}", manifest={})
+            assert read_manifest(out)["output"]["loading"] == loading
+            jobs[f"{model_type}-{loading}"] = (str(out), loading == "remote_code")
+            expected[f"{model_type}-{loading}"] = decided_logits(source, decisions, ids=IDS % 128)
+    return expected, reload_isolated(root, jobs, ids=IDS % 128)
+
+
+@pytest.mark.parametrize("model_type", FAMILY_CONFIGS)
+@pytest.mark.parametrize("loading", ["stock", "remote_code"])
+def test_every_family_reloads_without_moecomp(families_exported, model_type, loading):
+    expected, results = families_exported
+    assert results["isolated"]
+    torch.testing.assert_close(
+        results[f"{model_type}-{loading}"], expected[f"{model_type}-{loading}"], atol=1e-5, rtol=0
+    )
