@@ -84,6 +84,30 @@ def test_a_bad_recipe_shows_the_servers_error_beside_the_field(page: Any, servic
     assert job_count(service) == before
 
 
+def test_stages_are_stacked_and_reordered_with_the_keyboard_alone(page: Any, service: Service) -> None:
+    sign_in(page, service.key, "/dashboard/new")
+    page.wait_for_selector("#new-job[data-ready]")
+    active = "() => document.activeElement.id || document.activeElement.className"
+    for method in ("block_drop", "expert_drop"):
+        page.focus("#add-method")
+        page.select_option("#add-method", method)  # a select changes with the arrow keys; the value is what counts
+        page.keyboard.press("Tab")
+        assert page.evaluate(active) == "add-stage"
+        page.keyboard.press("Enter")
+        assert page.evaluate(active) == "stage-method"  # focus moves to the new stage's heading
+    page.keyboard.press("Tab")
+    assert page.evaluate(active) == "f-recipe-stages-1-mode"  # then into its fields, in order
+    page.focus("button[aria-label='Move stage 2 up']")
+    page.keyboard.press("Enter")
+    legends = page.locator("#stages legend .stage-method").all_inner_texts()
+    assert legends == ["Stage 1: expert drop", "Stage 2: block drop"]
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == "Move stage 1 down"
+    for _ in range(2):
+        page.focus("button[aria-label^='Remove stage']")
+        page.keyboard.press("Enter")
+    assert page.locator("#stages li").count() == 0 and page.evaluate(active) == "add-stage"
+
+
 def test_the_jobs_list_follows_jobs_live_to_succeeded(
     page: Any, service: Service, api_jobs: list[str], screenshots: Path
 ) -> None:

@@ -104,7 +104,9 @@ class StageEditor {
     this.list.replaceChildren(...this.stages.map((stage, i) => this.stageItem(stage, i)));
     // Keep the keyboard user's place: the same control in the moved stage, or "Add stage" when none is left.
     const item = this.list.children[focusIndex];
-    const focus = item?.querySelector(`.${focusClass}:not([disabled])`) ?? item?.querySelector("input, select, button");
+    const other = { "move-up": "move-down", "move-down": "move-up" }[focusClass] ?? focusClass;
+    const focus = item?.querySelector(`.${focusClass}:not([disabled])`) ?? item?.querySelector(`.${other}:not([disabled])`)
+      ?? item?.querySelector("input, select, button");
     (focus ?? this.fallbackFocus)?.focus();
   }
 
