@@ -13,6 +13,7 @@ earlier trimming pass has its decisions mapped back through the earlier ones (:f
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -172,9 +173,27 @@ def compress(
     dtype: str = "auto",
     ctx: RunContext | None = None,
 ) -> dict[str, Any]:
-    """Compress ``model`` (local folder or hub id) with ``recipe`` into ``out_dir``; return the manifest written."""
+    """Compress ``model`` (local folder or hub id) with ``recipe`` into ``out_dir``; return the manifest written.
+
+    On any failure (cancellation included) nothing is left behind: neither scratch nor a partial ``out_dir``.
+    """
     ctx = ctx or RunContext()
     out_dir = _prepare_out(out_dir)
+    created = not out_dir.exists()
+    try:
+        return _compress(model, recipe, out_dir, revision, device, dtype, ctx)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        else:  # an empty folder the caller made: empty it again
+            for child in out_dir.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
+
+
+def _compress(
+    model: str | Path, recipe: Recipe, out_dir: Path, revision: str | None, device: str, dtype: str, ctx: RunContext
+) -> dict[str, Any]:
     started = time.perf_counter()
     ctx.progress("load", 0, 1)
     model_dir = resolve_model(model, revision=revision)

@@ -8,7 +8,7 @@ import torch
 from test_export import IDS, decided_logits, reload_isolated
 
 from moecomp.compression import pipeline
-from moecomp.compression.context import RunContext
+from moecomp.compression.context import Cancelled, RunContext
 from moecomp.compression.export import export_trimmed
 from moecomp.compression.manifest import SCHEMA, verify_files
 from moecomp.compression.methods.base import StageConfig
@@ -159,3 +159,16 @@ def test_bad_inputs_fail_before_any_work(tiny_mixtral_dir, tmp_path):
     with pytest.raises(FileNotFoundError):
         compress(tmp_path / "missing", Recipe(), tmp_path / "o2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+
+
+def test_a_failed_or_cancelled_run_leaves_nothing(tiny_mixtral_dir, tmp_path):
+    recipe = Recipe.model_validate({"stages": [{"method": "expert_drop", "keep": 8}], "calibration": CALIBRATION})
+    with pytest.raises(ValueError, match="keep"):
+        compress(tiny_mixtral_dir, recipe, tmp_path / "out")
+    recipe = Recipe.model_validate({"stages": [{"method": "layer_drop", "drop": 1}], "calibration": CALIBRATION})
+    (tmp_path / "given").mkdir()
+    steps = []
+    ctx = RunContext(sink=lambda kind, stage, data: steps.append(stage), should_cancel=lambda: "layer_drop" in steps)
+    with pytest.raises(Cancelled):
+        compress(tiny_mixtral_dir, recipe, tmp_path / "given", ctx=ctx)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["given"] and not any((tmp_path / "given").iterdir())
