@@ -128,8 +128,8 @@ export function progressBar(label) {
   return { node, update };
 }
 
-// Stages whose steps are not layers (the compression stages count layers: load, calibrate, methods, export).
-const STEP_STAGES = new Set(["evaluate", "artifacts", "worker", "upload", "download"]);
+// Stages whose steps are not layers (the methods and export count layers of the model).
+const STEP_STAGES = new Set(["load", "calibrate", "evaluate", "artifacts", "worker", "upload", "download"]);
 
 /** "calibrate · layer 3/8" or "evaluate · step 5/6 (candidate perplexity)" for a progress event. */
 export function stepCaption(stage, data) {
