@@ -84,6 +84,31 @@ def test_a_bad_recipe_shows_the_servers_error_beside_the_field(page: Any, servic
     assert job_count(service) == before
 
 
+def test_every_method_of_the_api_renders_as_a_labelled_stage(page: Any, service: Service) -> None:
+    with service.client() as client:
+        methods = client.get("/v1/methods").json()["methods"]
+    sign_in(page, service.key, "/dashboard/new")
+    page.wait_for_selector("#new-job[data-ready]")
+    for method in methods:
+        page.select_option("#add-method", method["name"])
+        page.click("#add-stage")
+    legends = page.locator("#stages legend .stage-method").all_inner_texts()
+    assert legends == [f"Stage {i + 1}: {m['name'].replace('_', ' ')}" for i, m in enumerate(methods)]
+    unlabelled = page.evaluate(
+        """[...document.querySelectorAll('#stages input, #stages select')]
+             .filter((el) => el.labels.length === 0).map((el) => el.id)"""
+    )
+    assert unlabelled == []
+    # Each stage's defaults are the API's: what the form would send equals what the API says.
+    for i, method in enumerate(methods):
+        for name, value in method["defaults"].items():
+            field = page.locator(f"#f-recipe-stages-{i}-{name}")
+            if field.count() and isinstance(value, bool):
+                assert field.is_checked() == value, (method["name"], name)
+            elif field.count() and isinstance(value, int | float | str):
+                assert field.input_value() == str(value), (method["name"], name)
+
+
 def test_stages_are_stacked_and_reordered_with_the_keyboard_alone(page: Any, service: Service) -> None:
     sign_in(page, service.key, "/dashboard/new")
     page.wait_for_selector("#new-job[data-ready]")
