@@ -130,9 +130,10 @@ def select(observer: ExpertScores, config: ExpertDropConfig, sctx: SelectContext
 
 
 def report(observer: ExpertScores, sctx: SelectContext) -> dict[str, Any]:
-    """{"scores": {layer: [mean affinity per ORIGINAL expert, null where already dropped]}}."""
+    """{"scores": {layer: [mean affinity per ORIGINAL expert, null where already dropped]}, "affinity": kind}."""
     n = sctx.family.num_experts(sctx.config)
-    return {"scores": {str(layer): [s.get(e) for e in range(n)] for layer, s in observer.scores().items()}}
+    scores = {str(layer): [s.get(e) for e in range(n)] for layer, s in observer.scores().items()}
+    return {"scores": scores, "affinity": sctx.family.routing}  # softmax or sigmoid of the router logits
 
 
 TRIMMER = Trimmer(rounds=lambda config: 1, observer=ExpertScores, select=select, report=report)
