@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from logging.config import fileConfig
+from pathlib import Path
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
@@ -19,7 +20,10 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return config.attributes.get("url") or Settings().resolved_database_url
+    url = config.attributes.get("url") or Settings().resolved_database_url
+    if url.startswith("sqlite:///"):  # the embedded default lives under data_dir, which may not exist yet
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
 
 
 def run_offline() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,14 @@ def test_upgrade_is_idempotent(database_url: str) -> None:
     upgrade(database_url)
     upgrade(database_url)
     assert _diff(database_url) == []
+
+
+def test_alembic_command_line_uses_the_settings(tmp_path: Path) -> None:
+    """Production runs `alembic upgrade head` with MOECOMP_* in the environment; the data dir may not exist yet."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "MOECOMP_DATA_DIR": str(tmp_path / "data"), "MOECOMP_DATABASE_URL": ""}
+    alembic = [sys.executable, "-m", "alembic", "-c", str(root / "alembic.ini")]
+    for args in (["upgrade", "head"], ["check"]):
+        done = subprocess.run([*alembic, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert _diff(f"sqlite:///{tmp_path / 'data' / 'moecomp.db'}") == []
