@@ -13,6 +13,7 @@ earlier trimming pass has its decisions mapped back through the earlier ones (:f
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -120,6 +121,13 @@ def _trimming_pass(job: PassJob) -> PassResult:
 def _slimming_pass(job: PassJob) -> PassResult:
     from moecomp.compression.slimming import run_slimming
 
+    if "auto_map" in json.loads((job.model_dir / "config.json").read_text()):
+        # The slimming pass loads stock transformers classes only (no remote code, no per-layer shapes).
+        raise ValueError(
+            "slimming after a trimming stage whose result needs its own modeling code (layer_drop, or expert_drop "
+            "leaving uneven expert counts) is not supported yet; put the slimming stages first or trim with "
+            "block_drop / layerwise expert_drop"
+        )
     assert job.calib_ids is not None
     reports = run_slimming(
         job.model_dir, job.stages, job.calib_ids, job.out_dir, device=job.device, ctx=job.ctx, dtype=job.dtype

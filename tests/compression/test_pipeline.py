@@ -1,6 +1,7 @@
 """compress(): every trimming recipe of the study on both fixtures gives a checkpoint that reloads in a fresh
 interpreter (without moecomp) and reproduces the model the engine decided, applied in memory."""
 
+import json
 from typing import ClassVar, Literal
 
 import pytest
@@ -172,3 +173,24 @@ def test_a_failed_or_cancelled_run_leaves_nothing(tiny_mixtral_dir, tmp_path):
     with pytest.raises(Cancelled):
         compress(tiny_mixtral_dir, recipe, tmp_path / "given", ctx=ctx)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["given"] and not any((tmp_path / "given").iterdir())
+
+
+def test_trimming_then_slimming_passes(tiny_mixtral_dir, tmp_path):
+    """block drop (stock result) then RTN through the real slimming runner: one manifest, original numbering."""
+    stages = [{"method": "block_drop", "drop": 1}, {"method": "rtn", "bits": 4}]
+    recipe = Recipe.model_validate({"stages": stages, "calibration": CALIBRATION})
+    manifest = compress(tiny_mixtral_dir, recipe, tmp_path / "out")
+    assert [p["family"] for p in manifest["timings"]["passes"]] == ["trimming", "slimming"]
+    assert [s["method"] for s in manifest["stages"]] == ["block_drop", "rtn"]
+    assert len(manifest["decisions"]["dropped_blocks"]) == 1 and verify_files(tmp_path / "out", manifest) == []
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 7 and config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_slimming_after_a_remote_code_trim_is_refused_clearly(tiny_mixtral_dir, tmp_path):
+    stages = [{"method": "layer_drop", "drop": 1}, {"method": "rtn", "bits": 4}]
+    recipe = Recipe.model_validate({"stages": stages, "calibration": CALIBRATION})
+    with pytest.raises(ValueError, match="not supported yet; put the slimming stages first"):
+        compress(tiny_mixtral_dir, recipe, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
