@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 
 from moecomp.assets import MODELS
 from moecomp.persistence.database import Database
 from moecomp.persistence.models import Job, JobStatus
+from moecomp.settings import Settings
 from tests.api.helpers import count, job_body, queued_job_ids, set_status
 
 
@@ -172,6 +175,23 @@ BAD_BODIES = {
     ),
     "out of range": (lambda: job_body(keep=0), ["body", "recipe", "stages", 0, "expert_drop", "keep"]),
     "more experts than the model has": (lambda: job_body(keep=9), ["body", "recipe", "stages", 0, "keep"]),
+    "keeping every expert": (lambda: job_body(keep=8), ["body", "recipe", "stages", 0, "keep"]),
+    "fewer experts than top-k": (lambda: job_body(keep=1), ["body", "recipe", "stages", 0, "keep"]),
+    "every moe layer": (
+        lambda: {**job_body(), "recipe": {"stages": [{"method": "layer_drop", "drop": 8}]}},
+        ["body", "recipe", "stages", 0, "drop"],
+    ),
+    "every block": (
+        lambda: {**job_body(), "recipe": {"stages": [{"method": "block_drop", "drop": 8}]}},
+        ["body", "recipe", "stages", 0, "drop"],
+    ),
+    "stages add up past the model": (
+        lambda: {
+            **job_body(),
+            "recipe": {"stages": [{"method": "block_drop", "drop": 6}, {"method": "layer_drop", "drop": 2}]},
+        },
+        ["body", "recipe", "stages", 1, "drop"],
+    ),
     "unknown field": (lambda: {**job_body(), "priority": 1}, ["body", "priority"]),
     "path outside the roots": (lambda: job_body(path="/etc"), ["body", "model", "path"]),
     "traversal": (lambda: job_body(path="tiny-mixtral/../../../../.."), ["body", "model", "path"]),
@@ -212,6 +232,31 @@ def test_symlink_escaping_a_root_is_refused(
     response = client.post("/v1/jobs", json=job_body(path=_outside_symlink(root, tmp_path)), headers=auth)
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "model", "path"]
     assert count(db, Job) == 0
+
+
+def test_recipes_are_checked_against_each_family_through_the_adapter_table(
+    client: TestClient, auth: dict[str, str], settings: Settings, tiny_qwen2_moe_dir: Path
+) -> None:
+    folder = settings.allowed_model_roots[1] / "qwen"
+    folder.mkdir()
+    shutil.copy(tiny_qwen2_moe_dir / "config.json", folder / "config.json")  # 16 experts, top-4, 8 layers
+
+    def submit(*stages: dict[str, object]) -> Response:
+        body = {"model": {"kind": "local", "path": str(folder)}, "recipe": {"stages": list(stages)}}
+        return client.post("/v1/jobs", json=body, headers=auth)
+
+    assert submit({"method": "expert_drop", "keep": 3}).json()["detail"][0]["loc"][-1] == "keep"  # below top-4
+    assert submit({"method": "expert_drop", "keep": 12}, {"method": "layer_drop", "drop": 7}).status_code == 201
+
+    llama = settings.allowed_model_roots[1] / "llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
+    body = {"model": {"kind": "local", "path": str(llama)}, "recipe": {"stages": [{"method": "block_drop", "drop": 1}]}}
+    refused = client.post("/v1/jobs", json=body, headers=auth)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "model"]
+    assert "not a supported MoE family" in refused.json()["detail"][0]["msg"]
+    body["recipe"] = {"stages": []}  # re-export and evaluation need no adapter
+    assert client.post("/v1/jobs", json=body, headers=auth).status_code == 201
 
 
 def test_hub_sources_are_stored_as_given(client: TestClient, auth: dict[str, str]) -> None:

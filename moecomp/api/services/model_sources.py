@@ -1,4 +1,5 @@
-"""Resolve and check a job's model source, and check a recipe against the model's config where readable.
+"""Resolve and check a job's model source, and check a recipe against the model's config where readable
+(through the family table of compression/adapters, so no family name appears here).
 
 A local path must resolve (symlinks followed) under one of settings.allowed_model_roots, so neither
 ``..`` nor a symlink can reach outside them; uploads must belong to the caller's team.
@@ -9,20 +10,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from moecomp.api.errors import Invalid
 from moecomp.api.schemas import HubSource, LocalSource, UploadSource
+from moecomp.compression.adapters import UnsupportedModel, get_adapter
 from moecomp.compression.recipe import Recipe
 from moecomp.persistence.models import Team
 from moecomp.persistence.uploads import find_upload, upload_path
 from moecomp.settings import Settings
 
 LOC = ("body", "model")
-# Config keys that name the routed experts per MoE layer, across families.
-EXPERT_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 
 
 @dataclass
@@ -99,27 +100,67 @@ def resolve_source(
     return ResolvedSource(source.model_dump(), source.id, None)
 
 
-def check_recipe_fits(recipe: Recipe, config: dict[str, Any]) -> None:
-    """Refuse stages that ask for more than the model has, walking the stages in order.
+@dataclass
+class _Shape:
+    """What the stages so far leave of the model: upper bounds where a stage's choice is not known yet."""
 
-    Upper bounds only: every decoder layer is counted as an MoE layer (dense ones are not known here).
-    """
-    experts = next((config[k] for k in EXPERT_KEYS if isinstance(config.get(k), int)), None)
-    blocks = config.get("num_hidden_layers") if isinstance(config.get("num_hidden_layers"), int) else None
-    moe_layers = blocks
+    experts: int
+    top_k: int
+    moe_layers: int
+    blocks: int
+
+
+def _shape(config: dict[str, Any]) -> _Shape | None:
+    """The model's shape from its config through the family table; None where the config lacks a key."""
+    namespace = SimpleNamespace(**config)
+    try:
+        family = get_adapter(namespace)
+    except UnsupportedModel as exc:
+        raise Invalid(LOC, str(exc), config.get("model_type")) from None
+    try:
+        return _Shape(
+            family.num_experts(namespace),
+            family.top_k(namespace),
+            len(family.moe_layers(namespace)),
+            int(namespace.num_hidden_layers),
+        )
+    except (AttributeError, TypeError, ValueError):  # an odd config: the worker reports what is wrong
+        return None
+
+
+def _check_stage(stage: Any, shape: _Shape, loc: tuple[str | int, ...]) -> None:
+    """The engine's own bounds (methods/*.select), checked before any work is queued."""
+    method = getattr(stage, "method", "")
+    if method == "expert_drop":
+        if not shape.top_k <= stage.keep < shape.experts:
+            raise Invalid(
+                (*loc, "keep"),
+                f"keep={stage.keep} must be at least the router's top-k ({shape.top_k}) "
+                f"and below the experts per MoE layer ({shape.experts})",
+                stage.keep,
+            )
+        shape.experts = stage.keep
+    elif method == "layer_drop":
+        if stage.drop >= shape.moe_layers:
+            raise Invalid(
+                (*loc, "drop"), f"drop={stage.drop} must be below the MoE layers ({shape.moe_layers})", stage.drop
+            )
+        shape.moe_layers -= stage.drop
+    elif method == "block_drop":
+        if stage.drop >= shape.blocks:
+            raise Invalid(
+                (*loc, "drop"), f"drop={stage.drop} must be below the decoder blocks ({shape.blocks})", stage.drop
+            )
+        shape.blocks -= stage.drop
+        shape.moe_layers = min(shape.moe_layers, shape.blocks)  # the dropped blocks may all have been dense
+
+
+def check_recipe_fits(recipe: Recipe, config: dict[str, Any]) -> None:
+    """Refuse stages that ask for more than the model has, walking the stages in order (422 at the field)."""
+    if not recipe.stages:
+        return  # re-export and evaluation need no family adapter
+    shape = _shape(config)
+    if shape is None:
+        return
     for i, stage in enumerate(recipe.stages):
-        loc = ("body", "recipe", "stages", i)
-        method = getattr(stage, "method", "")
-        if method == "expert_drop" and experts is not None:
-            if stage.keep > experts:
-                raise Invalid((*loc, "keep"), f"keep={stage.keep} but the model has {experts} experts per layer")
-            experts = stage.keep
-        elif method == "layer_drop" and moe_layers is not None:
-            if stage.drop > moe_layers:
-                raise Invalid((*loc, "drop"), f"drop={stage.drop} but the model has {moe_layers} MoE layers left")
-            moe_layers -= stage.drop
-        elif method == "block_drop" and blocks is not None:
-            if stage.drop >= blocks:
-                raise Invalid((*loc, "drop"), f"drop={stage.drop} must leave at least one of {blocks} blocks")
-            blocks -= stage.drop
-            moe_layers = min(moe_layers or 0, blocks)
+        _check_stage(stage, shape, ("body", "recipe", "stages", i))
