@@ -103,7 +103,7 @@ def to_original(later: Decisions, earlier: Decisions, num_layers: int) -> Decisi
 
 
 def _trimming_pass(job: PassJob) -> PassResult:
-    decisions, reports = Decisions(), []
+    decisions, reports = Decisions(), list[dict[str, Any]]()
     if job.stages:
         from moecomp.compression.trimming import run_trimming
 
@@ -227,7 +227,7 @@ def run_passes(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Run the passes in order, each on the previous output, the last into ``out_dir``; return stage reports."""
     passes = split_passes(list(recipe.stages))
-    decisions, reports = Decisions(), []
+    decisions, reports = Decisions(), list[dict[str, Any]]()
     timings["passes"] = []
     current = model_dir
     for i, (family, stages) in enumerate(passes):

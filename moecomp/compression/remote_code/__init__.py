@@ -39,7 +39,7 @@ def _check_self_contained(source: str) -> None:
 
 def _names(config: Any) -> dict[str, str]:
     config_cls = type(config)
-    model_cls = MODEL_FOR_CAUSAL_LM_MAPPING[config_cls]
+    model_cls: Any = MODEL_FOR_CAUSAL_LM_MAPPING[config_cls]
     prefix = "Moecomp" + config_cls.__name__.removesuffix("Config")
     return {
         "base": config.model_type,
