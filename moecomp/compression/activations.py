@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.lazy_checkpoint import WeightSource, assign_tensors, state_names
-from moecomp.compression.structure import decoder_layers
+from moecomp.compression.structure import Decisions, decoder_layers, drop_moe_sublayer, slice_experts
 
 
 class _Stop(Exception):
@@ -55,11 +55,26 @@ def build_skeleton(source: WeightSource, device: torch.device, dtype: torch.dtyp
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     family = source.family
+    _apply_checkpoint_structure(model, family, getattr(source, "structure", None))
     embed = model.get_submodule(family.embed_tokens)
     assign_tensors(embed, source.module_tensors(family.embed_tokens + ".", state_names(embed), None, device, dtype))
     rotary = model.get_submodule(family.rotary_emb)
     _set(model, family.rotary_emb, type(rotary)(config=config).to(device))  # inv_freq is not in checkpoints
     return model
+
+
+def _apply_checkpoint_structure(model: nn.Module, family: MoEFamily, structure: Decisions | None) -> None:
+    """Shape the skeleton like a checkpoint that is itself trimmed (the config alone cannot say it).
+
+    Only the modules change, never the config: the config keeps describing the checkpoint's own numbering.
+    """
+    if structure is None:
+        return
+    layers = decoder_layers(model, family.layout)
+    for idx, kept in structure.kept_experts.items():
+        slice_experts(layers[idx], kept, family.layout)
+    for idx in structure.dropped_layers:
+        drop_moe_sublayer(layers[idx], family.layout)
 
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:

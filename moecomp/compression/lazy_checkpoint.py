@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from moecomp.compression.adapters import MoEFamily, get_adapter
+from moecomp.compression.structure import Decisions
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -29,7 +30,10 @@ FUSED_FROM = {"gate_up_proj": ("gate", "up"), "down_proj": ("down",)}
 
 
 class WeightSource(Protocol):
-    """Where the engine gets weights; ``layer_tensors`` returns exactly the names asked for."""
+    """Where the engine gets weights; ``module_tensors`` returns exactly the names asked for.
+
+    A source may also carry ``structure`` (:class:`Decisions`): trimming already in the checkpoint.
+    """
 
     config: PretrainedConfig
     family: MoEFamily
@@ -50,8 +54,9 @@ class SafetensorsSource:
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = Path(model_dir)
-        self.config = AutoConfig.from_pretrained(self.model_dir)
+        self.config = read_config(self.model_dir)
         self.family = get_adapter(self.config)
+        self.structure = checkpoint_structure(self.config, self.family)  # of a trimmed moecomp checkpoint
         if getattr(self.config, "quantization_config", None):
             # Scores need the real weights; packed/FP8 tensors would be read as if they were plain.
             raise ValueError(
@@ -136,7 +141,36 @@ class SafetensorsSource:
         return parent.endswith("." + self.family.layout.router) and leaf in self.family.layout.router_tensors
 
     def _count_experts(self, experts_path: str) -> int:
-        return self.family.num_experts(self.config)
+        layer = int(experts_path.removeprefix(self.family.layout.layers + ".").split(".")[0])
+        kept = self.structure.kept_experts.get(layer)
+        return len(kept) if kept is not None else self.family.num_experts(self.config)
+
+
+# Keys a trimmed checkpoint with bundled remote code carries (moecomp.compression.export): the stock
+# model type, the routed experts of each MoE layer (new numbering) and the MoE sub-layers removed.
+BASE_MODEL_TYPE_KEY = "moecomp_base_model_type"
+EXPERTS_PER_LAYER_KEY = "moecomp_experts_per_layer"
+DROPPED_MOE_LAYERS_KEY = "moecomp_dropped_moe_layers"
+
+
+def read_config(model_dir: Path) -> PretrainedConfig:
+    """The checkpoint's config; a moecomp remote-code checkpoint is read as its stock family, no code run."""
+    data = json.loads((model_dir / "config.json").read_text())
+    base = data.get(BASE_MODEL_TYPE_KEY)
+    if base is None:
+        return AutoConfig.from_pretrained(model_dir)
+    values = {k: v for k, v in data.items() if k not in ("model_type", "auto_map", "architectures")}
+    return AutoConfig.for_model(base, **values)
+
+
+def checkpoint_structure(config: PretrainedConfig, family: MoEFamily) -> Decisions:
+    """The trimming already in a checkpoint (its own numbering; experts 0..k-1); empty for stock ones."""
+    total = family.num_experts(config)
+    per_layer = {int(k): int(v) for k, v in (getattr(config, EXPERTS_PER_LAYER_KEY, None) or {}).items()}
+    return Decisions(
+        kept_experts={layer: list(range(count)) for layer, count in per_layer.items() if count < total},
+        dropped_layers=list(getattr(config, DROPPED_MOE_LAYERS_KEY, None) or []),
+    )
 
 
 def _quant_method(config: PretrainedConfig) -> str:

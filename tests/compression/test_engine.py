@@ -165,3 +165,30 @@ def test_cuda_pass_agrees_with_cpu(tiny_qwen2_moe_dir: Path) -> None:
     observers = _observers(source)
     calibrate(source, ids, list(observers), device="cuda", dtype=torch.bfloat16)  # bf16 on the GPU runs too
     assert all(abs(v - results[0][1][k]) < 2e-2 for k, v in observers[1].similarity("residual").items())
+
+
+def test_a_trimmed_remote_code_checkpoint_is_read_as_its_stock_family(tiny_mixtral_dir: Path, tmp_path: Path) -> None:
+    """A second trimming pass reads the first pass's output (fewer experts in some layers, a dropped MoE)."""
+    from moecomp.compression.export import export_trimmed
+    from moecomp.compression.structure import apply_decisions
+
+    decisions = Decisions(kept_experts={1: [0, 2, 3, 5, 6, 7], 4: [1, 2, 3, 4, 5, 6, 7]}, dropped_layers=[2])
+    export_trimmed(tiny_mixtral_dir, decisions, tmp_path / "out", manifest={})
+    source = SafetensorsSource(tmp_path / "out")
+    assert source.config.model_type == "mixtral" and source.structure == Decisions(
+        kept_experts={1: list(range(6)), 4: list(range(7))}, dropped_layers=[2]
+    )
+    ids = _ids(2, 32, 8192)
+    experts, layers, blocks = _observers(source)
+    calibrate(source, ids, [experts, layers, blocks], dtype=torch.float32)
+
+    model = load_full(tiny_mixtral_dir)  # the same model trimmed in memory: same numbering (no block drop)
+    apply_decisions(model, decisions, get_adapter(model.config).layout)
+    for layer, ref in router_means(model, ids).items():
+        assert sorted(experts.scores()[layer]) == list(range(len(ref)))
+        assert all(abs(experts.scores()[layer][e] - v) < 1e-5 for e, v in enumerate(ref))
+    reference = layer_similarity(model, ids)["residual"]
+    assert layers.similarity("residual").keys() == reference.keys() and 2 not in reference
+    assert all(abs(layers.similarity("residual")[i] - v) < 1e-5 for i, v in reference.items())
+    adjacent = block_similarity(block_states(model, ids), 1)
+    assert all(abs(blocks.similarity()[i] - v) < 1e-5 for i, v in adjacent.items())
