@@ -37,8 +37,8 @@ from moecomp.compression.methods.pruning import (
 )
 from moecomp.compression.methods.quantization import FP8Config, group_sizes_used
 from moecomp.compression.slimming_llmc import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
-from moecomp.compression.slimming_modifiers import BUILDERS
-from moecomp.compression.slimming_targets import Target, find_targets, patterns_by_in_features, router_names
+from moecomp.compression.slimming_modifiers import BUILDERS, split_patterns
+from moecomp.compression.slimming_targets import Target, find_targets, router_names
 from moecomp.compression.slimming_verify import checkpoint_bytes, router_state, verify_reload
 
 SLIMMING_METHODS = ("gptq", "awq", "rtn", "fp8", "magnitude", "wanda", "sparsegpt")
@@ -148,9 +148,7 @@ def _run_stage(
         kind = "round-to-nearest" if method in QUANTIZATION_METHODS else "magnitude pruning"
         ctx.message(method, f"{len(results['fallbacks'])} linears saw no calibration token: {kind} used", "warning")
     if method in QUANTIZATION_METHODS:
-        results["group_sizes"] = {
-            str(k): v for k, v in group_sizes_used(config, patterns_by_in_features(targets)).items()
-        }  # type: ignore[arg-type]
+        results["group_sizes"] = group_sizes_used(config, *split_patterns(targets))  # type: ignore[arg-type]
     return results
 
 

@@ -23,15 +23,21 @@ from moecomp.compression.slimming_targets import Target, pattern_of, patterns_by
 Builder = Callable[[object, nn.Module, MoEFamily, list[Target]], list[Modifier]]
 
 
+def split_patterns(targets: list[Target]) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """Target regexes by input width: (routed experts, everything else)."""
+    routed = [t for t in targets if t.scope == "routed_experts"]
+    return patterns_by_in_features(routed), patterns_by_in_features([t for t in targets if t not in routed])
+
+
 def _gptq(config: GPTQConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
-    groups = config_groups(config, patterns_by_in_features(targets))
+    groups = config_groups(config, *split_patterns(targets))
     return [
         RoutedGPTQModifier(config_groups=groups, block_size=config.block_size, dampening_frac=config.dampening_frac)
     ]
 
 
 def _quantize(config, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
-    return [QuantizationModifier(config_groups=config_groups(config, patterns_by_in_features(targets)))]
+    return [QuantizationModifier(config_groups=config_groups(config, *split_patterns(targets)))]
 
 
 def _awq(config: AWQConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:

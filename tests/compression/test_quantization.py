@@ -16,11 +16,13 @@ from moecomp.compression.methods.quantization import (
     GPTQConfig,
     RTNConfig,
     config_groups,
+    group_sizes_used,
     resolve_group_size,
 )
 from moecomp.compression.recipe import Recipe
 from moecomp.compression.slimming import load_linearized, run_slimming
-from moecomp.compression.slimming_targets import find_targets, patterns_by_in_features
+from moecomp.compression.slimming_modifiers import split_patterns
+from moecomp.compression.slimming_targets import find_targets
 from tests.compression.slimming_fixtures import calibration_ids, heldout_ids, perplexity
 
 
@@ -54,14 +56,20 @@ def test_targets_never_include_routers_or_shared_gates(tiny_qwen2_moe_dir: Path)
     assert {t.scope for t in find_targets(model, family, ["routed_experts"])} == {"routed_experts"}
 
 
-def test_each_input_width_gets_its_own_group_size(tiny_qwen2_moe_dir: Path) -> None:
+def test_routed_experts_share_one_group_size_others_get_their_own(tiny_qwen2_moe_dir: Path) -> None:
     model, family, _ = load_linearized(tiny_qwen2_moe_dir)
-    patterns = patterns_by_in_features(find_targets(model, family, ["routed_experts", "shared_experts"]))
-    assert sorted(patterns) == [64, 128, 256]  # expert down_proj, gate/up projections, shared down_proj
-    groups = config_groups(GPTQConfig(group_size=128), patterns)
-    sizes = {g["weights"]["group_size"]: g["targets"] for g in groups.values()}
-    assert set(sizes) == {64, 128}
-    assert any("experts" in t and "down_proj" in t for t in sizes[64])
+    routed, others = split_patterns(find_targets(model, family, ["routed_experts", "shared_experts"]))
+    assert sorted(routed) == [64, 128] and sorted(others) == [128, 256]  # down 64 wide; shared down 256
+    groups = config_groups(GPTQConfig(group_size=128), routed, others)
+    first = groups["group_0"]  # transformers dequantizes fused experts with the first experts scheme
+    assert first["weights"]["group_size"] == 64 and all(r"mlp\.experts\." in t for t in first["targets"])
+    assert [g["weights"]["group_size"] for g in groups.values()] == [64, 128]
+    assert group_sizes_used(GPTQConfig(), routed, others) == {"routed_experts": 64, "in_128": 128, "in_256": 128}
+
+
+def test_asymmetric_quantization_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValidationError, match="weight_zero_point"):
+        AWQConfig(symmetric=False)
 
 
 def test_fp8_is_refused_without_fp8_hardware(tmp_path: Path, tiny_mixtral_dir: Path) -> None:
@@ -147,7 +155,7 @@ def test_report_has_tokens_per_expert_group_sizes_and_size(mixtral_quantized: di
     assert sorted(tokens) == list(range(8))
     calib = mixtral_quantized["calib"]
     assert all(sum(counts) == calib.numel() * 2 for counts in tokens.values())  # top-2 routing
-    assert report["results"]["group_sizes"] == {"128": 64, "256": 64}
+    assert report["results"]["group_sizes"] == {"routed_experts": 64, "in_128": 64}
     assert report["results"]["fallbacks"] == []
     check = report["checkpoint"]
     assert check["reload_top1_agreement"] >= 0.9

@@ -16,11 +16,17 @@ Weights are quantized per group of ``g`` input columns (b bits, scale s, zero po
 - ``fp8``: e4m3 weights per output channel, activations per token at run time (needs FP8 hardware).
 
 Group size: 128 by default; a linear whose input width g does not divide gets the largest divisor of its
-width below g (an expert 64 wide gets 64). Routers and shared-expert gates are never quantized.
+width below g (an expert 64 wide gets 64). All routed experts share one scheme, with the largest group size
+dividing every expert width (Qwen2-MoE gate/up 128 wide and down 64 wide: 64 for all): transformers
+dequantizes fused experts at load with a single scheme for every expert projection. Only symmetric
+quantization (no zero point) is offered: transformers 5.17's loader of compressed-tensors MoE experts
+drops ``weight_zero_point`` and cannot load asymmetric experts. Routers and shared-expert gates are
+never quantized.
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -51,7 +57,17 @@ class _IntQuantizationConfig(_QuantizationConfig):
     group_size: int | None = Field(
         128, ge=1, description="Input columns per scale; none = one scale per output channel."
     )
-    symmetric: bool = Field(True, description="Symmetric (no zero point) or asymmetric with a zero point.")
+    symmetric: bool = Field(True, description="Symmetric (no zero point); asymmetric experts cannot be reloaded.")
+
+    @field_validator("symmetric")
+    @classmethod
+    def _symmetric_only(cls, value: bool) -> bool:
+        if not value:
+            raise ValueError(
+                "asymmetric (zero-point) quantization is refused: transformers 5.17 drops weight_zero_point when "
+                "it loads compressed-tensors MoE experts, so the checkpoint would not reload; use symmetric"
+            )
+        return value
 
 
 class GPTQConfig(_IntQuantizationConfig):
@@ -67,7 +83,6 @@ class GPTQConfig(_IntQuantizationConfig):
 
 class AWQConfig(_IntQuantizationConfig):
     method: Literal["awq"] = "awq"
-    symmetric: bool = Field(False, description="AWQ's usual form is asymmetric (with a zero point).")
     calibrate_all_experts: bool = True
     preserve_routing: bool = Field(
         True, description="Rescale the router (and shared-expert gate) with the norm so routing is unchanged."
@@ -108,18 +123,33 @@ def weight_args(config: _IntQuantizationConfig, group_size: int | None) -> dict:
     }
 
 
-def config_groups(config: QuantizationStage, patterns: dict[int, list[str]]) -> dict[str, dict]:
-    """One compressed-tensors scheme per input width (its own group size) over the target regexes."""
+def expert_group_size(widths: list[int], requested: int | None) -> int | None:
+    """One group size for every routed expert projection: the largest not above ``requested`` that
+    divides all their input widths."""
+    return resolve_group_size(math.gcd(*widths), requested) if widths else requested
+
+
+def config_groups(
+    config: QuantizationStage, routed: dict[int, list[str]], others: dict[int, list[str]]
+) -> dict[str, dict]:
+    """compressed-tensors schemes: routed experts first (one scheme), then one per input width of the rest.
+
+    ``routed`` / ``others``: input width -> target regexes. Routed experts come first because transformers
+    takes the first scheme whose regexes name experts to dequantize fused experts at load.
+    """
+    routed_targets = [p for group in routed.values() for p in group]
     if isinstance(config, FP8Config):
-        targets = [p for group in patterns.values() for p in group]
+        targets = routed_targets + [p for group in others.values() for p in group]
         return {"group_0": {"targets": targets, "weights": _fp8_weights(), "input_activations": _fp8_inputs()}}
-    groups: dict[str, dict] = {}
     by_size: dict[int | None, list[str]] = {}
-    for in_features, names in sorted(patterns.items()):
-        by_size.setdefault(resolve_group_size(in_features, config.group_size), []).extend(names)
-    for index, (size, targets) in enumerate(by_size.items()):
-        groups[f"group_{index}"] = {"targets": targets, "weights": weight_args(config, size)}
-    return groups
+    for width, names in sorted(others.items()):
+        by_size.setdefault(resolve_group_size(width, config.group_size), []).extend(names)
+    schemes = [(expert_group_size(sorted(routed), config.group_size), routed_targets), *by_size.items()]
+    return {
+        f"group_{i}": {"targets": targets, "weights": weight_args(config, size)}
+        for i, (size, targets) in enumerate(schemes)
+        if targets
+    }
 
 
 def _fp8_weights() -> dict:
@@ -130,8 +160,11 @@ def _fp8_inputs() -> dict:
     return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "token", "dynamic": True}
 
 
-def group_sizes_used(config: QuantizationStage, patterns: dict[int, list[str]]) -> dict[int, int | None]:
-    """Input width -> the group size it gets (reported per stage)."""
+def group_sizes_used(
+    config: QuantizationStage, routed: dict[int, list[str]], others: dict[int, list[str]]
+) -> dict[str, int | None]:
+    """What got which group size (reported per stage): the routed experts, then other linears by width."""
     if isinstance(config, FP8Config):
         return {}
-    return {width: resolve_group_size(width, config.group_size) for width in sorted(patterns)}
+    sizes = {"routed_experts": expert_group_size(sorted(routed), config.group_size)}
+    return sizes | {f"in_{width}": resolve_group_size(width, config.group_size) for width in sorted(others)}
