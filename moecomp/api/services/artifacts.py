@@ -44,7 +44,7 @@ def list_artifacts(session: Session, job: Job) -> list[ArtifactPublic]:
 
 
 def get_artifact(session: Session, team: Team, artifact_id: str) -> Artifact:
-    if not ID_RE.match(artifact_id):
+    if not ID_RE.fullmatch(artifact_id):
         raise NotFound("artifact not found")
     row = session.execute(
         select(Artifact).join(Job, Job.id == Artifact.job_id).where(Artifact.id == artifact_id, Job.team_id == team.id)

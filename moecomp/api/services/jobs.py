@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 200
 # Ids are uuid4 hex (models.new_id); anything else cannot exist, and must not reach the database
 # (PostgreSQL refuses NUL bytes in text with an error instead of finding nothing).
-ID_RE = re.compile(r"^[0-9a-f]{32}$")
+ID_RE = re.compile(r"[0-9a-f]{32}")  # used with fullmatch
 IDEMPOTENCY_LOC = ("header", "idempotency-key")
 
 
@@ -105,7 +105,7 @@ def submit_job(
 
 def get_job(session: Session, team: Team, job_id: str) -> Job:
     """The team's job, else 404 (another team's job is not found either)."""
-    job = session.get(Job, job_id) if ID_RE.match(job_id) else None
+    job = session.get(Job, job_id) if ID_RE.fullmatch(job_id) else None
     if job is None or job.team_id != team.id:
         raise NotFound("job not found")
     return job
@@ -120,7 +120,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, job_id = json.loads(raw)
-        if not ID_RE.match(job_id):
+        if not ID_RE.fullmatch(job_id):
             raise ValueError(job_id)
         return datetime.fromisoformat(created), job_id
     except (binascii.Error, ValueError, TypeError):
