@@ -2,6 +2,9 @@
 
 moecomp_next_verse: two consecutive KJV verses as context; pick the verse that follows among 4
     (the true next verse and 3 other verses of the same chapter, never adjacent ones).
+moecomp_verse_end: a KJV verse (after the one before it) without its last 4 words; pick those 4 words
+    among 4 endings (the true one and the endings of 3 other verses of the same chapter). Local syntax
+    and sense decide it, so even the 8.8M-parameter demo model scores well above chance (about 0.5).
 moecomp_speech_end: a Shakespeare speaker and their speech without its last line; pick the last line
     among 4 (the true one and the last lines of 3 other speeches of the same document).
 The JSONL files in moecomp/assets/tasks are generated deterministically by this module:
@@ -19,7 +22,8 @@ from typing import Any
 from moecomp.assets import ASSETS, HELDOUT_TEXT
 
 TASKS_DIR = ASSETS / "tasks"
-LOCAL_TASKS = ("moecomp_next_verse", "moecomp_speech_end")
+LOCAL_TASKS = ("moecomp_next_verse", "moecomp_verse_end", "moecomp_speech_end")
+ENDING_WORDS = 4
 MAX_EXAMPLES = 300
 _VERSE = re.compile(r"^\s+(\d+) (.*)$")
 _SPEAKER = re.compile(r"^[A-Z][A-Za-z '-]{0,40}\.$")
@@ -66,6 +70,25 @@ def next_verse_examples(docs: list[str], rng: random.Random) -> list[dict[str, A
     return examples
 
 
+def verse_end_examples(docs: list[str], rng: random.Random) -> list[dict[str, Any]]:
+    examples = []
+    for doc in docs:
+        vs = verses(doc)
+        ends = {v: " ".join(v.split()[-ENDING_WORDS:]) for v in vs if len(v.split()) >= 2 * ENDING_WORDS}
+        for i, verse in enumerate(vs):
+            if verse not in ends:
+                continue
+            others = sorted({end for other, end in ends.items() if other != verse and end != ends[verse]})
+            if len(others) < 3:
+                continue
+            choices = [ends[verse]] + rng.sample(others, 3)
+            rng.shuffle(choices)
+            head = " ".join(verse.split()[:-ENDING_WORDS])
+            context = f"{doc.splitlines()[0].strip()}\n" + (f"{vs[i - 1]}\n" if i else "") + head
+            examples.append({"context": context, "choices": choices, "label": choices.index(ends[verse])})
+    return examples
+
+
 def speech_end_examples(docs: list[str], rng: random.Random) -> list[dict[str, Any]]:
     examples = []
     for doc in docs:
@@ -84,7 +107,11 @@ def speech_end_examples(docs: list[str], rng: random.Random) -> list[dict[str, A
 def build(name: str, seed: int = 0) -> list[dict[str, Any]]:
     """The examples of local task ``name``: at most MAX_EXAMPLES, an even sample over all documents."""
     rng = random.Random(seed)
-    builder = {"moecomp_next_verse": next_verse_examples, "moecomp_speech_end": speech_end_examples}[name]
+    builder = {
+        "moecomp_next_verse": next_verse_examples,
+        "moecomp_verse_end": verse_end_examples,
+        "moecomp_speech_end": speech_end_examples,
+    }[name]
     examples = builder(heldout_documents(), rng)
     if len(examples) > MAX_EXAMPLES:
         examples = [examples[i] for i in sorted(rng.sample(range(len(examples)), MAX_EXAMPLES))]

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from moecomp.compression.evaluation.loading import LoadedModel
-from moecomp.compression.evaluation.local_tasks import TASKS_DIR
+from moecomp.compression.evaluation.local_tasks import LOCAL_TASKS, TASKS_DIR
 
 
 def local_task_config(name: str, tasks_dir: Path = TASKS_DIR) -> dict[str, Any] | None:
@@ -50,7 +50,7 @@ def run_task(loaded: LoadedModel, name: str, *, limit: int | None = None, batch_
     except Exception as exc:
         raise TaskUnavailable(
             f"task {name!r} could not be loaded ({type(exc).__name__}: {exc}); local tasks: "
-            "moecomp_next_verse, moecomp_speech_end; registry tasks need the network or a filled HF datasets cache"
+            f"{', '.join(LOCAL_TASKS)}; registry tasks need the network or a filled HF datasets cache"
         ) from exc
     out = simple_evaluate(
         model=_wrap(loaded, batch_size),

@@ -12,14 +12,15 @@ from tests.compression.evaluation.helpers import EXAMPLES
 
 
 def hand_accuracy(model, tokenizer, task: str, n: int) -> float:
-    """Pick the choice with the highest summed log-likelihood after context + "\\n"; fraction right."""
+    """Pick the choice with the highest summed log-likelihood after context + delimiter; fraction right."""
     docs = [json.loads(line) for line in (TASKS_DIR / f"{task}.jsonl").read_text().splitlines()[:n]]
+    delimiter = local_task_config(task)["target_delimiter"]
     right = 0
     for doc in docs:
         scores = []
         for choice in doc["choices"]:
             context = tokenizer.encode(doc["context"])
-            whole = tokenizer.encode(doc["context"] + "\n" + choice)
+            whole = tokenizer.encode(doc["context"] + delimiter + choice)
             continuation = whole[len(context) :]
             with torch.no_grad():
                 logits = model(input_ids=torch.tensor([whole[:-1]])).logits[0].float()
@@ -29,12 +30,13 @@ def hand_accuracy(model, tokenizer, task: str, n: int) -> float:
     return right / len(docs)
 
 
-@pytest.mark.parametrize("task", ["moecomp_next_verse"])  # one task: the hand loop is slow on CPU
-def test_local_task_accuracy_equals_a_hand_computation_from_choice_loglikelihoods(mixtral32, task):
+def test_local_task_accuracy_equals_a_hand_computation_from_choice_loglikelihoods(mixtral32):
+    # One task (the hand loop is slow on a CPU): the one the demo model does well above chance (0.25).
+    task = "moecomp_verse_end"
     result = run_task(mixtral32, task, limit=EXAMPLES, batch_size=8)
     assert result["local"] and result["n"] == EXAMPLES
     assert result["acc"] == pytest.approx(hand_accuracy(mixtral32.model, mixtral32.tokenizer, task, EXAMPLES))
-    assert 0 < result["acc_stderr"] < 0.1
+    assert 0.35 < result["acc"] and 0 < result["acc_stderr"] < 0.1
 
 
 def test_local_task_configs_point_at_the_shipped_data_and_unknown_names_are_registry_tasks():
