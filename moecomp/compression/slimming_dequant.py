@@ -11,8 +11,11 @@ with. It costs one dense copy on disk; the quantized checkpoint itself is what g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +101,14 @@ def dequantized_view(model_dir: Path, out_dir: Path) -> Path:
         ):
             shutil.copy2(path, out_dir / path.name)
     return out_dir
+
+
+@contextlib.contextmanager
+def scoring_view(model_dir: Path) -> Iterator[Path]:
+    """``model_dir`` itself, or for a pack-quantized checkpoint a temporary dense copy beside it (removed after)."""
+    model_dir = Path(model_dir)
+    if not is_pack_quantized(model_dir):
+        yield model_dir
+        return
+    with tempfile.TemporaryDirectory(prefix=".moecomp-dense-", dir=model_dir.parent) as scratch:
+        yield dequantized_view(model_dir, Path(scratch))
