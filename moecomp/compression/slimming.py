@@ -139,6 +139,8 @@ def _run_stage(
     run_oneshot(
         model, tokenizer, [*modifiers, monitor], calib_ids if uses_data else None, calibrate_all_experts=all_experts
     )
+    if not uses_data:
+        ctx.progress(method, 1, 1)  # data-free: one step, no layer-by-layer pass
     if uses_data:
         results["tokens_per_expert"] = monitor.tokens_per_expert()
         results["calibration_tokens"] = int(calib_ids.numel())

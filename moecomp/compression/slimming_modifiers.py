@@ -41,9 +41,8 @@ def _quantize(config, model: nn.Module, family: MoEFamily, targets: list[Target]
 
 
 def _awq(config: AWQConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
-    smoothing = AWQModifier(
-        mappings=awq_mappings(model, family, config), n_grid=config.n_grid, offload_device=None, duo_scaling=True
-    )
+    # offload_device left to llm-compressor: for MoE models it caches each smoothing parent's inputs on the host
+    smoothing = AWQModifier(mappings=awq_mappings(model, family, config), n_grid=config.n_grid, duo_scaling=True)
     return [smoothing, *_quantize(config, model, family, targets)]
 
 
