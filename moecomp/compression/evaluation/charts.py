@@ -10,6 +10,7 @@ and ``decisions`` {kept_experts, dropped_layers, dropped_blocks}, in the origina
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from html import escape
 from typing import Any
 
@@ -30,7 +31,7 @@ def _text(x: float, y: float, s: str, anchor: str = "start", **attrs: str) -> st
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{extra}>{escape(s)}</text>'
 
 
-def bars(title: str, labels: list[str], values: list[float], red: set[str] = frozenset(), unit: str = "") -> str:
+def bars(title: str, labels: list[str], values: list[float], red: Collection[str] = (), unit: str = "") -> str:
     """Vertical bars, one per label; labels in ``red`` drawn red (e.g. dropped layers).
 
     The axis starts just below the smallest value, not at zero: similarities sit in 0.9..1 and

@@ -87,7 +87,7 @@ def compare(model, wins: torch.Tensor, ref: FidelityReference) -> dict[str, floa
         # The reference slice goes to the device, not the [N, V] log-probs to the host.
         ref_idx, ref_lp = ref.indices[start:stop].to(cand.device), ref.logprobs[start:stop].to(cand.device)
         kl_sum += divergence(ref_idx, ref_lp, cand, ref.exact).sum().item()
-        agree += (cand.argmax(-1) == ref.top1[start:stop].to(cand.device)).sum().item()
+        agree += int((cand.argmax(-1) == ref.top1[start:stop].to(cand.device)).sum().item())
         n, start = n + cand.shape[0], stop
     if n != ref.indices.shape[0]:
         raise ValueError(f"reference covers {ref.indices.shape[0]} positions, candidate {n}")

@@ -10,10 +10,11 @@ flops_per_token(C) = 2 * (active - embedding) + 4 * n_attention_layers * C * n_h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 # compressed-tensors keeps a quantized linear as packed int32 words plus scales: count the weight it
 # stands for (weight_shape), not the storage tensors.
@@ -68,12 +69,12 @@ def attention_layers(model: nn.Module) -> int:
     return sum(1 for name, _ in model.named_modules() if name.endswith("self_attn"))
 
 
-def footprint(model: nn.Module, path: Path, context: int) -> dict[str, Any]:
+def footprint(model: PreTrainedModel, path: Path, context: int) -> dict[str, Any]:
     """Disk bytes, parameters and FLOPs per token at a context of ``context`` tokens."""
     config = model.config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    embedding = model.get_input_embeddings().weight
+    embedding = cast(torch.Tensor, model.get_input_embeddings().weight)
     output = model.get_output_embeddings()
     # With tied embeddings the one matrix is also the LM head, which is a matmul: keep it.
     lookup = 0 if output is not None and output.weight is embedding else embedding.numel()

@@ -86,7 +86,7 @@ class GateResult(BaseModel):
 class Report(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    schema_: Literal["moecomp.report/1"] = Field(SCHEMA_VERSION, alias="schema")
+    schema_: Literal["moecomp.report/1"] = Field("moecomp.report/1", alias="schema")
     created_at: str
     spec: dict[str, Any] = Field(description="The EvaluationSpec the figures were measured with.")
     device: str
