@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+# Remote code of the reloaded checkpoints is copied here, not into ~/.cache (read when transformers is imported).
+MODULES = os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="trim-quality-modules-"))
 
-from moecomp.assets import DEMO_MODEL
-from moecomp.compression.evaluation.loading import load_checkpoint
-from moecomp.compression.evaluation.perplexity import perplexity
-from moecomp.compression.evaluation.texts import source_windows
-from moecomp.compression.pipeline import compress
-from moecomp.compression.recipe import Recipe
+import torch  # noqa: E402
+
+from moecomp.assets import DEMO_MODEL  # noqa: E402
+from moecomp.compression.evaluation.loading import load_checkpoint  # noqa: E402
+from moecomp.compression.evaluation.perplexity import perplexity  # noqa: E402
+from moecomp.compression.evaluation.texts import source_windows  # noqa: E402
+from moecomp.compression.pipeline import compress  # noqa: E402
+from moecomp.compression.recipe import Recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = {"tiny-mixtral": DEMO_MODEL, "tiny-qwen2-moe": ROOT / "tests/fixtures/models/tiny-qwen2-moe"}
@@ -80,9 +85,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="trim-quality-") as scratch:
-        for name in args.fixtures.split(","):
-            rows += run_fixture(name, FIXTURES[name], args, Path(scratch))
+    try:
+        with tempfile.TemporaryDirectory(prefix="trim-quality-") as scratch:
+            for name in args.fixtures.split(","):
+                rows += run_fixture(name, FIXTURES[name], args, Path(scratch))
+    finally:
+        if Path(MODULES).name.startswith("trim-quality-modules-"):
+            shutil.rmtree(MODULES, ignore_errors=True)
     print(f"calibration {args.samples} x {args.seq_len} tokens (bundled texts); held-out windows of {WINDOW}")
     print(table(rows))
     if args.out:
