@@ -38,6 +38,7 @@ from moecomp.assets import DEMO_MODEL
 from moecomp.compression.context import RunContext
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig
 from moecomp.compression.slimming import run_slimming
+from moecomp.compression.slimming_llmc import cpu_safe_pinning
 
 FULL = dict(
     hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
@@ -121,15 +122,16 @@ def run_plain(name: str, model_dir: Path, calib: torch.Tensor) -> dict:
     rows = calib.tolist()
     dataset = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
     start = time.perf_counter()
-    oneshot(
-        model=model,
-        processor=AutoTokenizer.from_pretrained(model_dir),
-        dataset=dataset,
-        recipe=_plain_recipe(name),
-        num_calibration_samples=len(rows),
-        max_seq_length=calib.shape[1],
-        shuffle_calibration_samples=False,
-    )
+    with cpu_safe_pinning():  # a no-op with CUDA; on CPU plain AWQ fails in pin_memory without it
+        oneshot(
+            model=model,
+            processor=AutoTokenizer.from_pretrained(model_dir),
+            dataset=dataset,
+            recipe=_plain_recipe(name),
+            num_calibration_samples=len(rows),
+            max_seq_length=calib.shape[1],
+            shuffle_calibration_samples=False,
+        )
     seconds = round(time.perf_counter() - start, 1)
     del model
     return {"run": f"plain oneshot {name}", "pass_s": seconds, "stage_s": seconds, "peak_gib": _peak_gib()}
