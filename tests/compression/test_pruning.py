@@ -73,6 +73,11 @@ def mixtral_pruned(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: P
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect, issue 4 open: measured on tiny-mixtral (16 x 128 calibration), held-out ppl base 23.86, "
+    "sparsegpt 50% 29.07 vs magnitude 50% 28.92 -- SparseGPT does not beat magnitude yet; cause not found",
+)
 def test_sparsegpt_beats_magnitude_at_the_same_sparsity(mixtral_pruned: dict) -> None:
     base, sgpt, magnitude = (mixtral_pruned[k]["ppl"] for k in ("base", "sparsegpt", "magnitude"))
     assert base < sgpt < magnitude, (base, sgpt, magnitude)
