@@ -32,23 +32,11 @@ from moecomp.compression.adapters import MoEFamily, get_adapter
 from moecomp.compression.context import RunContext
 from moecomp.compression.manifest import write_manifest
 from moecomp.compression.remote_code import write_remote_code
+from moecomp.compression.sources import SIDE_FILES
 from moecomp.compression.structure import Decisions, DroppedMLP, apply_decisions, decoder_layers, expert_counts
 
 MAX_SHARD_BYTES = 2 * 1024**3
 INDEX_NAME = "model.safetensors.index.json"
-# Copied unchanged when present: generation settings and every tokenizer file format in use.
-SIDE_FILES = (
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-)
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-# Everything a causal LM needs to load with stock transformers, and nothing executable.
-HUB_ALLOW_PATTERNS = [
-    "config.json",
+# Copied beside the weights wherever a checkpoint is fetched or written: generation settings and every
+# tokenizer file format in use.
+SIDE_FILES = (
     "generation_config.json",
-    "*.safetensors",
-    "model.safetensors.index.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -26,7 +24,9 @@ HUB_ALLOW_PATTERNS = [
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
-]
+)
+# Weights, config and side files only: never *.py, so no code from a hub model is fetched.
+HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", *SIDE_FILES]
 # org/name or name, as the hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
