@@ -13,6 +13,9 @@ from moecomp.worker.lifecycle import run_job_once
 from tests.worker.helpers import EVAL_SMALL, get_job
 
 DROP = {"stages": [{"method": "expert_drop", "keep": 4}], "calibration": {"samples": 8, "seq_len": 128}}
+# Enough tokens that one layer takes longer than the worker's once-a-second cancel poll even on a fast,
+# idle machine; with DROP's 1k tokens all 8 layers can finish inside one poll interval.
+DROP_LONG = {**DROP, "calibration": {"samples": 128, "seq_len": 256}}
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -29,7 +32,7 @@ def test_quality_gate_failure_keeps_the_artifacts(settings, db, make_job):
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_cancel_stops_the_engine_between_layers(settings, db, make_job):
-    job_id = make_job(recipe=DROP)
+    job_id = make_job(recipe=DROP_LONG)
 
     def cancel_at_first_layer() -> None:
         query = select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.stage == "expert_drop")
