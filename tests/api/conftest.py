@@ -17,13 +17,6 @@ from moecomp.persistence.migrate import upgrade
 from moecomp.settings import Settings
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'api.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
     local_models = tmp_path / "models"

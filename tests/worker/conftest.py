@@ -14,13 +14,6 @@ from moecomp.settings import Settings
 from tests.worker.helpers import EVAL_SMALL
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'jobs.db'}"
-    return request.getfixturevalue("postgres_url")
-
-
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path, tiny_mixtral_dir: Path) -> Settings:
     return Settings(
