@@ -10,7 +10,6 @@ from moecomp.compression.structure import ModuleLayout
 
 FAMILY = MoEFamily(
     model_type="deepseek_v3",
-    num_experts_key="n_routed_experts",
     top_k_key="num_experts_per_tok",
     routing="sigmoid",
     shared_experts=("shared_experts",),

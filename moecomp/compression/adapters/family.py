@@ -48,7 +48,6 @@ def first_k_dense_layers(config: Any) -> frozenset[int]:
 @dataclass(frozen=True)
 class MoEFamily:
     model_type: str
-    num_experts_key: str  # config key of the routed experts per MoE layer
     top_k_key: str  # config key of the experts each token is routed to
     routing: Literal["softmax", "sigmoid"]
     shared_experts: tuple[str, ...]  # module paths under the MoE block: always kept
@@ -62,7 +61,7 @@ class MoEFamily:
     lm_head: str = "lm_head"
 
     def num_experts(self, config: Any) -> int:
-        return int(getattr(config, self.num_experts_key))
+        return int(getattr(config, self.layout.num_experts_key))
 
     def top_k(self, config: Any) -> int:
         return int(getattr(config, self.top_k_key))

@@ -5,7 +5,6 @@ from moecomp.compression.structure import ModuleLayout
 
 FAMILY = MoEFamily(
     model_type="mixtral",
-    num_experts_key="num_local_experts",
     top_k_key="num_experts_per_tok",
     routing="softmax",
     shared_experts=(),

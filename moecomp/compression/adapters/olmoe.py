@@ -5,7 +5,6 @@ from moecomp.compression.structure import ModuleLayout
 
 FAMILY = MoEFamily(
     model_type="olmoe",
-    num_experts_key="num_experts",
     top_k_key="num_experts_per_tok",
     routing="softmax",
     shared_experts=(),

@@ -8,7 +8,6 @@ from moecomp.compression.structure import ModuleLayout
 
 FAMILY = MoEFamily(
     model_type="qwen2_moe",
-    num_experts_key="num_experts",
     top_k_key="num_experts_per_tok",
     routing="softmax",
     shared_experts=("shared_expert", "shared_expert_gate"),
