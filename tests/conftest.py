@@ -69,10 +69,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A Redis database number of its own, flushed before and after the test."""
+    """A Redis database number of its own, flushed before and after the test.
+
+    The number is held with an exclusive file lock for the test's duration, so test runs side by side on
+    one machine never flush each other's queues.
+    """
+    import fcntl
+
     import redis
 
-    db = 1 + (os.getpid() + uuid.uuid4().int) % 15
+    for db in range(1, 16):
+        lock = open(f"/tmp/moecomp-test-redis-db-{db}.lock", "w")  # noqa: SIM115 (held until the test ends)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            lock.close()
+    else:
+        pytest.fail("all 15 Redis test databases are held by other test runs")
     url = f"{REDIS_URL}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
@@ -81,3 +95,4 @@ def redis_url() -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
+        lock.close()
