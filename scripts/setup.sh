@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
 fi
-if ! .venv/bin/python -c "import moecomp, torch, transformers, llmcompressor, lm_eval, playwright" 2>/dev/null; then
+if ! .venv/bin/python -c "import moecomp, torch, transformers, llmcompressor, lm_eval, playwright, schemathesis" 2>/dev/null; then
     .venv/bin/python -m pip install -q torch==2.13.0
     .venv/bin/python -m pip install -q -e '.[test]'
 fi
