@@ -26,11 +26,20 @@ class Settings(BaseSettings):
     )
     upload_limit_bytes: int = Field(4 * 1024**3, description="Largest accepted model upload.")
     job_time_limit_s: int = Field(6 * 3600, description="A job running longer is stopped and failed.")
+    time_limit_grace_s: float = Field(
+        300.0, ge=0, description="Past the job's time limit, the pool kills a job stuck inside one step this much later."
+    )
     max_attempts: int = Field(3, description="Deliveries of one job before it fails with worker_lost.")
+    max_active_jobs_per_team: int = Field(
+        8, ge=1, description="Jobs one team may have queued or running at once; more are refused with 429."
+    )
     heartbeat_s: float = Field(5.0, description="How often a running job's worker proves it is alive.")
     stale_after_s: float = Field(30.0, description="A running job silent this long is re-queued.")
     device: str = Field("auto", description="Worker device: auto, cpu, cuda or cuda:N.")
     queue: str = Field("moecomp", description="Celery queue that the API sends jobs to and workers consume.")
+    retention_days: float = Field(
+        30.0, ge=0, description="Artifacts of jobs ended this long ago, and unused uploads, are removed; 0 keeps them."
+    )
     allow_remote_code: bool = Field(False, description="Let model loading run code shipped with input models.")
 
     @cached_property
