@@ -119,6 +119,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)  # DELETE /v1/jobs/{id}: hidden, files gone
 
 
 class JobEvent(Base):
@@ -146,6 +147,7 @@ class Artifact(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expired_at: Mapped[datetime | None] = mapped_column(default=None)  # the retention sweep removed the file
 
 
 class Upload(Base):
