@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     heartbeat_s: float = Field(5.0, description="How often a running job's worker proves it is alive.")
     stale_after_s: float = Field(30.0, description="A running job silent this long is re-queued.")
+    undelivered_after_s: float = Field(
+        300.0, gt=0, description="A queued job no worker took for this long is sent to the broker again."
+    )
     device: str = Field("auto", description="Worker device: auto, cpu, cuda or cuda:N.")
     queue: str = Field("moecomp", description="Celery queue that the API sends jobs to and workers consume.")
     retention_days: float = Field(

@@ -23,11 +23,6 @@ from moecomp.worker.queue import enqueue_job
 
 log = logging.getLogger(__name__)
 
-# A queued job not picked up for this long is sent again: its message may have been lost (an API that
-# died between commit and send, a flushed Redis). Long enough that busy workers rarely cause repeats.
-UNDELIVERED_AFTER_S = 300.0
-
-
 def reap_interval(settings: Settings) -> float:
     return min(10.0, max(0.5, settings.stale_after_s / 3))
 
@@ -40,7 +35,9 @@ def reap_once(settings: Settings, db: Database, celery_app: Celery) -> jobs.Reap
             stale_after_s=settings.stale_after_s,
             max_attempts=settings.max_attempts,
             time_limit_s=settings.job_time_limit_s,
-            undelivered_after_s=UNDELIVERED_AFTER_S,
+            # A queued job not taken for this long may have lost its message (an API that died between
+            # commit and send, a restarted Redis); a repeat is harmless, the claim is atomic.
+            undelivered_after_s=settings.undelivered_after_s,
         )
     for job_id in reaped.requeue:
         enqueue_job(celery_app, job_id)
