@@ -55,6 +55,15 @@ class RangeNotSatisfiable(ApiError):
     status_code = 416
 
 
+class TooManyRequests(ApiError):
+    """A refusal the caller can retry later; ``Retry-After`` says after how many seconds."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_s)})
+
+
 class Invalid(Exception):
     """Input that pydantic accepted but a service refuses; rendered like a pydantic error at ``loc``."""
 

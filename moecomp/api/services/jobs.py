@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from moecomp.api.errors import Conflict, Invalid, NotFound
 from moecomp.api.schemas import ErrorPublic, JobCreate, JobPublic
+from moecomp.api.services import limits
 from moecomp.api.services.model_sources import check_recipe_fits, resolve_source
 from moecomp.persistence.jobs import append_event
 from moecomp.persistence.models import Job, JobStatus, Team, utcnow
@@ -55,10 +55,17 @@ def _replay(session: Session, team: Team, key: str, digest: str) -> Job | None:
     return job
 
 
-def _insert(session: Session, settings: Settings, team: Team, payload: JobCreate, key: str | None, digest: str) -> Job:
+def _insert(
+    session: Session, settings: Settings, team: Team, payload: JobCreate, key: str | None, digest: str
+) -> Submitted:
     source = resolve_source(payload.model, session, settings, team)
     if source.config is not None:
         check_recipe_fits(payload.recipe, source.config)
+    limits.lock_team(session, team)  # until the commit below: the team's submissions go in one at a time
+    if key is not None and (twin := _replay(session, team, key, digest)) is not None:
+        session.rollback()  # a concurrent request with the same key got in first: answer as its replay
+        return Submitted(twin, created=False)
+    limits.check_active_jobs(session, settings, team)
     job = Job(
         team_id=team.id,
         status=JobStatus.queued,
@@ -72,7 +79,7 @@ def _insert(session: Session, settings: Settings, team: Team, payload: JobCreate
     )
     session.add(job)
     session.commit()
-    return job
+    return Submitted(job, created=True)
 
 
 def submit_job(
@@ -83,24 +90,21 @@ def submit_job(
     idempotency_key: str | None,
     enqueue: Callable[[str], None],
 ) -> Submitted:
-    """Store a queued job, commit, then enqueue it; the same key and body return the first job."""
+    """Store a queued job, commit, then enqueue it; the same key and body return the first job.
+
+    A replay is answered before the team's limit of active jobs is checked (429), so a client retrying
+    a submission that went in always gets its job back.
+    """
     digest = request_digest(payload)
     if idempotency_key is not None and (job := _replay(session, team, idempotency_key, digest)) is not None:
         return Submitted(job, created=False)
-    try:
-        job = _insert(session, settings, team, payload, idempotency_key, digest)
-    except IntegrityError:
-        # A concurrent request with the same key won the insert: answer as its replay.
-        session.rollback()
-        job = _replay(session, team, idempotency_key or "", digest)
-        if job is None:
-            raise
-        return Submitted(job, created=False)
-    try:
-        enqueue(job.id)
-    except Exception:  # the broker is down: the job stays queued and the reaper sends it again
-        log.exception("could not enqueue job %s; it stays queued for the reaper", job.id)
-    return Submitted(job, created=True)
+    submitted = _insert(session, settings, team, payload, idempotency_key, digest)
+    if submitted.created:
+        try:
+            enqueue(submitted.job.id)
+        except Exception:  # the broker is down: the job stays queued and the reaper sends it again
+            log.exception("could not enqueue job %s; it stays queued for the reaper", submitted.job.id)
+    return submitted
 
 
 def get_job(session: Session, team: Team, job_id: str) -> Job:
