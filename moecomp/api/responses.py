@@ -1,4 +1,4 @@
-"""JSON responses for the hot, polled routes.
+"""JSON responses for the hot, polled routes, and the refusals routes declare in the OpenAPI document.
 
 A sync handler's return value is validated again by FastAPI on the thread pool: one more hop per
 request, and each hop waits for a thread (and, on a busy machine, for the scheduler). The schemas
@@ -8,9 +8,34 @@ were built by the handler already, so the polled routes return them serialized; 
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Response
 from pydantic import BaseModel
+
+from moecomp.api.schemas import DetailPublic
+
+_REFUSALS = {
+    400: "The body is not readable as JSON.",
+    401: "Missing, unknown or revoked API key.",
+    404: "Not found for this team (another team's ids are not found either).",
+    409: "The job is already in a final state.",
+    413: "The upload is larger than the server's limit.",
+    415: "The body is not a tar archive.",
+    416: "The byte range lies outside the file.",
+    429: "Too many requests; retry after the Retry-After header's seconds.",
+}
+# FastAPI declares 422 itself only for routes with declared parameters.
+VALIDATION = {
+    "description": "Validation Error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+}
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the ``{"detail": ...}`` refusals (errors.ApiError) a route may answer."""
+    return {code: {"model": DetailPublic, "description": _REFUSALS[code]} for code in codes}

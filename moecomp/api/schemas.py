@@ -45,6 +45,12 @@ class JobCreate(_Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
 
+class DetailPublic(BaseModel):
+    """Every refusal but validation (422): ``{"detail": "human message"}``."""
+
+    detail: str
+
+
 class ErrorPublic(BaseModel):
     code: str
     message: str

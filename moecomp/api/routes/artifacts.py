@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import FileResponse
 
 from moecomp.api.deps import SessionDep, SettingsDep, TeamDep
+from moecomp.api.responses import refusals
 from moecomp.api.services import artifacts
 
-router = APIRouter(prefix="/artifacts", tags=["artifacts"])
+router = APIRouter(prefix="/artifacts", tags=["artifacts"], responses=refusals(401, 404, 416))
+CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    206: {"description": "The requested byte range."},
+    304: {"description": "Not modified: If-None-Match names the current ETag."},
+}
 
 
-@router.api_route("/{artifact_id}/content", methods=["GET", "HEAD"], response_class=FileResponse)
+# Two registrations rather than api_route(methods=[GET, HEAD]): each method gets its own OpenAPI operation id.
+@router.get("/{artifact_id}/content", response_class=FileResponse, responses=CONTENT_RESPONSES)
+@router.head("/{artifact_id}/content", response_class=FileResponse, responses=CONTENT_RESPONSES)
 def artifact_content(
     artifact_id: str,
     session: SessionDep,

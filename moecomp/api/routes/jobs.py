@@ -8,17 +8,17 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from moecomp.api.deps import CeleryDep, DatabaseDep, SessionDep, SettingsDep, TeamDep
-from moecomp.api.responses import json_response
+from moecomp.api.responses import json_response, refusals
 from moecomp.api.schemas import ArtifactsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
 from moecomp.api.services import artifacts, events, jobs
 from moecomp.persistence.models import JobStatus
 from moecomp.worker.queue import enqueue_job
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=refusals(401))
 MAX_SEQ = 2**31 - 1  # event seq is a 32-bit column
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=refusals(400))
 def create_job(
     payload: JobCreate,
     response: Response,
@@ -49,17 +49,17 @@ def list_jobs(
     return json_response(JobsPublic(items=[jobs.job_public(j) for j in page], next_cursor=next_cursor))
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=refusals(404))
 def get_job(job_id: str, session: SessionDep, team: TeamDep) -> Response:
     return json_response(jobs.job_public(jobs.get_job(session, team, job_id)))
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic, responses=refusals(404, 409))
 def cancel_job(job_id: str, session: SessionDep, team: TeamDep) -> JobPublic:
     return jobs.job_public(jobs.cancel_job(session, team, job_id))
 
 
-@router.get("/{job_id}/events", response_model=EventsPublic)
+@router.get("/{job_id}/events", response_model=EventsPublic, responses=refusals(404))
 def list_events(
     job_id: str,
     session: SessionDep,
@@ -72,7 +72,7 @@ def list_events(
     return json_response(EventsPublic(items=items, last_seq=items[-1].seq if items else after))
 
 
-@router.get("/{job_id}/events/stream", response_class=StreamingResponse)
+@router.get("/{job_id}/events/stream", response_class=StreamingResponse, responses=refusals(404))
 def stream_events(
     job_id: str,
     session: SessionDep,
@@ -90,6 +90,6 @@ def stream_events(
     )
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic)
+@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=refusals(404))
 def list_artifacts(job_id: str, session: SessionDep, team: TeamDep) -> ArtifactsPublic:
     return ArtifactsPublic(items=artifacts.list_artifacts(session, jobs.get_job(session, team, job_id)))

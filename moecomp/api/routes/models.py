@@ -6,14 +6,28 @@ from fastapi import APIRouter, Request, status
 from starlette.concurrency import run_in_threadpool
 
 from moecomp.api.deps import SessionDep, SettingsDep, TeamDep
+from moecomp.api.responses import VALIDATION, refusals
 from moecomp.api.schemas import UploadPublic
 from moecomp.api.services import uploads
 from moecomp.persistence.models import new_id
 
 router = APIRouter(prefix="/models", tags=["models"])
+# The body is streamed from request.stream(), so FastAPI cannot infer it: declare it for clients and fuzzers.
+TAR_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in uploads.ACCEPTED_TYPES},
+    }
+}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=UploadPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UploadPublic,
+    responses={**refusals(401, 413, 415), 422: VALIDATION},
+    openapi_extra=TAR_BODY,
+)
 async def upload_model(request: Request, session: SessionDep, settings: SettingsDep, team: TeamDep) -> UploadPublic:
     uploads.check_content_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length")

@@ -21,7 +21,7 @@ from moecomp.api.errors import Invalid, PayloadTooLarge, UnsupportedMediaType
 from moecomp.persistence.models import Team, Upload, new_id
 from moecomp.settings import Settings
 
-ACCEPTED_TYPES = {"application/x-tar", "application/tar", "application/gzip", "application/x-gzip"}
+ACCEPTED_TYPES = ("application/x-tar", "application/tar", "application/gzip", "application/x-gzip")
 MAX_MEMBERS = 100_000
 LOC = ("body",)
 
