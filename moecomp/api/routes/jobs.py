@@ -18,7 +18,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=refusals(401))
 MAX_SEQ = 2**31 - 1  # event seq is a 32-bit column
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=refusals(400))
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=refusals(400, 429))
 def create_job(
     payload: JobCreate,
     response: Response,
