@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
 
+from moecomp.api.conditional import NOT_MODIFIED, IfNoneMatch, conditional_json
 from moecomp.api.deps import CeleryDep, DatabaseDep, SessionDep, SettingsDep, TeamDep
 from moecomp.api.responses import json_response, refusals
 from moecomp.api.schemas import ArtifactsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
@@ -36,7 +37,7 @@ def create_job(
     return jobs.job_public(submitted.job)
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses=NOT_MODIFIED)
 def list_jobs(
     session: SessionDep,
     team: TeamDep,
@@ -44,14 +45,16 @@ def list_jobs(
     model: Annotated[str | None, Query(max_length=1000, pattern=r"^[^\x00]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=jobs.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     page, next_cursor = jobs.list_jobs(session, team, status, model, limit, cursor)
-    return json_response(JobsPublic(items=[jobs.job_public(j) for j in page], next_cursor=next_cursor))
+    listing = JobsPublic(items=[jobs.job_public(j) for j in page], next_cursor=next_cursor)
+    return conditional_json(listing, if_none_match)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=refusals(404))
-def get_job(job_id: str, session: SessionDep, team: TeamDep) -> Response:
-    return json_response(jobs.job_public(jobs.get_job(session, team, job_id)))
+@router.get("/{job_id}", response_model=JobPublic, responses={**refusals(404), **NOT_MODIFIED})
+def get_job(job_id: str, session: SessionDep, team: TeamDep, if_none_match: IfNoneMatch = None) -> Response:
+    return conditional_json(jobs.job_public(jobs.get_job(session, team, job_id)), if_none_match)
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=refusals(404, 409))
