@@ -6,15 +6,17 @@ from celery import Celery
 
 from moecomp.settings import Settings
 
-# Past the job's own time limit (checked between layers), the pool kills a hung process; the reaper
-# then fails the job with `timeout`.
-HARD_LIMIT_GRACE_S = 300
+
+def hard_time_limit(settings: Settings) -> float:
+    """Past the job's own time limit (checked between layers), the pool kills a process stuck inside one
+    step (a layer that never ends, a hung read); the reaper then fails the job with `timeout`."""
+    return settings.job_time_limit_s + settings.time_limit_grace_s
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
     """Register ``moecomp.run_job`` on ``app``; the task body runs with these settings."""
 
-    @app.task(name="moecomp.run_job", ignore_result=True, time_limit=settings.job_time_limit_s + HARD_LIMIT_GRACE_S)
+    @app.task(name="moecomp.run_job", ignore_result=True, time_limit=hard_time_limit(settings))
     def run_job(job_id: str) -> None:
         from moecomp.worker.lifecycle import run_job_once  # noqa: PLC0415  (torch loads in the worker only)
 
