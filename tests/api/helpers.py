@@ -1,15 +1,18 @@
-"""Helpers shared by the API tests: request bodies, row counts, worker-like status changes, queue contents."""
+"""Helpers shared by the API tests: request bodies, row counts, worker-like status changes and artifacts, queue
+contents."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import redis
 from sqlalchemy import func, select
 
 from moecomp.persistence.database import Database
-from moecomp.persistence.models import Job, JobStatus, utcnow
+from moecomp.persistence.models import Artifact, Job, JobStatus, utcnow
+from moecomp.settings import Settings
 from moecomp.worker.app import DEFAULT_QUEUE
 
 
@@ -39,6 +42,21 @@ def set_status(db: Database, job_id: str, status: JobStatus) -> None:
         if JobStatus(status).final:
             job.finished_at = utcnow()
         session.commit()
+
+
+def add_artifact(
+    db: Database, settings: Settings, job_id: str, content: bytes, name: str = "tiny-mixtral-ed6.tar"
+) -> dict[str, str]:
+    """A checkpoint file in the job's artifacts folder, recorded as the worker records one: id, job_id, sha256."""
+    relpath = f"{job_id}/checkpoint.tar"
+    (settings.artifacts_dir / job_id).mkdir(parents=True)
+    (settings.artifacts_dir / relpath).write_bytes(content)
+    sha = hashlib.sha256(content).hexdigest()
+    with db.session() as session:
+        row = Artifact(job_id=job_id, kind="checkpoint", name=name, relpath=relpath, bytes=len(content), sha256=sha)
+        session.add(row)
+        session.commit()
+        return {"id": row.id, "job_id": job_id, "sha256": sha}
 
 
 def queued_job_ids(redis_url: str) -> list[str]:

@@ -9,9 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from moecomp.persistence.database import Database
-from moecomp.persistence.models import Artifact
 from moecomp.settings import Settings
-from tests.api.helpers import job_body
+from tests.api.helpers import add_artifact, job_body
 
 CONTENT = os.urandom(200_000)
 
@@ -20,22 +19,7 @@ CONTENT = os.urandom(200_000)
 def artifact(client: TestClient, auth: dict[str, str], db: Database, settings: Settings) -> dict[str, str]:
     """A job with a checkpoint artifact on disk, recorded as the worker records one."""
     job_id = client.post("/v1/jobs", json=job_body(), headers=auth).json()["id"]
-    relpath = f"{job_id}/checkpoint.tar"
-    (settings.artifacts_dir / job_id).mkdir(parents=True)
-    (settings.artifacts_dir / relpath).write_bytes(CONTENT)
-    sha = hashlib.sha256(CONTENT).hexdigest()
-    with db.session() as session:
-        row = Artifact(
-            job_id=job_id,
-            kind="checkpoint",
-            name="tiny-mixtral-ed6.tar",
-            relpath=relpath,
-            bytes=len(CONTENT),
-            sha256=sha,
-        )
-        session.add(row)
-        session.commit()
-        return {"id": row.id, "job_id": job_id, "sha256": sha}
+    return add_artifact(db, settings, job_id, CONTENT)
 
 
 def test_list_artifacts(client: TestClient, auth: dict[str, str], artifact: dict[str, str]) -> None:
