@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     upload_limit_bytes: int = Field(4 * 1024**3, description="Largest accepted model upload.")
     job_time_limit_s: int = Field(6 * 3600, description="A job running longer is stopped and failed.")
     time_limit_grace_s: float = Field(
-        300.0, ge=0, description="Past the job's time limit, the pool kills a job stuck inside one step this much later."
+        300.0, ge=0, description="The pool kills a job stuck inside one step this long after its time limit."
     )
     max_attempts: int = Field(3, description="Deliveries of one job before it fails with worker_lost.")
     max_active_jobs_per_team: int = Field(
