@@ -43,6 +43,10 @@ class Conflict(ApiError):
     status_code = 409
 
 
+class Gone(ApiError):
+    status_code = 410
+
+
 class PayloadTooLarge(ApiError):
     status_code = 413
 

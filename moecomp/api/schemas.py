@@ -101,6 +101,7 @@ class ArtifactPublic(BaseModel):
     bytes: int
     sha256: str
     created_at: datetime
+    expired_at: datetime | None = Field(None, description="When the retention sweep removed the file (then 410).")
     url: str
 
 

@@ -69,18 +69,19 @@ def _prepare_embedded(settings: Settings) -> None:
 
 
 def _reap_on_start(settings: Settings) -> None:
-    """Jobs whose worker died while the service was down are re-queued before any request."""
+    """Jobs whose worker died while the service was down are re-queued before any request; expired files go."""
     from moecomp.persistence.database import Database  # noqa: PLC0415
     from moecomp.worker.app import make_celery  # noqa: PLC0415
     from moecomp.worker.reaper import reap_once  # noqa: PLC0415
+    from moecomp.worker.retention import sweep_safely  # noqa: PLC0415
 
     db = Database(settings.resolved_database_url)
     try:
         reap_once(settings, db, make_celery(settings))
     except Exception as exc:  # a broker still starting must not keep the API down; workers reap too
         print(f"moecomp: the start-up reaper pass failed ({exc}); workers will retry", file=sys.stderr)
-    finally:
-        db.engine.dispose()
+    sweep_safely(settings, db)
+    db.engine.dispose()
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:

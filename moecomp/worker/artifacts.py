@@ -111,3 +111,11 @@ def remove_other_attempts(artifacts_dir: Path, job_id: str, attempt: int) -> Non
     for child in job_dir.iterdir():
         if child.name != str(attempt):
             shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+def remove_job_files(artifacts_dir: Path, job_id: str) -> bool:
+    """Delete every file of the job (all attempts); True if it had a folder."""
+    job_dir = artifacts_dir / job_id
+    existed = job_dir.is_dir()
+    shutil.rmtree(job_dir, ignore_errors=True)
+    return existed

@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from celery import Celery
@@ -20,8 +21,10 @@ from moecomp.persistence.database import Database
 from moecomp.settings import Settings
 from moecomp.worker.broker import split_sqla_url
 from moecomp.worker.queue import enqueue_job
+from moecomp.worker.retention import SWEEP_EVERY_S, sweep_safely
 
 log = logging.getLogger(__name__)
+
 
 def reap_interval(settings: Settings) -> float:
     return min(10.0, max(0.5, settings.stale_after_s / 3))
@@ -68,22 +71,26 @@ def _loop(settings: Settings, celery_app: Celery, stop: threading.Event) -> None
     # A prefork pool forks while this thread may hold a connection: children must not reuse (and on
     # exit close) the parent's sockets, so they drop the pool without closing it.
     os.register_at_fork(after_in_child=lambda: db.engine.dispose(close=False))
+    next_sweep = time.monotonic() + SWEEP_EVERY_S
     while not stop.wait(reap_interval(settings)):
         try:
             reap_once(settings, db, celery_app)
         except Exception:  # a database or broker outage: keep reaping once it is back
             log.exception("reaper pass failed")
+        if time.monotonic() >= next_sweep:
+            sweep_safely(settings, db)
+            next_sweep = time.monotonic() + SWEEP_EVERY_S
 
 
 def start_reaper(settings: Settings, celery_app: Celery) -> threading.Event:
-    """Reap now, then every few seconds in a daemon thread; set the returned event to stop it."""
+    """Reap (and sweep expired files, retention.py) now, then in a daemon thread; set the returned event to stop it."""
     db = Database(settings.resolved_database_url)
     try:
         reap_once(settings, db, celery_app)
     except Exception:  # the database or broker is still starting: the loop retries in a few seconds
         log.exception("start-up reaper pass failed")
-    finally:
-        db.engine.dispose()
+    sweep_safely(settings, db)
+    db.engine.dispose()
     stop = threading.Event()
     threading.Thread(target=_loop, args=(settings, celery_app, stop), name="moecomp-reaper", daemon=True).start()
     return stop

@@ -34,6 +34,7 @@ def test_list_artifacts(client: TestClient, auth: dict[str, str], artifact: dict
         "bytes": len(CONTENT),
         "sha256": artifact["sha256"],
         "created_at": None,
+        "expired_at": None,
         "url": f"/v1/artifacts/{artifact['id']}/content",
     }
 

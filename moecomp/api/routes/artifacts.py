@@ -11,7 +11,7 @@ from moecomp.api.deps import SessionDep, SettingsDep, TeamDep
 from moecomp.api.responses import refusals
 from moecomp.api.services import artifacts
 
-router = APIRouter(prefix="/artifacts", tags=["artifacts"], responses=refusals(401, 404, 416))
+router = APIRouter(prefix="/artifacts", tags=["artifacts"], responses=refusals(401, 404, 410, 416))
 CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     206: {"description": "The requested byte range."},
     304: {"description": "Not modified: If-None-Match names the current ETag."},

@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, list, read, cancel, events (paged and streamed), artifacts."""
+"""/v1/jobs: submit, list, read, cancel, delete, events (paged and streamed), artifacts."""
 
 from __future__ import annotations
 
@@ -60,6 +60,13 @@ def get_job(job_id: str, session: SessionDep, team: TeamDep, if_none_match: IfNo
 @router.post("/{job_id}/cancel", response_model=JobPublic, responses=refusals(404, 409))
 def cancel_job(job_id: str, session: SessionDep, team: TeamDep) -> JobPublic:
     return jobs.job_public(jobs.cancel_job(session, team, job_id))
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=refusals(404, 409))
+def delete_job(job_id: str, session: SessionDep, settings: SettingsDep, team: TeamDep) -> Response:
+    """Remove an ended job's artifacts and the job (404 afterwards); a queued or running job is refused with 409."""
+    jobs.delete_job(session, settings, team, job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{job_id}/events", response_model=EventsPublic, responses=refusals(404))

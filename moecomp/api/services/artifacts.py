@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from moecomp.api.errors import NotFound, RangeNotSatisfiable
+from moecomp.api.errors import Gone, NotFound, RangeNotSatisfiable
 from moecomp.api.schemas import ArtifactPublic
 from moecomp.api.services.jobs import ID_RE
 from moecomp.persistence.models import Artifact, Job, Team
@@ -34,6 +34,7 @@ def artifact_public(artifact: Artifact) -> ArtifactPublic:
         bytes=artifact.bytes,
         sha256=artifact.sha256,
         created_at=artifact.created_at,
+        expired_at=artifact.expired_at,
         url=f"/v1/artifacts/{artifact.id}/content",
     )
 
@@ -47,7 +48,9 @@ def get_artifact(session: Session, team: Team, artifact_id: str) -> Artifact:
     if not ID_RE.fullmatch(artifact_id):
         raise NotFound("artifact not found")
     row = session.execute(
-        select(Artifact).join(Job, Job.id == Artifact.job_id).where(Artifact.id == artifact_id, Job.team_id == team.id)
+        select(Artifact)
+        .join(Job, Job.id == Artifact.job_id)
+        .where(Artifact.id == artifact_id, Job.team_id == team.id, Job.deleted_at.is_(None))
     ).scalar_one_or_none()
     if row is None:
         raise NotFound("artifact not found")
@@ -55,7 +58,12 @@ def get_artifact(session: Session, team: Team, artifact_id: str) -> Artifact:
 
 
 def artifact_file(settings: Settings, artifact: Artifact) -> Path:
-    """The artifact's file, refusing a recorded path that would leave the artifacts folder."""
+    """The artifact's file, refusing a recorded path that would leave the artifacts folder (410 once expired)."""
+    if artifact.expired_at is not None:
+        raise Gone(
+            f"artifact {artifact.name} expired on {artifact.expired_at:%Y-%m-%d}: files are kept "
+            f"{settings.retention_days:g} days after their job ends; the job's events and report metrics remain"
+        )
     root = settings.artifacts_dir.resolve()
     path = (root / artifact.relpath).resolve()
     if not path.is_relative_to(root) or not path.is_file():

@@ -16,16 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from moecomp.api.errors import Conflict, Invalid, NotFound
 from moecomp.api.schemas import ErrorPublic, JobCreate, JobPublic
 from moecomp.api.services import limits
 from moecomp.api.services.model_sources import check_recipe_fits, resolve_source
-from moecomp.persistence.jobs import append_event
-from moecomp.persistence.models import Job, JobStatus, Team, utcnow
+from moecomp.persistence.jobs import FINAL, append_event
+from moecomp.persistence.models import Artifact, Job, JobStatus, Team, utcnow
 from moecomp.settings import Settings
+from moecomp.worker.artifacts import remove_job_files
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def submit_job(
 def get_job(session: Session, team: Team, job_id: str) -> Job:
     """The team's job, else 404 (another team's job is not found either)."""
     job = session.get(Job, job_id) if ID_RE.fullmatch(job_id) else None
-    if job is None or job.team_id != team.id:
+    if job is None or job.team_id != team.id or job.deleted_at is not None:
         raise NotFound("job not found")
     return job
 
@@ -139,7 +140,7 @@ def list_jobs(
     session: Session, team: Team, status: JobStatus | None, model: str | None, limit: int, cursor: str | None
 ) -> tuple[list[Job], str | None]:
     """A page of the team's jobs newest first, and the cursor of the next page (None at the end)."""
-    query = select(Job).where(Job.team_id == team.id)
+    query = select(Job).where(Job.team_id == team.id, Job.deleted_at.is_(None))
     if status is not None:
         query = query.where(Job.status == status)
     if model:
@@ -180,6 +181,28 @@ def cancel_job(session: Session, team: Team, job_id: str) -> Job:
     if not flagged and JobStatus(job.status).final:
         raise Conflict(f"job is already {job.status}")
     return job
+
+
+def delete_job(session: Session, settings: Settings, team: Team, job_id: str) -> None:
+    """Forget an ended job and remove its files; 409 while it is queued or running (cancel it first).
+
+    The job disappears (404 from then on, for its events and artifacts too) and frees its Idempotency-Key.
+    """
+    job = get_job(session, team, job_id)
+    # Conditional: a worker may claim a queued job between our read and our write; a final job stays final.
+    ended = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_(FINAL), Job.deleted_at.is_(None))
+        .values(deleted_at=utcnow(), idempotency_key=None)
+    ).rowcount
+    if not ended:
+        session.rollback()
+        session.refresh(job)
+        raise Conflict(f"job is {job.status}: cancel it first (POST /v1/jobs/{job.id}/cancel), then delete it")
+    session.execute(delete(Artifact).where(Artifact.job_id == job.id))
+    session.commit()
+    # After the commit: a crash here leaves a folder that the retention sweep removes (its job is deleted).
+    remove_job_files(settings.artifacts_dir, job.id)
 
 
 def job_public(job: Job) -> JobPublic:
