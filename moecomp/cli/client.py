@@ -23,6 +23,7 @@ from moecomp.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINAL = {"succeeded", "failed", "cancelled"}
+RECONNECT_S = 1.0
 
 
 class ClientError(Exception):
@@ -199,6 +200,7 @@ def follow(client: httpx.Client, job_id: str, poll: bool) -> str:
                     bar.show(kind, event)
             except httpx.TransportError:  # the stream broke: resume after the last event seen, by polling
                 poll = True
+                time.sleep(RECONNECT_S)  # the API may be restarting: do not spin on refused connections
     finally:
         bar.bar.close()
 

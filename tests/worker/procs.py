@@ -83,3 +83,38 @@ def wait_job(client: httpx.Client, job_id: str, until: Any, timeout: float = 60)
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not get there in {timeout} s: {job}")
+
+
+class RedisServer:
+    """A redis-server of the test's own, without persistence: killing it loses every queued message.
+
+    For tests that restart the broker; the shared Redis on 6379 is never touched.
+    """
+
+    def __init__(self, log: Path) -> None:
+        self.port, self.log = free_port(), log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"redis-server on {self.port} did not start\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+            self.proc = None
