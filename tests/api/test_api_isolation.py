@@ -1,0 +1,274 @@
+"""Isolation: every endpoint that touches a team's data, against every kind of caller.
+
+Callers: the owner's key, another team's key, a wrong key (the owner's prefix with a wrong secret) and a
+revoked key, each as a Bearer header and as the dashboard cookie, and no key at all. Only the owner sees
+its jobs; another team gets exactly what a missing id gets (so ids cannot be probed); a wrong, revoked or
+missing key gets 401, and the dashboard pages send it to the sign-in page (they read the cookie only).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.testclient import TestClient
+from httpx import Response
+from sqlalchemy import select
+
+from moecomp.api.dashboard.router import signed_in
+from moecomp.api.deps import COOKIE_NAME, get_team
+from moecomp.persistence.database import Database
+from moecomp.persistence.keys import create_api_key, revoke_api_key
+from moecomp.persistence.models import Job, JobStatus, Team, Upload
+from moecomp.settings import Settings
+from tests.api.helpers import add_artifact, count, job_body, set_status
+from tests.api.test_api_events import add_events
+from tests.api.test_api_uploads import TAR, model_tar
+
+CONTENT = b"checkpoint bytes " * 1000
+REPLAY_KEY = "isolation-1"
+UNAUTHORIZED = {"detail": "missing or invalid API key"}
+
+
+@dataclass
+class World:
+    """Team a's data (a finished job with events and an artifact, a queued job, an upload) and every key."""
+
+    keys: dict[str, str]  # owner, other, wrong, revoked
+    ids: dict[str, str]  # job, live, artifact, upload
+    etags: dict[str, str] = field(default_factory=dict)  # what the owner was sent: job, listing, artifact
+
+    def missing(self) -> dict[str, str]:
+        """Ids of the same shapes that exist nowhere."""
+        return {name: uuid.uuid4().hex for name in self.ids}
+
+
+def _key(db: Database, team: str) -> str:
+    with db.session() as session:
+        return create_api_key(session, team)
+
+
+@pytest.fixture
+def world(client: TestClient, db: Database, settings: Settings) -> World:
+    owner, other, revoked = _key(db, "team-a"), _key(db, "team-b"), _key(db, "team-a")
+    with db.session() as session:
+        revoke_api_key(session, revoked.split("_")[1])
+    auth = {"Authorization": f"Bearer {owner}"}
+    job = client.post("/v1/jobs", json=job_body(), headers=auth | {"Idempotency-Key": REPLAY_KEY}).json()["id"]
+    add_events(db, job, 1, 3)
+    artifact = add_artifact(db, settings, job, CONTENT)
+    set_status(db, job, JobStatus.succeeded)
+    live = client.post("/v1/jobs", json=job_body(), headers=auth).json()["id"]
+    uploaded = client.post("/v1/models", content=model_tar(), headers=auth | TAR)
+    assert uploaded.status_code == 201, uploaded.text
+    upload = uploaded.json()["id"]
+    world = World({"owner": owner, "other": other, "wrong": owner[:-4] + "AAAA", "revoked": revoked}, {})
+    world.ids = {"job": job, "live": live, "artifact": artifact["id"], "upload": upload}
+    for name, url in [("job", f"/v1/jobs/{job}"), ("listing", "/v1/jobs"), ("artifact", artifact_url(world.ids))]:
+        world.etags[name] = client.get(url, headers=auth).headers.get("etag", '"none"')
+    return world
+
+
+def artifact_url(ids: dict[str, str]) -> str:
+    return f"/v1/artifacts/{ids['artifact']}/content"
+
+
+# What an endpoint is to a caller of another team: OWNED names one of team a's things by id (another team
+# gets what a missing id gets); TEAM works on the caller's own team (it must not show team a's jobs);
+# PAGE is a dashboard page (signed in by cookie; OWNED_PAGE names an id); PUBLIC needs no key.
+OWNED, TEAM, PAGE, OWNED_PAGE, PUBLIC = "owned", "team", "page", "owned page", "public"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    method: str
+    route: str  # the path template the app declares (test_the_matrix_covers_every_route compares them)
+    url: Callable[[dict[str, str]], str]
+    kind: str
+    headers: Callable[[World], dict[str, str]] = lambda w: {}
+    json: Callable[[dict[str, str]], Any] | None = None
+    content: bytes | None = None
+    foreign: int = 404  # the status a missing id (and so another team's id) gets
+    shows: Callable[[Response, World], bool] | None = None  # TEAM: does the answer reveal team a's jobs?
+
+
+def _listed(response: Response, world: World) -> bool:
+    return bool({job["id"] for job in response.json()["items"]} & {world.ids["job"], world.ids["live"]})
+
+
+def _upload_job(ids: dict[str, str]) -> dict[str, Any]:
+    return {"model": {"kind": "upload", "upload_id": ids["upload"]}, "recipe": {"stages": []}}
+
+
+JOB = "/v1/jobs/{job_id}"
+CONTENT_ROUTE = "/v1/artifacts/{artifact_id}/content"
+ENDPOINTS = [
+    Endpoint("list jobs", "GET", "/v1/jobs", lambda i: "/v1/jobs", TEAM, shows=_listed),
+    Endpoint(
+        "list jobs, owner's ETag",
+        "GET",
+        "/v1/jobs",
+        lambda i: "/v1/jobs",
+        TEAM,
+        headers=lambda w: {"If-None-Match": w.etags["listing"]},
+        shows=lambda r, w: r.status_code == 304 or _listed(r, w),
+    ),
+    Endpoint(
+        "replay of the owner's Idempotency-Key",
+        "POST",
+        "/v1/jobs",
+        lambda i: "/v1/jobs",
+        TEAM,
+        headers=lambda w: {"Idempotency-Key": REPLAY_KEY},
+        json=lambda i: job_body(),
+        shows=lambda r, w: r.json()["id"] == w.ids["job"],
+    ),
+    Endpoint(
+        "job on the owner's upload", "POST", "/v1/jobs", lambda i: "/v1/jobs", OWNED, json=_upload_job, foreign=422
+    ),
+    Endpoint("get job", "GET", JOB, lambda i: f"/v1/jobs/{i['job']}", OWNED),
+    Endpoint(
+        "get job, owner's ETag",
+        "GET",
+        JOB,
+        lambda i: f"/v1/jobs/{i['job']}",
+        OWNED,
+        headers=lambda w: {"If-None-Match": w.etags["job"]},
+    ),
+    Endpoint("events", "GET", JOB + "/events", lambda i: f"/v1/jobs/{i['job']}/events", OWNED),
+    Endpoint("events stream", "GET", JOB + "/events/stream", lambda i: f"/v1/jobs/{i['job']}/events/stream", OWNED),
+    Endpoint("artifacts", "GET", JOB + "/artifacts", lambda i: f"/v1/jobs/{i['job']}/artifacts", OWNED),
+    Endpoint("download", "GET", CONTENT_ROUTE, artifact_url, OWNED),
+    Endpoint("download HEAD", "HEAD", CONTENT_ROUTE, artifact_url, OWNED),
+    Endpoint("download range", "GET", CONTENT_ROUTE, artifact_url, OWNED, headers=lambda w: {"Range": "bytes=0-9"}),
+    Endpoint(
+        "download, owner's ETag",
+        "GET",
+        CONTENT_ROUTE,
+        artifact_url,
+        OWNED,
+        headers=lambda w: {"If-None-Match": w.etags["artifact"]},
+    ),
+    Endpoint(
+        "upload a model", "POST", "/v1/models", lambda i: "/v1/models", TEAM, headers=lambda w: TAR, content=model_tar()
+    ),
+    Endpoint("methods", "GET", "/v1/methods", lambda i: "/v1/methods", TEAM),
+    # These two change the queued job, so they come last: cancel it, then delete it (an ended job).
+    Endpoint("cancel", "POST", JOB + "/cancel", lambda i: f"/v1/jobs/{i['live']}/cancel", OWNED),
+    Endpoint("delete", "DELETE", JOB, lambda i: f"/v1/jobs/{i['live']}", OWNED),
+    Endpoint("jobs page", "GET", "/dashboard", lambda i: "/dashboard", PAGE),
+    Endpoint("new job page", "GET", "/dashboard/new", lambda i: "/dashboard/new", PAGE),
+    Endpoint("job page", "GET", "/dashboard/jobs/{job_id}", lambda i: f"/dashboard/jobs/{i['job']}", OWNED_PAGE),
+    Endpoint("compare page", "GET", "/dashboard/compare", lambda i: f"/dashboard/compare?model={i['job']}", OWNED_PAGE),
+    Endpoint("static file", "GET", "/dashboard/static/{path:path}", lambda i: "/dashboard/static/js/api.js", PUBLIC),
+]
+
+
+@dataclass(frozen=True)
+class Caller:
+    key: str | None  # a key of World.keys
+    via: str  # "bearer" | "cookie" | "none"
+
+    @property
+    def team(self) -> str | None:
+        """owner / other for a valid key, else None."""
+        return self.key if self.key in ("owner", "other") else None
+
+    def __str__(self) -> str:
+        return f"{self.key}-{self.via}" if self.key else "no-key"
+
+
+CALLERS = [Caller(key, via) for key in ("owner", "other", "wrong", "revoked") for via in ("bearer", "cookie")]
+CALLERS.append(Caller(None, "none"))
+
+
+def call(client: TestClient, world: World, caller: Caller, endpoint: Endpoint, ids: dict[str, str]) -> Response:
+    headers = dict(endpoint.headers(world))  # a copy: some endpoints share a module constant
+    client.cookies.clear()
+    if caller.via == "bearer":
+        headers["Authorization"] = f"Bearer {world.keys[caller.key or '']}"
+    elif caller.via == "cookie":
+        client.cookies.set(COOKIE_NAME, world.keys[caller.key or ""])
+    return client.request(
+        endpoint.method,
+        endpoint.url(ids),
+        headers=headers,
+        json=endpoint.json(ids) if endpoint.json else None,
+        content=endpoint.content,
+        follow_redirects=False,
+    )
+
+
+def anonymized(response: Response, ids: dict[str, str]) -> tuple[int, str, str | None, str | None]:
+    """What a caller can see of an answer, with the ids it asked about blanked out."""
+    text = response.text
+    for value in ids.values():  # pages show an id's first 8 characters too
+        text = text.replace(value, "<id>").replace(value[:8], "<id8>")
+    return response.status_code, text, response.headers.get("content-type"), response.headers.get("www-authenticate")
+
+
+def _succeeded(response: Response) -> bool:
+    return 200 <= response.status_code < 300 or response.status_code == 304
+
+
+def problems_with(client: TestClient, world: World, caller: Caller, endpoint: Endpoint) -> list[str]:
+    """How the answer to ``caller`` breaks isolation (empty when it holds)."""
+    response = call(client, world, caller, endpoint, world.ids)
+    got = f"{endpoint.name} as {caller}: {response.status_code} {response.text[:200]}"
+    page = endpoint.kind in (PAGE, OWNED_PAGE)
+    if endpoint.kind == PUBLIC:
+        ok = response.status_code == 200
+    elif page and (caller.via != "cookie" or caller.team is None):
+        ok = response.status_code == 303 and response.headers["location"].startswith("/dashboard/login?next=")
+    elif not page and caller.team is None:
+        body_ok = endpoint.method == "HEAD" or response.json() == UNAUTHORIZED
+        ok = response.status_code == 401 and body_ok and response.headers["www-authenticate"] == "Bearer"
+    elif caller.team == "owner" or endpoint.kind in (TEAM, PAGE):
+        ok = _succeeded(response) and (
+            endpoint.shows is None or endpoint.shows(response, world) == (caller.team == "owner")
+        )
+    else:  # another team naming team a's things: exactly what a missing id gets
+        missing = world.missing()
+        answer = call(client, world, caller, endpoint, missing)
+        expected = endpoint.foreign if endpoint.kind == OWNED else 200
+        ok = response.status_code == expected and anonymized(response, world.ids) == anonymized(answer, missing)
+        got += f" vs a missing id's {answer.status_code} {answer.text[:200]}"
+    return [] if ok else [got]
+
+
+def snapshot(db: Database) -> tuple[dict[str, str], int, int]:
+    """Team a's jobs with their statuses, and how many jobs and uploads there are in all."""
+    with db.session() as session:
+        rows = session.execute(select(Job.id, Job.status).join(Team).where(Team.name == "team-a")).all()
+    return dict(rows), count(db, Job), count(db, Upload)
+
+
+@pytest.mark.parametrize("caller", CALLERS, ids=str)
+def test_isolation_matrix(client: TestClient, db: Database, world: World, caller: Caller) -> None:
+    before = snapshot(db)
+    problems = [problem for endpoint in ENDPOINTS for problem in problems_with(client, world, caller, endpoint)]
+    assert problems == []
+    after = snapshot(db)
+    if caller.team != "owner":  # nothing of team a changed, and no job of team a was added
+        assert after[0] == before[0]
+    if caller.team is None:  # a refused caller wrote nothing at all
+        assert after[1:] == before[1:]
+
+
+def _needs_a_key(dependant: Any) -> bool:
+    return any(d.call in (get_team, signed_in) or _needs_a_key(d) for d in dependant.dependencies)
+
+
+def test_the_matrix_covers_every_route_that_needs_a_key(client: TestClient) -> None:
+    declared = {
+        (method, context.path)
+        for context in iter_route_contexts(client.app.routes)  # type: ignore[attr-defined]
+        if isinstance(context.original_route, APIRoute) and _needs_a_key(context.original_route.dependant)
+        for method in context.methods or ()
+    }
+    assert declared == {(e.method, e.route) for e in ENDPOINTS if e.kind != PUBLIC}
