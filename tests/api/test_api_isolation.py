@@ -350,3 +350,16 @@ def test_another_teams_upload_cannot_be_named_by_path(
     body = {"model": {"kind": "local", "path": path[where]}, "recipe": {"stages": []}}
     response = client.post("/v1/jobs", json=body, headers=other_auth)
     assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "model", "path"]
+
+
+def test_metrics_need_no_key_and_show_no_team_data(client: TestClient, world: World) -> None:
+    for caller in CALLERS:  # every route with and without a key, so each label set exists
+        for endpoint in ENDPOINTS[:-2]:  # not cancel and delete: nothing needs to change here
+            call(client, world, caller, endpoint, world.ids)
+    client.cookies.clear()
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and 'route="/v1/jobs/{job_id}"' in metrics.text
+    leaked = [
+        value for value in [*world.ids.values(), *world.keys.values(), "team-a", "team-b"] if value in metrics.text
+    ]
+    assert leaked == []
