@@ -6,6 +6,7 @@ cannot make); any other 4xx -> ``{"detail": "human message"}``; nothing unexpect
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -91,8 +92,19 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
 
 
+async def _disk_full(request: Request, exc: Exception) -> JSONResponse:
+    """A full disk (an upload, say) is the server's storage running out, not a bug: 507, and the service stays up."""
+    assert isinstance(exc, OSError)
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return await _unexpected(request, exc)
+    log.error("disk full on %s %s: %s", request.method, request.url.path, exc)
+    detail = "the server's disk is full; nothing was kept from this request. Retry once space has been freed."
+    return JSONResponse({"detail": detail}, status_code=507)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(OSError, _disk_full)
     app.add_exception_handler(Invalid, _invalid)
     app.add_exception_handler(Exception, _unexpected)
 

@@ -51,9 +51,17 @@ class DetailPublic(BaseModel):
     detail: str
 
 
+ERROR_CODES = (
+    "What ended the job: `timeout` (ran past its time limit), `disk_full` (no space left writing its files; the "
+    "message names the file and the space free), `out_of_memory`, `model_not_found`, `invalid_recipe`, "
+    "`quality_gate` (the evaluation missed the gate; artifacts kept), `worker_lost` (its worker died too often), "
+    "`internal`."
+)
+
+
 class ErrorPublic(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description=ERROR_CODES)
+    message: str = Field(description="What happened and what to do, for a person.")
 
 
 class JobPublic(BaseModel):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from moecomp.worker.errors import DiskFull
+
 CHUNK = 1 << 20
 
 
@@ -64,6 +66,10 @@ def atomic_writer(dest: Path) -> Iterator[_HashingWriter]:
             os.fsync(raw.fileno())
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
+    except OSError as exc:
+        if exc.errno in DiskFull.ERRNOS:  # say where, and measure while the partial file still holds its space
+            raise DiskFull.at(dest) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

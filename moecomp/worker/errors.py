@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 from pydantic import ValidationError
 
 from moecomp.compression.context import Cancelled
@@ -14,6 +18,52 @@ class JobError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class DiskFull(OSError):
+    """No space (or no quota) left while writing ``path``; ``free`` is what its file system had left then."""
+
+    ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+    # How libraries that wrap the OS error (safetensors' Rust writer, torch) still say it.
+    TEXTS = ("no space left on device", "disk quota exceeded", "os error 28)", "os error 122)")
+
+    def __init__(self, path: Path | None, free: int | None) -> None:
+        super().__init__(errno.ENOSPC, "no space left on device", str(path) if path else None)
+        self.path, self.free = path, free
+
+    @classmethod
+    def at(cls, path: Path | None) -> DiskFull:
+        return cls(path, free_bytes(path) if path else None)
+
+    @property
+    def message(self) -> str:
+        where = f"writing {self.path}" if self.path else "writing the job's files"
+        room = f" ({self.free / 2**20:.1f} MiB free on that file system)" if self.free is not None else ""
+        return f"the disk is full {where}{room}. Free space (or raise the quota) and submit the job again."
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return None
+
+
+def disk_full(exc: BaseException, where: Path | None = None) -> DiskFull | None:
+    """The DiskFull behind ``exc`` (or its causes), naming the failed file or else ``where``; None if not one."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the exception and its causes; a hand-made cycle must not loop forever
+        if seen is None:
+            return None
+        if isinstance(seen, DiskFull):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in DiskFull.ERRNOS:
+            return DiskFull.at(Path(seen.filename) if seen.filename else where)
+        if any(text in str(seen).lower() for text in DiskFull.TEXTS):
+            return DiskFull.at(where)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class JobTimeout(Exception):
@@ -46,14 +96,16 @@ def _is_missing_model(exc: BaseException) -> bool:
     return bool(names & hub)
 
 
-def classify(exc: BaseException) -> tuple[str, str]:
-    """(error_code, message) for an exception that ended a job."""
+def classify(exc: BaseException, where: Path | None = None) -> tuple[str, str]:
+    """(error_code, message) for an exception that ended a job; ``where``: the folder it was writing to."""
     if isinstance(exc, JobError):
         return exc.code, exc.message
     if isinstance(exc, JobTimeout):
         return "timeout", str(exc) or "the job ran past its time limit"
     if isinstance(exc, Cancelled):
         return "cancelled", "cancelled on request"
+    if (full := disk_full(exc, where)) is not None:
+        return "disk_full", full.message
     if _is_oom(exc):
         return "out_of_memory", f"out of memory: {exc}. Use a larger device or a smaller calibration set."
     if _is_missing_model(exc):

@@ -139,12 +139,21 @@ def _attempt(run: Attempt, job: Job, upload: Upload | None, body: Body) -> tuple
         reporter.lost = True
         code, message = "worker_lost", "another attempt owns the job"
     except Exception as exc:  # every failure ends the job with a code; the traceback goes to the log
-        code, message = classify(exc)
+        code, message = classify(exc, run.workdir)
         reporter.log.append(traceback.format_exc())
         log.exception("job %s failed", run.lease.job_id)
+    if code == "disk_full" and not reporter.lost:
+        _drop_outputs(run)
     if code == "cancelled":
         return JobStatus.cancelled, None, message
     return JobStatus.failed, code, message
+
+
+def _drop_outputs(run: Attempt) -> None:
+    """Forget the attempt's artifacts: an incomplete set is of no use, and disk space is what is missing."""
+    with run.db.session() as s:
+        jobs.clear_artifacts(s, run.lease)
+    shutil.rmtree(run.artifact_dir, ignore_errors=True)
 
 
 def _record(run: Attempt, kind: str, written: artifacts.WrittenFile) -> None:
@@ -180,6 +189,8 @@ def _finish(run: Attempt, status: JobStatus, code: str | None, message: str | No
         _record(run, "log", artifacts.write_bytes("\n".join(run.reporter.log).encode(), run.artifact_dir / "job.log"))
     except LeaseLost:
         return
+    except OSError:  # no room even for the log (a full disk): the job still ends, with its events in the database
+        log.exception("job %s: the log artifact could not be written", run.lease.job_id)
     with run.db.session() as s:
         jobs.finish(s, run.lease, status, code, message)
     # A zombie of an older attempt may have written files after this attempt began; one set remains.
