@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from schemathesis.python.asgi import get_client, shutdown_lifespans
 
+from moecomp.api.app import create_app
 from moecomp.assets import MODELS
 from moecomp.persistence.database import Database
 from moecomp.persistence.models import Job, Upload
@@ -88,20 +93,53 @@ def _hardlink(archive: tarfile.TarFile) -> None:
     archive.addfile(info)
 
 
-def _device(archive: tarfile.TarFile) -> None:
+def _special(kind: bytes) -> Callable[[tarfile.TarFile], None]:
+    def add(archive: tarfile.TarFile) -> None:
+        add_file(archive, "m/config.json", CONFIG)
+        info = tarfile.TarInfo("m/special")
+        info.type = kind
+        archive.addfile(info)
+
+    return add
+
+
+def _with_code(archive: tarfile.TarFile) -> None:
     add_file(archive, "m/config.json", CONFIG)
-    info = tarfile.TarInfo("m/null")
-    info.type = tarfile.CHRTYPE
-    archive.addfile(info)
+    add_file(archive, "m/modeling_evil.py", b"open('/tmp/moecomp-pwned', 'w')\n")
 
 
+def _pax_bomb(archive: tarfile.TarFile) -> None:
+    # A pax header of 3 MiB (tarfile reads it whole into memory) that gzip squeezes to a few KiB.
+    info = tarfile.TarInfo("m/config.json")
+    info.size, info.pax_headers = len(CONFIG), {"comment": " " * (3 * 1024**2)}
+    archive.addfile(info, io.BytesIO(CONFIG))
+
+
+def _gzip(body: bytes) -> bytes:
+    return gzip.compress(body, mtime=0)
+
+
+TOKENIZER_AUTO_MAP = json.dumps({"auto_map": {"AutoTokenizer": ["t.Tok", None]}}).encode()
 HOSTILE = {
     "not a tar": (b"this is not a tar archive" * 100, 422),
+    "not a tar, gzipped": (_gzip(b"this is not a tar archive" * 100), 422),
+    "truncated tar": (model_tar()[:700], 422),
+    "truncated gzip": (_gzip(model_tar())[:-40], 422),
+    "fifo member": (make_tar(_special(tarfile.FIFOTYPE)), 422),
+    "block device member": (make_tar(_special(tarfile.BLKTYPE)), 422),
+    "python file": (make_tar(_with_code), 422),
+    "tokenizer remote code": (
+        make_tar(
+            lambda a: (add_file(a, "m/config.json", CONFIG), add_file(a, "m/tokenizer_config.json", TOKENIZER_AUTO_MAP))
+        ),
+        422,
+    ),
+    "pax header bomb": (make_tar(_pax_bomb, mode="w:gz"), 413),
     "dotdot member": (make_tar(lambda a: add_file(a, "m/../../evil.txt", b"x")), 422),
     "absolute member": (make_tar(lambda a: add_file(a, "/tmp/evil.txt", b"x")), 422),
     "symlink member": (make_tar(_symlink), 422),
     "hardlink member": (make_tar(_hardlink), 422),
-    "device member": (make_tar(_device), 422),
+    "device member": (make_tar(_special(tarfile.CHRTYPE)), 422),
     "no config.json": (make_tar(lambda a: add_file(a, "m/weights.bin", b"x")), 422),
     "remote code": (model_tar(config=json.dumps({"auto_map": {"AutoModel": "m.Model"}}).encode()), 422),
     "too large": (model_tar() + b"\0" * (3 * 1024**2), 413),
@@ -109,30 +147,62 @@ HOSTILE = {
 }
 
 
+@pytest.fixture
+def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp folder of the test's own for tempfile users, to show that nothing is left there either."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_hostile_uploads_are_refused_and_leave_nothing(
-    client: TestClient, auth: dict[str, str], db: Database, settings: Settings, case: str
+    client: TestClient, auth: dict[str, str], db: Database, settings: Settings, own_tmp: Path, case: str
 ) -> None:
     body, status = HOSTILE[case]
     response = client.post("/v1/models", content=body, headers={**auth, **TAR})
     assert response.status_code == status, response.text
     if status == 422:
         assert response.json()["detail"][0]["loc"] == ["body"]
+        assert response.json()["detail"][0]["msg"]  # says what is wrong
     else:
-        assert isinstance(response.json()["detail"], str)
+        assert "limit" in response.json()["detail"]
     assert list(settings.uploads_dir.iterdir()) == [] and count(db, Upload) == 0 and count(db, Job) == 0
-    assert not (settings.data_dir.parent / "evil.txt").exists()
+    assert list(own_tmp.iterdir()) == []
+    assert not (settings.data_dir.parent / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
 
 
-def test_streamed_body_over_the_limit_is_413_without_content_length(
-    client: TestClient, auth: dict[str, str], db: Database, settings: Settings
+def test_python_files_are_accepted_when_an_admin_allows_remote_code(
+    settings: Settings, db: Database, auth: dict[str, str]
 ) -> None:
-    def chunks():  # type: ignore[no-untyped-def]  # a chunked body declares no length up front
-        for _ in range(40):
+    settings.allow_remote_code = True
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/models", content=make_tar(_with_code), headers={**auth, **TAR})
+    assert response.status_code == 201, response.text
+    assert (settings.uploads_dir / response.json()["id"] / "m" / "modeling_evil.py").is_file()
+
+
+def test_streamed_body_over_the_limit_is_413_and_the_server_stops_reading(
+    auth: dict[str, str], db: Database, settings: Settings
+) -> None:
+    sent = []
+
+    def chunks() -> Iterator[bytes]:  # a chunked body declares no length up front
+        for _ in range(400):  # 40 MB, 20 times the limit
+            sent.append(1)
             yield b"\0" * 100_000
 
-    response = client.post("/v1/models", content=chunks(), headers={**auth, **TAR})
-    assert response.status_code == 413
+    app = create_app(settings)
+    try:
+        # schemathesis's ASGI client hands the app one chunk per receive(), as a server does (TestClient reads
+        # the whole body first), so the chunks drawn show where the server stopped reading.
+        with get_client(app) as client:
+            response = client.post("/v1/models", data=chunks(), headers={**auth, **TAR})
+    finally:
+        shutdown_lifespans()
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+    assert len(sent) <= settings.upload_limit_bytes // 100_000 + 2  # stopped just past the limit
     assert list(settings.uploads_dir.iterdir()) == [] and count(db, Upload) == 0
 
 

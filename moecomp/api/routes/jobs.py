@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import WithJsonSchema
 
 from moecomp.api.conditional import NOT_MODIFIED, IfNoneMatch, conditional_json
 from moecomp.api.deps import CeleryDep, DatabaseDep, SessionDep, SettingsDep, TeamDep
@@ -17,6 +18,8 @@ from moecomp.worker.queue import enqueue_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=refusals(401))
 MAX_SEQ = 2**31 - 1  # event seq is a 32-bit column
+# A header is absent or a number, never JSON null: the document says so (``int | None`` would add a null).
+SEQ_HEADER = WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_SEQ})
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=refusals(400, 429))
@@ -89,7 +92,7 @@ def stream_events(
     team: TeamDep,
     db: DatabaseDep,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
-    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_SEQ)] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_SEQ), SEQ_HEADER] = None,
 ) -> StreamingResponse:
     job = jobs.get_job(session, team, job_id)
     start = max(after, last_event_id or 0)  # a reconnecting EventSource resumes after its last event

@@ -24,6 +24,8 @@ from moecomp.persistence.uploads import find_upload, upload_path
 from moecomp.settings import Settings
 
 LOC = ("body", "model")
+# Files whose auto_map makes transformers import Python shipped with the model (trust_remote_code).
+REMOTE_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 
 
 @dataclass
@@ -60,6 +62,18 @@ def _read_config(folder: Path, loc: tuple[str, ...]) -> dict[str, Any]:
     return config
 
 
+def refuse_remote_code(folder: Path, loc: tuple[str, ...]) -> None:
+    """422 at ``loc`` when a config of ``folder`` names remote code (auto_map); for settings.allow_remote_code off."""
+    for name in REMOTE_CODE_CONFIGS:
+        path = folder / name
+        try:
+            config = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            raise Invalid(loc, f"{name} is not valid JSON") from None
+        if isinstance(config, dict) and "auto_map" in config:
+            raise Invalid(loc, f"{name} asks for remote code (auto_map), which this server does not allow")
+
+
 def _resolve(path: Path) -> Path | None:
     try:
         return path.resolve()
@@ -77,6 +91,8 @@ def resolve_local(source: LocalSource, settings: Settings) -> ResolvedSource:
     folder = next((c for c in inside if _is_file(c / "config.json")), None)
     if folder is None:
         raise Invalid(loc, "no model folder with a config.json at this path", source.path)
+    if not settings.allow_remote_code:
+        refuse_remote_code(folder, loc)
     return ResolvedSource({"kind": "local", "path": str(folder)}, str(folder), _read_config(folder, loc))
 
 
@@ -85,6 +101,8 @@ def resolve_upload(source: UploadSource, session: Session, settings: Settings, t
     if upload is None:
         raise Invalid((*LOC, "upload_id"), "no upload with this id", source.upload_id)
     folder = upload_path(settings, upload)
+    if not settings.allow_remote_code:  # checked at upload too; the setting may have been switched off since
+        refuse_remote_code(folder, (*LOC, "upload_id"))
     config = _read_config(folder, (*LOC, "upload_id"))
     return ResolvedSource(source.model_dump(), f"upload:{upload.id}", config)
 

@@ -1,29 +1,43 @@
 """Model uploads: a tar streamed to a temp file (size-capped, hashed on the way), checked, then unpacked.
 
-Only plain files and folders are accepted: absolute names, ``..``, links and devices are refused before
-anything is extracted, and extraction still uses tarfile's "data" filter as a second guard. A refused
-upload leaves no file and no row behind.
+Only plain files and folders are accepted: absolute names, ``..``, links, devices, fifos and (unless
+settings.allow_remote_code) Python files are refused before anything is extracted, and extraction still
+uses tarfile's "data" filter as a second guard. The unpacked tar stream counts against the upload limit
+too, so a compressed archive cannot unpack (or make tarfile buffer a header) beyond it. A refused upload
+leaves no file and no row behind.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
-import json
+import lzma
 import shutil
 import tarfile
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 import anyio
 from sqlalchemy.orm import Session
 
 from moecomp.api.errors import Invalid, PayloadTooLarge, UnsupportedMediaType
+from moecomp.api.services.model_sources import refuse_remote_code
 from moecomp.persistence.models import Team, Upload, new_id
 from moecomp.settings import Settings
 
 ACCEPTED_TYPES = ("application/x-tar", "application/tar", "application/gzip", "application/x-gzip")
 MAX_MEMBERS = 100_000
 LOC = ("body",)
+CODE_SUFFIXES = (".py", ".pyc")  # what transformers' dynamic modules (auto_map) import
+# Compressed tars by their magic bytes, opened as streams so that the unpacked size can be capped.
+DECOMPRESSORS: dict[bytes, Callable[[IO[bytes]], IO[bytes]]] = {
+    b"\x1f\x8b": lambda raw: gzip.GzipFile(fileobj=raw),
+    b"BZh": lambda raw: bz2.BZ2File(raw),
+    b"\xfd7zXZ\x00": lambda raw: lzma.LZMAFile(raw),
+}
 
 
 def check_content_type(content_type: str | None) -> None:
@@ -52,20 +66,69 @@ async def receive(chunks: AsyncIterator[bytes], dest: Path, limit: int) -> tuple
     return size, digest.hexdigest()
 
 
-def _check_member(member: tarfile.TarInfo) -> None:
+class _CappedStream:
+    """The unpacked tar stream, refusing (413) to be read or skipped past ``limit`` bytes.
+
+    tarfile reads a long-name or pax header whole into memory, and skipping a member of a compressed
+    archive means unpacking it: both are checked before they happen. Unpacking errors (a truncated or
+    corrupt stream) surface as tarfile.ReadError.
+    """
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        # tarfile reads whole blocks, also past the end of an archive just under the limit
+        self._stream, self._limit = stream, limit + tarfile.RECORDSIZE
+
+    def _check(self, end: int) -> None:
+        if end > self._limit:
+            raise too_large(self._limit - tarfile.RECORDSIZE)
+
+    def read(self, size: int = -1) -> bytes:
+        position = self._stream.tell()
+        size = self._limit + 1 - position if size < 0 else size
+        self._check(position + size)
+        try:
+            return self._stream.read(size)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+            raise tarfile.ReadError(f"the compressed stream is truncated or corrupt: {exc}") from None
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            self._check(offset)
+        try:
+            return self._stream.seek(offset, whence)
+        except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+            raise tarfile.ReadError(f"the compressed stream is truncated or corrupt: {exc}") from None
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+
+def _open_archive(raw: IO[bytes], limit: int) -> tarfile.TarFile:
+    magic = raw.read(6)
+    raw.seek(0)
+    opener = next((open_ for prefix, open_ in DECOMPRESSORS.items() if magic.startswith(prefix)), None)
+    stream = opener(raw) if opener is not None else raw
+    return tarfile.open(fileobj=_CappedStream(stream, limit), mode="r:")  # type: ignore[call-overload]
+
+
+def _check_member(member: tarfile.TarInfo, allow_code: bool) -> None:
     name = PurePosixPath(member.name)
     if name.is_absolute() or ".." in name.parts:
         raise Invalid(LOC, f"archive member {member.name!r} would leave the upload folder")
     if not (member.isfile() or member.isdir()):
-        raise Invalid(LOC, f"archive member {member.name!r} is a link or device; only files and folders are allowed")
+        raise Invalid(
+            LOC, f"archive member {member.name!r} is a link, device or fifo; only files and folders are allowed"
+        )
+    if not allow_code and member.isfile() and name.suffix.lower() in CODE_SUFFIXES:
+        raise Invalid(LOC, f"archive member {member.name!r} is Python code, which this server does not run")
 
 
-def _check_members(archive: tarfile.TarFile, limit: int) -> None:
+def _check_members(archive: tarfile.TarFile, limit: int, allow_code: bool) -> None:
     total = 0
     for count, member in enumerate(archive, start=1):
         if count > MAX_MEMBERS:
             raise Invalid(LOC, f"archive has more than {MAX_MEMBERS} members")
-        _check_member(member)
+        _check_member(member, allow_code)
         total += member.size
         if total > limit:  # a compressed archive may unpack far beyond its own size
             raise too_large(limit)
@@ -81,28 +144,18 @@ def _model_folder(root: Path) -> Path:
     raise Invalid(LOC, "the archive has no config.json at its root or in its single top-level folder")
 
 
-def _check_no_remote_code(folder: Path) -> None:
-    for name in ("config.json", "tokenizer_config.json"):
-        path = folder / name
-        try:
-            config = json.loads(path.read_text()) if path.is_file() else {}
-        except (OSError, ValueError):
-            raise Invalid(LOC, f"{name} is not valid JSON") from None
-        if isinstance(config, dict) and "auto_map" in config:
-            raise Invalid(LOC, f"{name} asks for remote code (auto_map), which this server does not allow")
-
-
 def unpack(archive_path: Path, dest: Path, settings: Settings) -> Path:
     """Check and extract the archive into ``dest``; return the model folder. Raises Invalid/413."""
+    limit, allow_code = settings.upload_limit_bytes, settings.allow_remote_code
     try:
-        with tarfile.open(archive_path, "r:*") as archive:
-            _check_members(archive, settings.upload_limit_bytes)
+        with archive_path.open("rb") as raw, _open_archive(raw, limit) as archive:
+            _check_members(archive, limit, allow_code)
             archive.extractall(dest, filter="data")
     except tarfile.TarError as exc:
         raise Invalid(LOC, f"not a readable tar archive ({exc})") from None
     folder = _model_folder(dest)
-    if not settings.allow_remote_code:
-        _check_no_remote_code(folder)
+    if not allow_code:
+        refuse_remote_code(folder, LOC)
     return folder
 
 
