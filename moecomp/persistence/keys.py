@@ -11,7 +11,7 @@ import hmac
 import re
 import secrets
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from moecomp.persistence.models import ApiKey, Team, utcnow
@@ -44,17 +44,21 @@ def create_api_key(session: Session, team_name: str) -> str:
     return key
 
 
+# Built once: every API request runs it, and building the statement cost about as much as running it.
+_LIVE_KEYS_WITH_PREFIX = (
+    select(ApiKey.secret_hash, Team)
+    .join(Team, Team.id == ApiKey.team_id)
+    .where(ApiKey.prefix == bindparam("prefix"), ApiKey.revoked_at.is_(None))
+)
+
+
 def team_for_key(session: Session, key: str | None) -> Team | None:
     """The team owning ``key``, or None for a malformed, unknown or revoked key."""
     match = KEY_RE.match(key or "")
     if match is None:
         return None
     digest = hash_key(key or "")
-    rows = session.execute(
-        select(ApiKey.secret_hash, Team)
-        .join(Team, Team.id == ApiKey.team_id)
-        .where(ApiKey.prefix == match.group(1), ApiKey.revoked_at.is_(None))
-    )
+    rows = session.execute(_LIVE_KEYS_WITH_PREFIX, {"prefix": match.group(1)})
     for secret_hash, team in rows:
         if hmac.compare_digest(secret_hash, digest):
             return team
