@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import event, select
 
+from moecomp.api.app import create_app
 from moecomp.api.dashboard.router import signed_in
 from moecomp.api.deps import COOKIE_NAME, get_team
 from moecomp.persistence.database import Database
@@ -363,3 +364,17 @@ def test_metrics_need_no_key_and_show_no_team_data(client: TestClient, world: Wo
         value for value in [*world.ids.values(), *world.keys.values(), "team-a", "team-b"] if value in metrics.text
     ]
     assert leaked == []
+
+
+def test_the_data_folder_stays_out_of_reach_under_an_allowed_root(
+    settings: Settings, world: World, other_auth: dict[str, str]
+) -> None:
+    # A deployment whose model root holds the service's own data folder (e.g. roots ["/srv"], data /srv/moecomp).
+    wide = settings.model_copy(update={"allowed_model_roots": [settings.data_dir.parent]})
+    upload = settings.uploads_dir / world.ids["upload"] / "tiny"
+    with TestClient(create_app(wide)) as client:
+        for path in (upload, settings.data_dir.parent / "models" / ".." / upload.relative_to(settings.data_dir.parent)):
+            body = {"model": {"kind": "local", "path": str(path)}, "recipe": {"stages": []}}
+            response = client.post("/v1/jobs", json=body, headers=other_auth)
+            assert response.status_code == 422, response.text
+            assert response.json()["detail"][0]["loc"] == ["body", "model", "path"]

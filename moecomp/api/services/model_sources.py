@@ -2,7 +2,8 @@
 (through the family table of compression/adapters, so no family name appears here).
 
 A local path must resolve (symlinks followed) under one of settings.allowed_model_roots, so neither
-``..`` nor a symlink can reach outside them; uploads must belong to the caller's team.
+``..`` nor a symlink can reach outside them, and outside the data folder (other teams' uploads and
+artifacts); uploads must belong to the caller's team.
 """
 
 from __future__ import annotations
@@ -85,9 +86,11 @@ def resolve_local(source: LocalSource, settings: Settings) -> ResolvedSource:
     loc = (*LOC, "path")
     roots = settings.allowed_model_roots
     resolved = [_resolve(c) for c in _local_candidates(source.path, roots)]
-    inside = [c for c in resolved if c is not None and _under(c, roots)]
+    # The data folder holds every team's uploads and artifacts: never a local model, even under a model root.
+    private = settings.data_dir.resolve()
+    inside = [c for c in resolved if c is not None and _under(c, roots) and not c.is_relative_to(private)]
     if not inside:
-        raise Invalid(loc, "path must lie under an allowed model root", source.path)
+        raise Invalid(loc, "path must lie under an allowed model root, outside the service's data folder", source.path)
     folder = next((c for c in inside if _is_file(c / "config.json")), None)
     if folder is None:
         raise Invalid(loc, "no model folder with a config.json at this path", source.path)
