@@ -7,3 +7,12 @@ class StageConfig(BaseModel):
     """Base of every stage config: unknown fields are an error, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+# Upper bounds on the counts a request sets, far above any MoE model's shape, so that no request carries an
+# absurd number (consecutive block_drop keeps `drop` copies of the calibration activations); the model's own
+# shape is checked at submit where its config is readable (api/services/model_sources.py) and by each select().
+MAX_BLOCKS = 256  # decoder blocks (or MoE sub-layers) dropped by one stage
+MAX_EXPERTS = 1024  # routed experts per MoE layer
+MAX_BLOCK_SIZE = 4096  # columns per GPTQ / SparseGPT block
+MAX_GROUP_SIZE = 8192  # input columns per quantization scale

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.base import MAX_BLOCKS, StageConfig
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
 from moecomp.compression.structure import Decisions
 
@@ -27,7 +27,7 @@ from moecomp.compression.structure import Decisions
 class BlockDropConfig(StageConfig):
     family: ClassVar[str] = "trimming"
     method: Literal["block_drop"] = "block_drop"
-    drop: int = Field(5, ge=1, description="Number of decoder blocks to remove.")
+    drop: int = Field(5, ge=1, le=MAX_BLOCKS, description="Number of decoder blocks to remove.")
     mode: Literal["discrete", "consecutive"] = "discrete"
     iterative: bool = Field(False, description="Re-score after each drop instead of one pass (discrete only).")
 

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.base import MAX_EXPERTS, StageConfig
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
 from moecomp.compression.structure import Decisions
 
@@ -35,7 +35,7 @@ class ExpertDropConfig(StageConfig):
     family: ClassVar[str] = "trimming"
     method: Literal["expert_drop"] = "expert_drop"
     mode: Literal["layerwise", "global"] = "layerwise"
-    keep: int = Field(6, ge=1, description="Experts kept per MoE layer (global: on average).")
+    keep: int = Field(6, ge=1, le=MAX_EXPERTS, description="Experts kept per MoE layer (global: on average).")
     iterative: bool = Field(False, description="Re-score after each layer's drop instead of one pass.")
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.base import MAX_BLOCKS, StageConfig
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
 from moecomp.compression.structure import Decisions
 
@@ -28,7 +28,7 @@ METRICS = ("residual", "moe_only")
 class LayerDropConfig(StageConfig):
     family: ClassVar[str] = "trimming"
     method: Literal["layer_drop"] = "layer_drop"
-    drop: int = Field(8, ge=1, description="Number of MoE sub-layers to remove.")
+    drop: int = Field(8, ge=1, le=MAX_BLOCKS, description="Number of MoE sub-layers to remove.")
     metric: Literal["residual", "moe_only"] = "residual"
     iterative: bool = Field(False, description="Re-score after each drop instead of one pass.")
 

@@ -22,7 +22,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.base import MAX_BLOCK_SIZE, StageConfig
 from moecomp.compression.slimming_targets import SCOPES, Scope
 
 Pattern = Literal["2:4", "4:8"]
@@ -36,6 +36,7 @@ class _PruningConfig(StageConfig):
     pattern: Pattern | None = Field(None, description="N:M semi-structured sparsity instead of `sparsity`.")
     scope: list[Scope] = Field(
         default_factory=lambda: ["routed_experts"],
+        max_length=len(SCOPES),
         description="Which linears to prune: routed_experts (default), shared_experts, attention. Never the router.",
     )
 
@@ -78,7 +79,7 @@ class WandaConfig(_PruningConfig):
 
 class SparseGPTConfig(_PruningConfig):
     method: Literal["sparsegpt"] = "sparsegpt"
-    block_size: int = Field(128, ge=1, description="Columns pruned per SparseGPT block.")
+    block_size: int = Field(128, ge=1, le=MAX_BLOCK_SIZE, description="Columns pruned per SparseGPT block.")
     dampening_frac: float = Field(0.01, gt=0, lt=1, description="Added to H's diagonal, as a fraction of its mean.")
 
 

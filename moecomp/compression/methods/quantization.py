@@ -31,7 +31,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.base import MAX_BLOCK_SIZE, MAX_GROUP_SIZE, StageConfig
 from moecomp.compression.slimming_targets import SCOPES, Scope
 
 QUANT_SCOPE_DEFAULT: list[Scope] = list(SCOPES)
@@ -41,6 +41,7 @@ class _QuantizationConfig(StageConfig):
     family: ClassVar[str] = "slimming"
     scope: list[Scope] = Field(
         default_factory=lambda: list(QUANT_SCOPE_DEFAULT),
+        max_length=len(SCOPES),
         description="Which linears to quantize; routed_experts is required. Routers are never quantized.",
     )
 
@@ -55,7 +56,7 @@ class _QuantizationConfig(StageConfig):
 class _IntQuantizationConfig(_QuantizationConfig):
     bits: Literal[4, 8] = Field(4, description="Weight bits.")
     group_size: int | None = Field(
-        128, ge=1, description="Input columns per scale; none = one scale per output channel."
+        128, ge=1, le=MAX_GROUP_SIZE, description="Input columns per scale; none = one scale per output channel."
     )
     symmetric: bool = Field(True, description="Symmetric (no zero point); asymmetric experts cannot be reloaded.")
 
@@ -78,7 +79,7 @@ class GPTQConfig(_IntQuantizationConfig):
         "(outputs still follow the router); off = an expert sees only its routed tokens.",
     )
     dampening_frac: float = Field(0.01, gt=0, lt=1, description="Added to H's diagonal, as a fraction of its mean.")
-    block_size: int = Field(128, ge=1, description="Columns quantized per GPTQ block.")
+    block_size: int = Field(128, ge=1, le=MAX_BLOCK_SIZE, description="Columns quantized per GPTQ block.")
 
 
 class AWQConfig(_IntQuantizationConfig):
