@@ -10,28 +10,42 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from moecomp.compression.methods import STAGE_CONFIGS
 
 Stage = Annotated[Union[STAGE_CONFIGS], Field(discriminator="method")]  # type: ignore[valid-type]  # noqa: UP007
 
-# Bounded so that no request can ask for unbounded memory or disk.
+# Bounded so that no request can ask for unbounded memory or disk: the engine keeps every calibration token's
+# hidden state of a layer (samples x seq_len x hidden), so the product is capped too (4x the study's 128 x 2048).
 MAX_SAMPLES = 4096
 MAX_SEQ_LEN = 32768
+MAX_CALIBRATION_TOKENS = 2**20
+MAX_SOURCES = 16
+SourceName = Annotated[str, Field(min_length=1, max_length=1000)]
 
 
 class CalibrationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sources: list[str] = Field(
+    sources: list[SourceName] = Field(
         default_factory=lambda: ["bundled:shakespeare", "bundled:kjv", "bundled:fortunes", "bundled:python"],
         min_length=1,
+        max_length=MAX_SOURCES,
         description="Text sources: 'bundled:NAME', a local .txt/.jsonl(.gz) path, or 'hub:DATASET[:CONFIG]:SPLIT'.",
     )
     samples: int = Field(128, ge=1, le=MAX_SAMPLES, description="Number of packed sequences.")
     seq_len: int = Field(2048, ge=8, le=MAX_SEQ_LEN, description="Tokens per packed sequence.")
     seed: int | None = Field(None, description="Shuffle the packed blocks with this seed; none keeps file order.")
+
+    @model_validator(mode="after")
+    def _tokens_bounded(self) -> CalibrationSpec:
+        if self.samples * self.seq_len > MAX_CALIBRATION_TOKENS:
+            raise ValueError(
+                f"samples x seq_len = {self.samples * self.seq_len} calibration tokens; at most "
+                f"{MAX_CALIBRATION_TOKENS} (each layer's hidden states for all of them are held at once)"
+            )
+        return self
 
 
 class Recipe(BaseModel):
