@@ -1,4 +1,4 @@
-"""Client commands over the HTTP API: submit, status, watch, download.
+"""Client commands over the HTTP API: submit, status, watch, download, delete.
 
 They read MOECOMP_URL (default http://127.0.0.1:8000) and MOECOMP_KEY (default: the embedded mode's
 key file, data_dir/local-key). Only httpx, yaml and tqdm are imported: no torch in a client.
@@ -52,6 +52,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", default="checkpoint", help="checkpoint, manifest, report, report_html, model_card, log")
     p.add_argument("--out", required=True, type=Path, help="file to write, or an existing folder")
     p.set_defaults(func=download)
+    p = subparsers.add_parser("delete", help="delete an ended job and its artifacts (cancel a running one first)")
+    p.add_argument("job")
+    p.set_defaults(func=delete)
 
 
 def _key() -> str:
@@ -248,4 +251,13 @@ def download(args: argparse.Namespace) -> int:
         dest = args.out / artifact["name"] if args.out.is_dir() else args.out
         sha = fetch_artifact(client, artifact, dest)
     print(f"{dest}  {artifact['bytes']} bytes  sha256 {sha} (verified)")
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    with connect() as client:
+        response = client.delete(f"/v1/jobs/{args.job}")
+    if not response.is_success:
+        _check(response)
+    print(f"deleted job {args.job} and its artifacts", file=sys.stderr)
     return 0

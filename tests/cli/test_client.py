@@ -1,4 +1,4 @@
-"""submit / status / watch / download against the real API (uvicorn in a thread, SQLite, SQLite broker).
+"""submit / status / watch / download / delete against the real API (uvicorn in a thread, SQLite, SQLite broker).
 
 The job itself is run in-process by the worker's task body with a small stand-in body, so that
 these tests are about the client, not about compression.
@@ -115,6 +115,17 @@ def test_failed_job_makes_watch_exit_non_zero(service, tmp_path, tiny_mixtral_di
     run_job_once(service, job_id, body=broken)
     assert main(["watch", job_id]) == 1
     assert "model_not_found" in capsys.readouterr().out
+
+
+def test_delete_refuses_a_queued_job_then_removes_an_ended_one(service, tmp_path, tiny_mixtral_dir, capsys):
+    job_id = submit(tmp_path, tiny_mixtral_dir, capsys)
+    assert main(["delete", job_id]) == 1
+    assert "HTTP 409" in capsys.readouterr().err and main(["status", job_id]) == 0
+    run_job_once(service, job_id, body=small_body)
+    assert (service.artifacts_dir / job_id).is_dir()
+    assert main(["delete", job_id]) == 0
+    assert not (service.artifacts_dir / job_id).exists()
+    assert main(["status", job_id]) == 1 and "HTTP 404" in capsys.readouterr().err
 
 
 def test_model_source_kinds(tmp_path):
