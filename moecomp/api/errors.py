@@ -16,8 +16,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+
+from moecomp.persistence.database import is_transient
 
 log = logging.getLogger(__name__)
+DB_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -111,6 +115,16 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database down or restarting is the service being unavailable for a moment, not a bug: 503."""
+    assert isinstance(exc, DBAPIError)
+    if not is_transient(exc):
+        return await _unexpected(request, exc)
+    log.warning("database unreachable on %s %s: %s", request.method, request.url.path, exc.orig)
+    detail = "the database is unreachable; retry in a few seconds"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": str(DB_RETRY_AFTER_S)})
+
+
 async def _disk_full(request: Request, exc: Exception) -> JSONResponse:
     """A full disk (an upload, say) is the server's storage running out, not a bug: 507, and the service stays up."""
     assert isinstance(exc, OSError)
@@ -124,6 +138,7 @@ async def _disk_full(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(OSError, _disk_full)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Invalid, _invalid)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(Exception, _unexpected)

@@ -6,10 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_POOL = 40
 PG_POOL, PG_OVERFLOW = 10, 20
+# A database that is down refuses at once; one that cannot be reached (a dead host) must not hold a request
+# or a readiness probe for the TCP timeout of minutes.
+PG_CONNECT_TIMEOUT_S = 5
 
 
 def make_engine(url: str) -> Engine:
@@ -29,7 +33,22 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=PG_POOL, max_overflow=PG_OVERFLOW)
+    # pool_pre_ping: after a database restart, pooled connections are dead; each is tested on checkout and
+    # replaced, so the service recovers by itself.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=PG_POOL,
+        max_overflow=PG_OVERFLOW,
+        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost, refused or busy connection (worth a retry), as opposed to a statement the database refused."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 class Database:

@@ -20,9 +20,10 @@ from moecomp.compression.context import Cancelled
 from moecomp.persistence import jobs
 from moecomp.persistence.database import Database
 from moecomp.persistence.jobs import Lease
-from moecomp.persistence.models import Job, JobStatus, Upload, utcnow
+from moecomp.persistence.models import Artifact, Job, JobStatus, Upload, utcnow
 from moecomp.settings import Settings
 from moecomp.worker import artifacts
+from moecomp.worker.db_retry import retrying
 from moecomp.worker.errors import LeaseLost, classify
 from moecomp.worker.heartbeat import heartbeating
 from moecomp.worker.reporter import JobReporter
@@ -78,14 +79,19 @@ def _deadline(settings: Settings, job: Job) -> float:
 
 
 def _prepare(settings: Settings, db: Database, lease: Lease) -> tuple[Job, Upload | None]:
-    """Forget an earlier attempt's partial artifacts and read the job's request."""
+    job, upload = retrying(lambda: _read_request(db, lease))
+    artifacts.remove_other_attempts(settings.artifacts_dir, lease.job_id, lease.attempt)
+    return job, upload
+
+
+def _read_request(db: Database, lease: Lease) -> tuple[Job, Upload | None]:
+    """Forget an earlier attempt's artifact rows (the caller removes the files) and read the job's request."""
     with db.session() as s:
         jobs.clear_artifacts(s, lease)
         job = s.get(Job, lease.job_id)
         assert job is not None
         upload_id = job.model_source.get("upload_id")
         upload = s.get(Upload, upload_id) if job.model_source.get("kind") == "upload" else None
-    artifacts.remove_other_attempts(settings.artifacts_dir, lease.job_id, lease.attempt)
     return job, upload
 
 
@@ -158,11 +164,13 @@ def _drop_outputs(run: Attempt) -> None:
 
 def _record(run: Attempt, kind: str, written: artifacts.WrittenFile) -> None:
     relpath = written.path.relative_to(run.settings.artifacts_dir).as_posix()
-    with run.db.session() as s:
-        row = jobs.record_artifact(
-            s, run.lease, kind=kind, name=written.path.name, relpath=relpath, size=written.size, sha256=written.sha256
-        )
-    if row is None:
+    name, size, sha256 = written.path.name, written.size, written.sha256
+
+    def record() -> Artifact | None:
+        with run.db.session() as s:
+            return jobs.record_artifact(s, run.lease, kind=kind, name=name, relpath=relpath, size=size, sha256=sha256)
+
+    if retrying(record) is None:
         raise LeaseLost()
 
 
@@ -181,6 +189,11 @@ def _write_outputs(run: Attempt, out: JobOutput) -> None:
         run.reporter.sink("progress", "artifacts", {"step": i, "total": total})
 
 
+def _end(run: Attempt, status: JobStatus, code: str | None, message: str | None) -> bool:
+    with run.db.session() as s:
+        return jobs.finish(s, run.lease, status, code, message)
+
+
 def _finish(run: Attempt, status: JobStatus, code: str | None, message: str | None) -> None:
     level = "info" if status == JobStatus.succeeded else "error"
     text = f"job {status.value}" + (f": {code}: {message}" if code else "")
@@ -191,7 +204,6 @@ def _finish(run: Attempt, status: JobStatus, code: str | None, message: str | No
         return
     except OSError:  # no room even for the log (a full disk): the job still ends, with its events in the database
         log.exception("job %s: the log artifact could not be written", run.lease.job_id)
-    with run.db.session() as s:
-        jobs.finish(s, run.lease, status, code, message)
+    retrying(lambda: _end(run, status, code, message))
     # A zombie of an older attempt may have written files after this attempt began; one set remains.
     artifacts.remove_other_attempts(run.settings.artifacts_dir, run.lease.job_id, run.lease.attempt)

@@ -16,6 +16,7 @@ from moecomp.compression.context import RunContext
 from moecomp.persistence import jobs
 from moecomp.persistence.database import Database
 from moecomp.persistence.jobs import Lease
+from moecomp.worker.db_retry import retrying
 from moecomp.worker.errors import JobTimeout, LeaseLost
 
 PROGRESS_EVERY_S = 0.5
@@ -61,6 +62,9 @@ class JobReporter:
             return
         level = str(data.get("level", "info")) if kind == "message" else "info"
         self.log.append(f"{time.strftime('%H:%M:%S')} {level:7} [{stage}] {kind}: {data}")
+        retrying(lambda: self._append(kind, stage, data, level))
+
+    def _append(self, kind: str, stage: str, data: dict[str, Any], level: str = "info") -> None:
         with self.db.session() as s:
             jobs.append_event(s, self.lease.job_id, kind, stage, data, level=level)
 
@@ -72,10 +76,13 @@ class JobReporter:
         if not edge and now - self._last_write.get(stage, float("-inf")) < PROGRESS_EVERY_S:
             return  # throttled: at most a few writes a second, but always the first and last step
         self._last_write[stage] = now
+        retrying(lambda: self._append("progress", stage, {**data, "job_progress": self.progress}))
+        if not retrying(lambda: self._set_progress(stage)):
+            self.lost = True
+
+    def _set_progress(self, stage: str) -> bool:
         with self.db.session() as s:
-            jobs.append_event(s, self.lease.job_id, "progress", stage, {**data, "job_progress": self.progress})
-            if not jobs.set_progress(s, self.lease, self.progress, stage):
-                self.lost = True
+            return jobs.set_progress(s, self.lease, self.progress, stage)
 
     def should_cancel(self) -> bool:
         """True when the job must stop now; the reason is raised by ``raise_if_stopped``."""
@@ -83,9 +90,12 @@ class JobReporter:
             return True
         if self.clock() - self._last_poll >= CANCEL_POLL_S:
             self._last_poll = self.clock()
-            with self.db.session() as s:
-                self._cancel = jobs.cancel_requested(s, self.lease.job_id)
+            self._cancel = retrying(self._cancel_requested)
         return self._cancel
+
+    def _cancel_requested(self) -> bool:
+        with self.db.session() as s:
+            return jobs.cancel_requested(s, self.lease.job_id)
 
     def stop_reason(self) -> BaseException | None:
         """Why should_cancel said stop (checked when the library raised Cancelled): None means a request."""

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import anyio
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from moecomp.api.schemas import EventPublic
-from moecomp.persistence.database import Database
+from moecomp.persistence.database import Database, is_transient
 from moecomp.persistence.models import Job, JobEvent, JobStatus
 
+log = logging.getLogger(__name__)
 MAX_EVENTS = 1000
 KEEPALIVE_S = 15.0
 
@@ -34,6 +37,17 @@ def _poll(db: Database, job_id: str, after: int) -> tuple[list[EventPublic], str
         return list_events(session, job_id, after, MAX_EVENTS), status
 
 
+async def _poll_or_wait(db: Database, job_id: str, after: int) -> tuple[list[EventPublic], str]:
+    """``_poll``; nothing new while the database is unreachable, so that a stream outlives a database restart."""
+    try:
+        return await run_in_threadpool(_poll, db, job_id, after)
+    except DBAPIError as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("event stream of job %s: database unreachable (%s)", job_id, exc.orig)
+        return [], JobStatus.running
+
+
 def sse_frame(event: str, data: str, event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: {data}\n\n"
@@ -43,7 +57,7 @@ async def stream_events(db: Database, job_id: str, after: int, poll_s: float = 0
     """SSE frames for events after ``after``, polling every ``poll_s``; ends with `end` once the job is final."""
     idle = 0.0
     while True:
-        events, status = await run_in_threadpool(_poll, db, job_id, after)
+        events, status = await _poll_or_wait(db, job_id, after)
         for event in events:
             yield sse_frame(event.kind, event.model_dump_json(), event.seq)
             after = event.seq
