@@ -67,13 +67,19 @@ CeleryDep = Annotated[Celery, Depends(get_celery)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_team(
-    session: SessionDep,
+async def presented_key(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cookie: Annotated[str | None, Depends(_cookie)],
-) -> Team:
+) -> str | None:
+    """The key the caller presents: the Bearer header's, else the dashboard cookie's (not checked here)."""
+    return bearer.credentials if bearer is not None else cookie
+
+
+KeyDep = Annotated[str | None, Depends(presented_key)]
+
+
+def get_team(session: SessionDep, key: KeyDep) -> Team:
     """The team of the Bearer key, else of the dashboard cookie; 401 (WWW-Authenticate: Bearer) otherwise."""
-    key = bearer.credentials if bearer is not None else cookie
     team = team_for_key(session, key) if key else None
     if team is None:
         raise Unauthorized()

@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import WithJsonSchema
 
 from moecomp.api.conditional import NOT_MODIFIED, IfNoneMatch, conditional_json
-from moecomp.api.deps import CeleryDep, DatabaseDep, SessionDep, SettingsDep, TeamDep
+from moecomp.api.deps import CeleryDep, DatabaseDep, KeyDep, SessionDep, SettingsDep, TeamDep
 from moecomp.api.responses import json_response, refusals
 from moecomp.api.schemas import ArtifactsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic
 from moecomp.api.services import artifacts, events, jobs
@@ -90,6 +90,7 @@ def stream_events(
     job_id: str,
     session: SessionDep,
     team: TeamDep,
+    key: KeyDep,
     db: DatabaseDep,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     last_event_id: Annotated[int | None, Header(ge=0, le=MAX_SEQ), SEQ_HEADER] = None,
@@ -97,7 +98,7 @@ def stream_events(
     job = jobs.get_job(session, team, job_id)
     start = max(after, last_event_id or 0)  # a reconnecting EventSource resumes after its last event
     return StreamingResponse(
-        events.stream_events(db, job.id, start),
+        events.stream_events(db, job.id, start, key or ""),  # the stream ends once this key is revoked
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
