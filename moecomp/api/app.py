@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI
 
 from moecomp import __version__
 from moecomp.api import dashboard
+from moecomp.api.body_limit import BodyLimit
 from moecomp.api.errors import install_error_handlers
 from moecomp.api.http_metrics import HttpMetrics
 from moecomp.api.routes import artifacts, health, jobs, methods, models
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_slots = None  # see deps.get_session
     app.state.celery = make_celery(settings)
     app.state.metrics = make_registry(db)
+    app.add_middleware(BodyLimit, exempt=("/v1/models",))  # uploads stream to disk under their own limit
     app.add_middleware(HttpMetrics, registry=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)

@@ -21,7 +21,7 @@ _REFUSALS = {
     404: "Not found for this team (another team's ids are not found either).",
     409: "The job's state does not allow it: cancel an ended job, delete a queued or running one.",
     410: "The artifact expired (settings.retention_days after its job ended) and its file was removed.",
-    413: "The upload is larger than the server's limit.",
+    413: "The body (or the unpacked upload) is larger than the server's limit.",
     415: "The body is not a tar archive.",
     416: "The byte range lies outside the file.",
     429: "Too many requests; retry after the Retry-After header's seconds.",

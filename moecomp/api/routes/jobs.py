@@ -22,7 +22,7 @@ MAX_SEQ = 2**31 - 1  # event seq is a 32-bit column
 SEQ_HEADER = WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_SEQ})
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=refusals(400, 429))
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=refusals(400, 413, 429))
 def create_job(
     payload: JobCreate,
     response: Response,

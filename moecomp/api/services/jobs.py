@@ -23,6 +23,7 @@ from moecomp.api.errors import Conflict, Invalid, NotFound
 from moecomp.api.schemas import ErrorPublic, JobCreate, JobPublic
 from moecomp.api.services import limits
 from moecomp.api.services.model_sources import check_recipe_fits, resolve_source
+from moecomp.api.services.text_sources import check_text_sources
 from moecomp.persistence.jobs import FINAL, append_event
 from moecomp.persistence.models import Artifact, Job, JobStatus, Team, utcnow
 from moecomp.settings import Settings
@@ -62,6 +63,7 @@ def _insert(
     source = resolve_source(payload.model, session, settings, team)
     if source.config is not None:
         check_recipe_fits(payload.recipe, source.config)
+    check_text_sources(payload, settings)
     limits.lock_team(session, team)  # until the commit below: the team's submissions go in one at a time
     if key is not None and (twin := _replay(session, team, key, digest)) is not None:
         session.rollback()  # a concurrent request with the same key got in first: answer as its replay
