@@ -300,6 +300,15 @@ def run_load(port: int, headers: dict[str, str], job_ids: list[str], args: argpa
     return {"tally": tally, "cpu": cpu, "load_before": uptime_before, "load_after": os.getloadavg()}
 
 
+def pg_sessions(db: Database) -> int | None:
+    """Connections PostgreSQL has accepted to this database so far (None on SQLite): pool churn shows here."""
+    if db.engine.dialect.name != "postgresql":
+        return None
+    with db.engine.connect() as conn:
+        query = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        return int(conn.exec_driver_sql(query).scalar_one())
+
+
 # --- checks on the burst: the database and the Redis queue ---
 
 
@@ -381,6 +390,11 @@ def report_lines(result: dict, args: argparse.Namespace, seconds: float) -> list
         f"- CPU ms per request: {per_request}",
         f"- cores busy on average: {cores} (of {os.cpu_count()}, shared)",
         f"- load average before {_load(result['load_before'])}, after {_load(result['load_after'])}",
+        *(
+            [f"- PostgreSQL connections opened during the run: {result['pg_sessions']}"]
+            if "pg_sessions" in result
+            else []
+        ),
     ]
 
 
@@ -457,7 +471,10 @@ def main() -> None:
                 url.rsplit("/", 1)[-1] if url.startswith("postgresql") else None,
                 redis_proc and redis_proc.pid,
             )
+            sessions0 = pg_sessions(db)
             result = run_load(port, headers, job_ids, args, roles)
+            if sessions0 is not None:
+                result["pg_sessions"] = (pg_sessions(db) or 0) - sessions0
             lines = report_lines(result, args, args.duration)
             checks = (
                 check_burst(db, broker if broker.startswith("redis") else None, result["tally"].submitted, args.burst)
