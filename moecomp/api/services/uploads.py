@@ -18,7 +18,7 @@ import tarfile
 import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Protocol
 
 import anyio
 from sqlalchemy.orm import Session
@@ -32,8 +32,16 @@ ACCEPTED_TYPES = ("application/x-tar", "application/tar", "application/gzip", "a
 MAX_MEMBERS = 100_000
 LOC = ("body",)
 CODE_SUFFIXES = (".py", ".pyc")  # what transformers' dynamic modules (auto_map) import
+
+
+class _Stream(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
+
+
 # Compressed tars by their magic bytes, opened as streams so that the unpacked size can be capped.
-DECOMPRESSORS: dict[bytes, Callable[[IO[bytes]], IO[bytes]]] = {
+DECOMPRESSORS: dict[bytes, Callable[[IO[bytes]], _Stream]] = {
     b"\x1f\x8b": lambda raw: gzip.GzipFile(fileobj=raw),
     b"BZh": lambda raw: bz2.BZ2File(raw),
     b"\xfd7zXZ\x00": lambda raw: lzma.LZMAFile(raw),
@@ -74,7 +82,7 @@ class _CappedStream:
     corrupt stream) surface as tarfile.ReadError.
     """
 
-    def __init__(self, stream: IO[bytes], limit: int) -> None:
+    def __init__(self, stream: _Stream, limit: int) -> None:
         # tarfile reads whole blocks, also past the end of an archive just under the limit
         self._stream, self._limit = stream, limit + tarfile.RECORDSIZE
 
