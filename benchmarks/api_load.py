@@ -403,7 +403,7 @@ def _load(avg: tuple[float, float, float]) -> str:
 
 
 def write_markdown(path: Path, command: str, setup: str, lines: list[str], checks: list[str]) -> None:
-    text = [f"# `{command}`", "", setup, "", *lines, ""]
+    text = [f"## `{command}`", "", setup, "", *lines, ""]
     if checks:
         text += ["Burst checks:", "", *(f"- {line}" for line in checks), ""]
     path.write_text("\n".join(text))
@@ -485,7 +485,10 @@ def main() -> None:
                 checks.append(f"refusal: {refusal}")
             print("\n".join(lines + [""] + checks))
             if args.markdown:
-                write_markdown(args.markdown, " ".join(["api_load.py", *sys.argv[1:]]), setup, lines, checks)
+                argv = sys.argv[1:]
+                at = argv.index("--markdown") if "--markdown" in argv else len(argv)
+                command = " ".join(["api_load.py", *argv[:at], *argv[at + 2 :]])
+                write_markdown(args.markdown, command, setup, lines, checks)
         finally:
             db.engine.dispose()
             server.terminate()
