@@ -78,9 +78,16 @@ def _deadline(settings: Settings, job: Job) -> float:
     return time.monotonic() + settings.job_time_limit_s - elapsed
 
 
+def work_dir(settings: Settings, lease: Lease) -> Path:
+    return settings.data_dir / "work" / f"{lease.job_id}-{lease.attempt}"
+
+
 def _prepare(settings: Settings, db: Database, lease: Lease) -> tuple[Job, Upload | None]:
     job, upload = retrying(lambda: _read_request(db, lease))
     artifacts.remove_other_attempts(settings.artifacts_dir, lease.job_id, lease.attempt)
+    # A killed attempt never removed its working folder (the checkpoint being built, scratch): this one does.
+    for earlier in range(1, lease.attempt):
+        shutil.rmtree(work_dir(settings, Lease(lease.job_id, lease.worker, earlier)), ignore_errors=True)
     return job, upload
 
 
@@ -113,7 +120,7 @@ class Attempt:
 def _run_claimed(settings: Settings, db: Database, lease: Lease, body: Body) -> None:
     job, upload = _prepare(settings, db, lease)
     reporter = JobReporter(db, lease, _deadline(settings, job))
-    run = Attempt(settings, db, lease, reporter, settings.data_dir / "work" / f"{lease.job_id}-{lease.attempt}")
+    run = Attempt(settings, db, lease, reporter, work_dir(settings, lease))
     try:
         with heartbeating(db, lease, settings.heartbeat_s, on_lost=lambda: setattr(reporter, "lost", True)):
             status, code, message = _attempt(run, job, upload, body)
