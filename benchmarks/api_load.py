@@ -135,6 +135,7 @@ class Http1:
         self.port = port
         self.head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"127.0.0.1:{port}", **headers}.items())
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.resent = 0
 
     async def connect(self) -> None:
         self.streams = await asyncio.open_connection("127.0.0.1", self.port)
@@ -142,13 +143,27 @@ class Http1:
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: str = ""
     ) -> tuple[int, dict[str, str], bytes]:
+        if body:
+            headers += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        message = f"{method} {path} HTTP/1.1\r\n{self.head}{headers}\r\n".encode("latin-1") + body
+        reused = self.streams is not None
+        try:
+            return await self._exchange(message)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            # The server closes a keep-alive connection idle for 5 s (uvicorn's default), racing a request
+            # sent at that moment. Like browsers, send a GET again once on a new connection when a reused
+            # one ends before any answer.
+            if method != "GET" or not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                raise
+            self.resent += 1
+            return await self._exchange(message)
+
+    async def _exchange(self, message: bytes) -> tuple[int, dict[str, str], bytes]:
         if self.streams is None:
             await self.connect()
         reader, writer = self.streams  # type: ignore[misc]
-        if body:
-            headers += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         try:
-            writer.write(f"{method} {path} HTTP/1.1\r\n{self.head}{headers}\r\n".encode("latin-1") + body)
+            writer.write(message)
             lines = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
             fields = dict(line.split(": ", 1) for line in lines[1:] if line)
             answer = {k.lower(): v for k, v in fields.items()}
@@ -174,6 +189,7 @@ class Tally:
     latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     not_modified: int = 0
+    resent: int = 0  # GETs sent again after the server closed an idle keep-alive connection
     submitted: list[list[str]] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     cpu_s: float = 0.0
@@ -184,6 +200,7 @@ class Tally:
         for name, n in other.errors.items():
             self.errors[name] += n
         self.not_modified += other.not_modified
+        self.resent += other.resent
         self.submitted += other.submitted
         self.refusals += other.refusals
         self.cpu_s += other.cpu_s
@@ -194,11 +211,13 @@ async def timed_get(conn: Http1, name: str, path: str, etags: dict[str, str] | N
     condition = f"If-None-Match: {etags[path]}\r\n" if etags is not None and path in etags else ""
     t0 = time.perf_counter()
     try:
-        status, headers, _body = await conn.request("GET", path, headers=condition)
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-        status, headers = 0, {}
+        status, headers, body = await conn.request("GET", path, headers=condition)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+        status, headers, body = 0, {}, repr(exc).encode()
     tally.latency[name].append(time.perf_counter() - t0)
-    tally.errors[name] += status not in (200, 304)
+    if status not in (200, 304):
+        tally.errors[name] += 1
+        tally.refusals.append(f"{name} {status} {body[:200]!r}")
     tally.not_modified += status == 304
     if etags is not None and "etag" in headers:
         etags[path] = headers["etag"]
@@ -208,7 +227,7 @@ async def poller(conn: Http1, job_id: str, stop_at: float, args: argparse.Namesp
     """One dashboard-like user: poll the job every ``interval`` s, list the jobs every ``list_every`` polls."""
     await asyncio.sleep(random.random() * args.interval)  # spread the pollers over the first interval
     etags: dict[str, str] | None = None if args.no_etag else {}
-    i = 0
+    i = random.randrange(args.list_every or 1)  # and their listings over their first polls
     while time.monotonic() < stop_at:
         tick = time.monotonic()
         await timed_get(conn, "poll", f"/v1/jobs/{job_id}", etags, tally)
@@ -264,6 +283,7 @@ async def _drive(share: Share, args: argparse.Namespace) -> Tally:
     work = [poller(c, job, share.stop_at, args, tally) for c, job in zip(pollers, share.poll_jobs, strict=True)]
     await asyncio.gather(*work, *([burst()] if share.burst else []))
     tally.cpu_s = time.process_time() - cpu0
+    tally.resent = sum(c.resent for c in pollers)
     await asyncio.gather(*(c.close() for c in pollers + submitters))
     return tally
 
@@ -386,7 +406,8 @@ def report_lines(result: dict, args: argparse.Namespace, seconds: float) -> list
         *rows,
         "",
         f"- 304 Not Modified: {tally.not_modified} of {polls} polls and listings"
-        + (" (--no-etag: whole bodies)" if args.no_etag else ""),
+        + (" (--no-etag: whole bodies)" if args.no_etag else "")
+        + f"; {tally.resent} sent again on a new connection (the server had closed the idle one)",
         f"- CPU ms per request: {per_request}",
         f"- cores busy on average: {cores} (of {os.cpu_count()}, shared)",
         f"- load average before {_load(result['load_before'])}, after {_load(result['load_after'])}",
@@ -405,7 +426,7 @@ def _load(avg: tuple[float, float, float]) -> str:
 def write_markdown(path: Path, command: str, setup: str, lines: list[str], checks: list[str]) -> None:
     text = [f"## `{command}`", "", setup, "", *lines, ""]
     if checks:
-        text += ["Burst checks:", "", *(f"- {line}" for line in checks), ""]
+        text += ["Checks and error samples:", "", *(f"- {line}" for line in checks), ""]
     path.write_text("\n".join(text))
 
 
@@ -482,7 +503,7 @@ def main() -> None:
                 else []
             )
             for refusal in sorted(set(result["tally"].refusals))[:5]:
-                checks.append(f"refusal: {refusal}")
+                checks.append(f"error sample: {refusal}")
             print("\n".join(lines + [""] + checks))
             if args.markdown:
                 argv = sys.argv[1:]
