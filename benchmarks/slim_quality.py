@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--fixtures", default=",".join(FIXTURES))
     parser.add_argument("--methods", default=",".join(STAGES))
+    parser.add_argument("--device", default="cpu", help="where the pass runs (AWQ needs cuda); perplexity is on CPU")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     rows: dict[str, dict[str, float]] = {}
@@ -62,7 +63,7 @@ def main() -> None:
             work = Path(tempfile.mkdtemp(prefix="slim-quality-"))
             try:
                 start = time.perf_counter()
-                report = run_slimming(model_dir, stage, calib, work / "out", device="cpu", ctx=RunContext())[0]
+                report = run_slimming(model_dir, stage, calib, work / "out", device=args.device, ctx=RunContext())[0]
                 ppl = perplexity(work / "out", held)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -78,7 +79,9 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{values.get(f, float('nan')):.2f}" for f in fixtures) + " |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"calibration": [args.samples, args.seq_len], "rows": rows}, indent=2))
+        args.out.write_text(
+            json.dumps({"calibration": [args.samples, args.seq_len], "device": args.device, "rows": rows}, indent=2)
+        )
 
 
 if __name__ == "__main__":

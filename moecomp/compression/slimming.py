@@ -217,7 +217,7 @@ def export_slimmed(
 ) -> dict[str, Any]:
     """Write the checkpoint, reload it with plain transformers, compare logits, measure bytes on disk."""
     _save(model, family, tokenizer, out_dir, quantized)
-    check = verify_reload(out_dir, model, check_ids)
+    check = verify_reload(out_dir, model, family, check_ids)
     check.update(checkpoint_bytes(out_dir, source_dir))
     if not quantized:
         check["storage"] = DENSE_NOTE

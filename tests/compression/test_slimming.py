@@ -17,6 +17,7 @@ from moecomp.compression.methods.pruning import WandaConfig
 from moecomp.compression.methods.quantization import GPTQConfig, RTNConfig
 from moecomp.compression.slimming import export_slimmed, load_linearized, slim_model, validate_stages
 from moecomp.compression.slimming_llmc import save_conversions
+from moecomp.compression.slimming_verify import ExportMismatch, verify_reload
 from tests.compression.slimming_fixtures import calibration_ids
 
 RELOAD = textwrap.dedent(
@@ -73,6 +74,20 @@ def test_w4a16_checkpoint_reloads_in_a_fresh_interpreter(tmp_path: Path, tiny_qw
     assert reports[0]["results"]["routers_unchanged"]
     config = (out / "config.json").read_text()
     assert '"format": "pack-quantized"' in config and "shared_expert_gate" not in config.split('"ignore"')[0]
+
+
+@torch.no_grad()
+def test_reload_check_names_the_module_that_answers_differently(tmp_path: Path, tiny_mixtral_dir: Path) -> None:
+    model, family, tokenizer = load_linearized(tiny_mixtral_dir, torch.float32)
+    calib = calibration_ids(tiny_mixtral_dir, samples=2, seq_len=32)
+    out = tmp_path / "out"
+    check = export_slimmed(model, family, tokenizer, out, source_dir=tiny_mixtral_dir, quantized=False, check_ids=calib)
+    # embeddings, 8 x (2 norms, 4 attention projections, router, fused experts), final norm, lm_head
+    assert check["reload_modules_checked"] == 1 + 8 * 8 + 2
+    assert check["reload_worst_module_error"] == 0.0 and check["reload_top1_agreement"] == 1.0
+    model.model.layers[3].mlp.experts[5].down_proj.weight.mul_(1.5)  # as if one expert had loaded wrongly
+    with pytest.raises(ExportMismatch, match=r"1 of 67 modules .* worst model\.layers\.3\.mlp\.experts "):
+        verify_reload(out, model, family, calib)
 
 
 @pytest.mark.slow
