@@ -412,7 +412,10 @@ def report_lines(result: dict, args: argparse.Namespace, seconds: float) -> list
         f"- cores busy on average: {cores} (of {os.cpu_count()}, shared)",
         f"- load average before {_load(result['load_before'])}, after {_load(result['load_after'])}",
         *(
-            [f"- PostgreSQL connections opened during the run: {result['pg_sessions']}"]
+            [
+                f"- PostgreSQL connections opened during the run: {result['pg_sessions']} (postgres CPU counts the "
+                "backends still open at the end: those closed meanwhile took theirs along, so it is a lower bound)"
+            ]
             if "pg_sessions" in result
             else []
         ),
