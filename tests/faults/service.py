@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,16 @@ from moecomp.persistence.database import Database
 from moecomp.persistence.keys import create_api_key
 from moecomp.persistence.migrate import upgrade
 from tests.faults.proxy import TcpProxy
-from tests.worker.procs import MOECOMP, free_port, kill_group, service_env, wait_ready
+from tests.worker.procs import free_port, kill_group, process, service_env, wait_ready
 
 # Enough calibration that each of tiny-mixtral's 8 layers takes a noticeable time (~0.2 s on an idle machine),
 # and an evaluation of about two seconds: every phase of a job lasts long enough to be caught from the outside.
 RECIPE = {"stages": [{"method": "expert_drop", "keep": 4}], "calibration": {"samples": 32, "seq_len": 256}}
 EVALUATION = {"perplexity": ["bundled:heldout"], "seq_len": 128, "max_tokens": 2048, "fidelity": False}
+
+
+def as_env(settings: dict[str, str]) -> dict[str, str]:
+    return {f"MOECOMP_{name.upper()}": value for name, value in settings.items()}
 
 
 class Service:
@@ -40,7 +45,7 @@ class Service:
             self.key = create_api_key(s, "faults")
         db.engine.dispose()
         self.api: subprocess.Popen[bytes] | None = None
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs = ExitStack()  # each process is SIGKILLed as a group when the stack closes
 
     @property
     def url(self) -> str:
@@ -48,20 +53,15 @@ class Service:
 
     def set(self, **settings: str) -> None:
         """Change settings for the processes started from now on."""
-        self.env.update({f"MOECOMP_{k.upper()}": v for k, v in settings.items()})
+        self.env.update(as_env(settings))
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, **kwargs)
 
     def start(self, *args: str, log: str, **settings: str) -> subprocess.Popen[bytes]:
         """A moecomp command in its own process group, with these settings on top of the shared ones."""
-        env = {**self.env, **{f"MOECOMP_{k.upper()}": v for k, v in settings.items()}}
-        with open(self.tmp / log, "ab") as out:
-            proc = subprocess.Popen(
-                [*MOECOMP, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.procs.append(proc)
-        return proc
+        env = {**self.env, **as_env(settings)}
+        return self.procs.enter_context(process(env, *args, log=self.tmp / log))
 
     def start_api(self, **settings: str) -> None:
         self.api = self.start("serve", "--port", str(self.port), log="api.log", **settings)
@@ -87,8 +87,7 @@ class Service:
         return "\n".join(f"== {p.name}\n{p.read_text()[-4000:]}" for p in sorted(self.tmp.glob("*.log")))
 
     def close(self) -> None:
-        for proc in self.procs:
-            kill_group(proc)
+        self.procs.close()
 
 
 def through(proxy: TcpProxy, database_url: str) -> str:
