@@ -9,7 +9,7 @@ still ends with one status and one set of artifacts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from moecomp.persistence.models import Artifact, Job, JobEvent, JobStatus, utcnow
 
 FINAL = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+# heartbeat_at of a queued job whose send to the broker failed: older than any cut, so the next reaper pass sends it.
+NEVER_SENT = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,13 @@ def finish(
     result = session.execute(update(Job).where(_owned(lease)).values(**values))
     session.commit()
     return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def mark_unsent(session: Session, job_id: str) -> None:
+    """The job's message never reached the broker: the next reaper pass sends it (see reap_stale), without
+    waiting ``undelivered_after_s`` as for a message that may still sit in the broker."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued).values(heartbeat_at=NEVER_SENT))
+    session.commit()
 
 
 def fail_unclaimed(session: Session, job_id: str, from_status: JobStatus, code: str, message: str) -> bool:

@@ -1,7 +1,7 @@
 """Jobs as the API sees them: submit (idempotent), list (cursor pages), read, cancel.
 
 The job is committed `queued` before it is enqueued, so a worker never receives an id it cannot read;
-a failed enqueue leaves the job queued for the reaper to send again.
+a failed enqueue leaves the job queued, marked for the next reaper pass to send again.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from moecomp.api.schemas import ErrorPublic, JobCreate, JobPublic
 from moecomp.api.services import limits
 from moecomp.api.services.model_sources import check_recipe_fits, resolve_source
 from moecomp.api.services.text_sources import check_text_sources
-from moecomp.persistence.jobs import FINAL, append_event
+from moecomp.persistence.jobs import FINAL, append_event, mark_unsent
 from moecomp.persistence.models import Artifact, Job, JobStatus, Team, utcnow
 from moecomp.settings import Settings
 from moecomp.worker.artifacts import remove_job_files
@@ -105,8 +105,9 @@ def submit_job(
     if submitted.created:
         try:
             enqueue(submitted.job.id)
-        except Exception:  # the broker is down: the job stays queued and the reaper sends it again
+        except Exception:  # the broker is down: the job stays queued and the next reaper pass sends it again
             log.exception("could not enqueue job %s; it stays queued for the reaper", submitted.job.id)
+            mark_unsent(session, submitted.job.id)
     return submitted
 
 
