@@ -93,7 +93,8 @@ def test_compress_awq_then_layer_drop_loads_in_a_fresh_interpreter(tmp_path: Pat
     assert done.stdout.strip().endswith("DroppedMLP")
     # Same function as the dense weights the packed ones stand for: nothing was reloaded at random. bf16 in
     # two processes rounds differently (measured: max |diff| 2.8 on logits ~20, most elements off by ulps),
-    # so the bound is the one verify_reload uses; experts reloaded at random are O(1) apart everywhere.
+    # so the bound is loose (5% mean relative error, 90% top-1 agreement); experts reloaded at random are O(1)
+    # apart everywhere.
     dense = dequantized_view(tmp_path / "out", tmp_path / "dense")
     got, expected = torch.load(tmp_path / "logits.pt"), _logits(dense, ids)
     assert float((got - expected).abs().mean() / expected.abs().mean()) < 0.05
