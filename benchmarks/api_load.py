@@ -98,6 +98,14 @@ def cpu_snapshot(wanted: Callable[[int, int, bytes], bool]) -> dict[int, float]:
     return snapshot
 
 
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, every process of every user: /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - idle) / tick, sum(fields[:8]) / tick
+
+
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds between two snapshots (a process that ended in between is not counted)."""
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
@@ -311,13 +319,24 @@ def run_load(port: int, headers: dict[str, str], job_ids: list[str], args: argpa
     with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(drive, share, args) for share in shares]
         time.sleep(max(0.0, start_at - time.monotonic()))
-        cpu0 = roles.snapshot()
+        cpu0, machine0, t0 = roles.snapshot(), machine_busy_s(), time.monotonic()
         tally = Tally()
         for future in futures:
             tally.merge(future.result())
-        cpu1 = roles.snapshot()
+        cpu1, machine1, elapsed = roles.snapshot(), machine_busy_s(), time.monotonic() - t0
     cpu = {role: cpu_used(cpu0[role], cpu1[role]) for role in cpu0}
-    return {"tally": tally, "cpu": cpu, "load_before": uptime_before, "load_after": os.getloadavg()}
+    cpu["whole machine"] = machine1[0] - machine0[0]
+    # Per server process: uvicorn's workers share one listening socket, and 1,000 connections opened at once
+    # need not be spread evenly; a worker holding most of them is capped at one core by its GIL.
+    per_process = sorted((cpu - cpu0["server"].get(pid, 0.0) for pid, cpu in cpu1["server"].items()), reverse=True)
+    return {
+        "tally": tally,
+        "cpu": cpu,
+        "server_processes": per_process,
+        "elapsed": elapsed,  # the run plus its last answers: what CPU seconds are divided by for "cores"
+        "load_before": uptime_before,
+        "load_after": os.getloadavg(),
+    }
 
 
 def pg_sessions(db: Database) -> int | None:
@@ -398,9 +417,11 @@ def report_lines(result: dict, args: argparse.Namespace, seconds: float) -> list
             f"| {pct(values, 0.95):.1f} | {pct(values, 0.99):.1f} | {max(values) * 1000:.1f} | {n_err} |"
         )
     n = len(everything)
-    cpu = {**result["cpu"], "generator": tally.cpu_s}
+    machine = result["cpu"]["whole machine"]  # everyone's processes, not only the benchmark's
+    cpu = {**{k: v for k, v in result["cpu"].items() if k != "whole machine"}, "generator": tally.cpu_s}
+    cpu["whole machine"] = machine
     per_request = ", ".join(f"{role} {1000 * s / n:.2f}" for role, s in cpu.items())
-    cores = ", ".join(f"{role} {s / seconds:.2f}" for role, s in cpu.items())
+    cores = ", ".join(f"{role} {s / result['elapsed']:.2f}" for role, s in cpu.items())
     polls = len(tally.latency["poll"]) + len(tally.latency["list"])
     return [
         *rows,
@@ -409,7 +430,9 @@ def report_lines(result: dict, args: argparse.Namespace, seconds: float) -> list
         + (" (--no-etag: whole bodies)" if args.no_etag else "")
         + f"; {tally.resent} sent again on a new connection (the server had closed the idle one)",
         f"- CPU ms per request: {per_request}",
-        f"- cores busy on average: {cores} (of {os.cpu_count()}, shared)",
+        f"- cores busy on average: {cores} (of {os.cpu_count()}, shared); server processes "
+        + " / ".join(f"{s / result['elapsed']:.2f}" for s in result["server_processes"])
+        + f" (over {result['elapsed']:.1f} s: the run and its last answers)",
         f"- load average before {_load(result['load_before'])}, after {_load(result['load_after'])}",
         *(
             [
