@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 2048, --small 64)")
     parser.add_argument("--methods", default="gptq,awq")
     parser.add_argument("--skip-plain", action="store_true", help="only the moecomp runs")
+    parser.add_argument("--skip-moecomp", action="store_true", help="only the plain llm-compressor runs")
     parser.add_argument("--tmp-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -160,9 +161,10 @@ def main() -> None:
         print(f"wrote {layers}-layer model in {time.perf_counter() - start:.1f} s to {model_dir}", flush=True)
         stages = {"gptq": GPTQConfig(), "awq": AWQConfig()}
         for name in args.methods.split(","):
-            rows.append(run_moecomp(name, stages[name], model_dir, calib, work / f"out-{name}", device))
-            print(rows[-1], flush=True)
-            shutil.rmtree(work / f"out-{name}", ignore_errors=True)
+            if not args.skip_moecomp:
+                rows.append(run_moecomp(name, stages[name], model_dir, calib, work / f"out-{name}", device))
+                print(rows[-1], flush=True)
+                shutil.rmtree(work / f"out-{name}", ignore_errors=True)
             if not args.skip_plain:
                 rows.append(run_plain(name, model_dir, calib))
                 print(rows[-1], flush=True)
