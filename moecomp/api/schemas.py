@@ -53,7 +53,8 @@ class DetailPublic(BaseModel):
 
 ERROR_CODES = (
     "What ended the job: `timeout` (ran past its time limit), `disk_full` (no space left writing its files; the "
-    "message names the file and the space free), `out_of_memory`, `model_not_found`, `invalid_recipe`, "
+    "message names the file and the space free), `out_of_memory`, `model_not_found`, `invalid_model` (its "
+    "folder asks for remote code, which the server does not allow, or holds an unreadable config), `invalid_recipe`, "
     "`quality_gate` (the evaluation missed the gate; artifacts kept), `worker_lost` (its worker died too often), "
     "`internal`."
 )

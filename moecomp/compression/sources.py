@@ -7,6 +7,7 @@ business (settings.allowed_model_roots); here a source is only resolved.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,26 @@ SIDE_FILES = (
 )
 # Weights, config and side files only: never *.py, so no code from a hub model is fetched.
 HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", *SIDE_FILES]
+# Configs whose auto_map makes transformers import Python shipped with the model (trust_remote_code).
+REMOTE_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 # org/name or name, as the hub spells repository ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def remote_code_config(folder: Path) -> str | None:
+    """The first config of ``folder`` that names remote code (``auto_map``), or None.
+
+    Raises ValueError naming a config that is not valid JSON.
+    """
+    for name in REMOTE_CODE_CONFIGS:
+        path = folder / name
+        try:
+            config = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            raise ValueError(f"{name} is not valid JSON") from None
+        if isinstance(config, dict) and "auto_map" in config:
+            return name
+    return None
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -18,7 +18,7 @@ from moecomp.compression.evaluation.run import evaluate
 from moecomp.compression.evaluation.spec import EvaluationSpec
 from moecomp.compression.pipeline import compress
 from moecomp.compression.recipe import Recipe
-from moecomp.compression.sources import resolve_model
+from moecomp.compression.sources import remote_code_config, resolve_model
 from moecomp.persistence.models import Job, Upload
 from moecomp.settings import Settings
 from moecomp.worker.errors import JobError
@@ -47,18 +47,32 @@ def model_reference(job: Job, upload: Upload | None, settings: Settings) -> tupl
     """The model reference compress() takes, from the job's stored ModelSource."""
     source = job.model_source
     kind = source.get("kind")
-    if kind == "local":
-        path = Path(source["path"])
-        if not (path / "config.json").is_file():
-            raise JobError("model_not_found", f"no config.json under the local model folder {path}")
-        return path, None
-    if kind == "hub":
+    if kind == "hub":  # hub downloads fetch no code (sources.HUB_ALLOW_PATTERNS)
         return source["id"], source.get("revision") or None
-    if kind == "upload":
+    if kind == "local":
+        folder = Path(source["path"])
+        if not (folder / "config.json").is_file():
+            raise JobError("model_not_found", f"no config.json under the local model folder {folder}")
+    elif kind == "upload":
         if upload is None:
             raise JobError("model_not_found", f"upload {source.get('upload_id')} no longer exists")
-        return settings.uploads_dir / upload.relpath, None
-    raise JobError("invalid_recipe", f"unknown model source kind {kind!r}")
+        folder = settings.uploads_dir / upload.relpath
+    else:
+        raise JobError("invalid_recipe", f"unknown model source kind {kind!r}")
+    if not settings.allow_remote_code:
+        refuse_remote_code(folder)
+    return folder, None
+
+
+def refuse_remote_code(folder: Path) -> None:
+    """Checked again when the job starts: the folder may have changed since the API accepted it."""
+    try:
+        name = remote_code_config(folder)
+    except ValueError as exc:
+        raise JobError("invalid_model", f"{folder}: {exc}") from None
+    if name is not None:
+        message = f"{folder}/{name} asks for remote code (auto_map), which this server does not allow"
+        raise JobError("invalid_model", message)
 
 
 def parse_input(job: Job, upload: Upload | None, settings: Settings) -> JobInput:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -123,6 +125,24 @@ def test_missing_local_model_fails_with_model_not_found(settings, db, make_job, 
     job = get_job(db, job_id)
     assert (job.status, job.error_code) == (JobStatus.failed, "model_not_found")
     assert "nowhere" in job.error_message
+
+
+def test_a_local_model_that_asks_for_remote_code_after_submission_is_refused(settings, db, make_job, tmp_path):
+    """The API refuses auto_map at submit; a folder changed afterwards is refused when the job starts, and the
+    module it names is never imported."""
+    folder = tmp_path / "model"
+    shutil.copytree(settings.allowed_model_roots[0] / "tiny-mixtral", folder)
+    marker = tmp_path / "imported"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    job_id = make_job(model_source={"kind": "local", "path": str(folder)})
+    run_job_once(settings, job_id)
+    job = get_job(db, job_id)
+    assert (job.status, job.error_code) == (JobStatus.failed, "invalid_model")
+    assert "config.json asks for remote code" in job.error_message
+    assert not marker.exists()
 
 
 def test_unreadable_recipe_fails_with_invalid_recipe(settings, db, make_job):

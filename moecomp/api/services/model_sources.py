@@ -20,13 +20,12 @@ from moecomp.api.errors import Invalid
 from moecomp.api.schemas import HubSource, LocalSource, UploadSource
 from moecomp.compression.adapters import UnsupportedModel, get_adapter
 from moecomp.compression.recipe import Recipe
+from moecomp.compression.sources import remote_code_config
 from moecomp.persistence.models import Team
 from moecomp.persistence.uploads import find_upload, upload_path
 from moecomp.settings import Settings
 
 LOC = ("body", "model")
-# Files whose auto_map makes transformers import Python shipped with the model (trust_remote_code).
-REMOTE_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 
 
 @dataclass
@@ -65,14 +64,12 @@ def _read_config(folder: Path, loc: tuple[str, ...]) -> dict[str, Any]:
 
 def refuse_remote_code(folder: Path, loc: tuple[str, ...]) -> None:
     """422 at ``loc`` when a config of ``folder`` names remote code (auto_map); for settings.allow_remote_code off."""
-    for name in REMOTE_CODE_CONFIGS:
-        path = folder / name
-        try:
-            config = json.loads(path.read_text()) if path.is_file() else {}
-        except (OSError, ValueError):
-            raise Invalid(loc, f"{name} is not valid JSON") from None
-        if isinstance(config, dict) and "auto_map" in config:
-            raise Invalid(loc, f"{name} asks for remote code (auto_map), which this server does not allow")
+    try:
+        name = remote_code_config(folder)
+    except ValueError as exc:
+        raise Invalid(loc, str(exc)) from None
+    if name is not None:
+        raise Invalid(loc, f"{name} asks for remote code (auto_map), which this server does not allow")
 
 
 def _resolve(path: Path) -> Path | None:
