@@ -91,6 +91,10 @@ def test_head_and_conditional_get(client: TestClient, auth: dict[str, str], arti
     assert head.status_code == 200 and head.headers["content-length"] == str(len(CONTENT)) and head.content == b""
     cached = client.get(url, headers={**auth, "If-None-Match": f'"{artifact["sha256"]}"'})
     assert cached.status_code == 304 and cached.content == b""
+    # a list of tags, a weak one among them (RFC 9110): still the current body
+    listed = client.get(url, headers={**auth, "If-None-Match": f'"0000", W/"{artifact["sha256"]}"'})
+    assert listed.status_code == 304
+    assert client.get(url, headers={**auth, "If-None-Match": '"0000"'}).status_code == 200
 
 
 def test_another_teams_artifact_is_not_found(

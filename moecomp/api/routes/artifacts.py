@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import FileResponse
 
+from moecomp.api.conditional import IfNoneMatch, etag_matches
 from moecomp.api.deps import SessionDep, SettingsDep, TeamDep
 from moecomp.api.responses import refusals
 from moecomp.api.services import artifacts
@@ -27,12 +28,12 @@ def artifact_content(
     settings: SettingsDep,
     team: TeamDep,
     range: Annotated[str | None, Header()] = None,
-    if_none_match: Annotated[str | None, Header()] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     artifact = artifacts.get_artifact(session, team, artifact_id)
     path = artifacts.artifact_file(settings, artifact)
     etag = f'"{artifact.sha256}"'
-    if if_none_match == etag:
+    if etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
     artifacts.check_range(range, path.stat().st_size)
     return FileResponse(
