@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import multiprocessing
 import os
@@ -43,14 +42,17 @@ from itertools import pairwise
 from pathlib import Path
 
 import httpx
-import redis
 from sqlalchemy import func, select
 
-from moecomp.persistence.database import Database
-from moecomp.persistence.keys import create_api_key
-from moecomp.persistence.migrate import upgrade
-from moecomp.persistence.models import Job
-from moecomp.worker.app import DEFAULT_QUEUE
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from moecomp.persistence.database import Database  # noqa: E402
+from moecomp.persistence.keys import create_api_key  # noqa: E402
+from moecomp.persistence.migrate import upgrade  # noqa: E402
+from moecomp.persistence.models import Job  # noqa: E402
+from moecomp.worker.app import DEFAULT_QUEUE  # noqa: E402
+from tests.api.helpers import queued_job_ids  # noqa: E402
 
 JOB_BODY = {"model": {"kind": "local", "path": "tiny-mixtral"}, "recipe": {"stages": []}}
 ACTIVE_JOBS_LIMIT = 1_000_000  # the per-team 429 limit, lifted: this measures load, not admission
@@ -349,21 +351,6 @@ def pg_sessions(db: Database) -> int | None:
 
 
 # --- checks on the burst: the database and the Redis queue ---
-
-
-def queued_job_ids(redis_url: str, queue: str) -> list[str]:
-    """The job ids of the moecomp.run_job messages in the Redis queue, oldest first (kombu LPUSHes)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        raw = client.lrange(queue, 0, -1)
-    finally:
-        client.close()
-    ids = []
-    for message in reversed(raw):
-        envelope = json.loads(message)
-        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
-        ids.append(args[0] if envelope["headers"]["task"] == "moecomp.run_job" else "?")
-    return ids
 
 
 def check_burst(db: Database, redis_url: str | None, submitted: list[list[str]], expected: int) -> list[str]:

@@ -59,11 +59,12 @@ def add_artifact(
         return {"id": row.id, "job_id": job_id, "sha256": sha}
 
 
-def queued_job_ids(redis_url: str) -> list[str]:
-    """The job ids of the moecomp.run_job messages waiting in the Redis queue, oldest first."""
+def queued_job_ids(redis_url: str, queue: str = DEFAULT_QUEUE) -> list[str]:
+    """The job ids of the moecomp.run_job messages waiting in the Redis queue, oldest first (also used by
+    benchmarks/api_load.py)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        raw = client.lrange(DEFAULT_QUEUE, 0, -1)
+        raw = client.lrange(queue, 0, -1)
     finally:
         client.close()
     ids = []
