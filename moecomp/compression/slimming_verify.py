@@ -54,6 +54,11 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(ids.to(device)).logits.float().cpu()
 
 
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """mean |got - expected| / mean |expected|."""
+    return float((got - expected).abs().mean() / expected.abs().mean().clamp_min(1e-12))
+
+
 def _first_tensor(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
@@ -81,7 +86,7 @@ def _module_error(expected_module: nn.Module, got_module: nn.Module, inputs: tup
         return _first_tensor(module(*args)).float().cpu()
 
     expected, got = run(expected_module), run(got_module)
-    return float((got - expected).abs().mean() / expected.abs().mean().clamp_min(1e-12))
+    return relative_error(got, expected)
 
 
 def module_errors(model: nn.Module, reloaded: nn.Module, family: MoEFamily) -> dict[str, float]:
@@ -119,7 +124,7 @@ def verify_reload(
         "reload_modules_checked": len(errors),
         "reload_worst_module": worst,
         "reload_worst_module_error": errors[worst],
-        "reload_relative_error": float((got - expected).abs().mean() / expected.abs().mean().clamp_min(1e-12)),
+        "reload_relative_error": relative_error(got, expected),
         "reload_top1_agreement": float((got.argmax(-1) == expected.argmax(-1)).float().mean()),
     }
 
