@@ -16,6 +16,13 @@ Prints wall times and peak device memory (torch.cuda.max_memory_allocated) and w
     .venv/bin/python benchmarks/slim.py --small --out /tmp/slim_small.json             # CPU, minutes
     python benchmarks/slim.py --out benchmarks/results/slim_h200.json                  # CUDA, full size
 
+To compare the two paths under the same conditions within one 10-minute device command, run them side by side
+on two GPUs of one host (and again with the GPUs swapped); AWQ costs ~150 s per layer at 128 x 2048, so use
+``--layers 2`` for it (benchmarks/results/slim_awq_h200.md):
+
+    CUDA_VISIBLE_DEVICES=0 python benchmarks/slim.py --methods awq --layers 2 --skip-plain --out moecomp.json &
+    CUDA_VISIBLE_DEVICES=1 python benchmarks/slim.py --methods awq --layers 2 --skip-moecomp --out plain.json &
+
 Reference: plain oneshot GPTQ W4A16 g128 on 4 layers of this shape took 127 s at 35.2 GiB on an H200.
 """
 
