@@ -62,6 +62,7 @@ RELOAD = textwrap.dedent(
         with torch.no_grad():
             results[name] = model(ids).logits
         results[name + ":class"] = type(model).__name__
+        results[name + ":kernels"] = (model.config._attn_implementation, model.config._experts_implementation)
     results["isolated"] = isolated
     torch.save(results, "results.pt")
     """
@@ -71,7 +72,7 @@ RELOAD = textwrap.dedent(
 def reload_isolated(tmp_path, jobs: dict[str, tuple[str, bool]], ids: torch.Tensor = IDS) -> dict:
     """Load checkpoints in ``python -I -S`` with only site-packages on sys.path: moecomp is not importable."""
     work = tmp_path / "isolated"
-    work.mkdir()
+    work.mkdir(parents=True)
     (work / "jobs.json").write_text(json.dumps(jobs))
     torch.save(ids, work / "ids.pt")
     (work / "reload.py").write_text(RELOAD.format(site=sysconfig.get_paths()["purelib"]))
@@ -119,6 +120,17 @@ def test_reload_without_moecomp_reproduces_logits(exported, fixture, case):
     stock = loading == "stock"
     assert results[f"{fixture}-{case}:class"].startswith("Moecomp") is not stock
     assert (out / "modeling_moecomp.py").exists() is not stock
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_remote_code_checkpoint_runs_the_stock_kernels_in_a_fresh_interpreter(exported, fixture, request, tmp_path):
+    # transformers caches "may this class choose its kernels" on the class, so a process that loaded the stock
+    # family first answers for the subclass too: each checkpoint gets an interpreter of its own here.
+    _, out, _ = exported[0][f"{fixture}-layer_drop2"]
+    trimmed = reload_isolated(tmp_path / "trimmed", {"m": (str(out), True)})
+    stock = reload_isolated(tmp_path / "stock", {"m": (str(request.getfixturevalue(fixture)), False)})
+    assert trimmed["m:class"].startswith("Moecomp") and not stock["m:class"].startswith("Moecomp")
+    assert trimmed["m:kernels"] == stock["m:kernels"] == ("sdpa", "grouped_mm")
 
 
 def test_config_and_manifest_of_a_remote_code_checkpoint(exported):

@@ -58,4 +58,16 @@ class {prefix}ForCausalLM({model_class}):
     def __init__(self, config):
         super().__init__(config)
         reshape(self, config)
+
+    # transformers lets a class choose its attention and experts kernels only if the source of the class's
+    # own module names them; this module names none, the stock one does. Answer as the stock class, so a
+    # fresh interpreter runs the stock family's kernels (grouped_mm experts), as does a process that has
+    # already loaded the stock class (whose cached answer this class would otherwise inherit).
+    @classmethod
+    def _can_set_attn_implementation(cls):
+        return {model_class}._can_set_attn_implementation()
+
+    @classmethod
+    def _can_set_experts_implementation(cls):
+        return {model_class}._can_set_experts_implementation()
 '''
