@@ -3,13 +3,14 @@
 Packing follows the study (He et al. 2024, arXiv 2406.02500) and the usual GPTQ/AWQ practice:
 each document is tokenized without special tokens and followed by EOS; the documents of all
 sources are concatenated in order and cut into ``seq_len`` blocks; the first ``samples`` blocks
-are taken (all blocks are shuffled first, only when a seed is given).
+are taken. With a seed, the blocks of the first ``SEEDED_POOL_TOKENS`` tokens are shuffled first.
 
 Sources (``CalibrationSpec.sources``):
   bundled:NAME                  moecomp/assets/text/NAME.txt.gz or NAME.txt (bundled:heldout = held-out text)
   /path/file.txt[.gz]           documents separated by form feed (\\f); no form feed = one document
   /path/file.jsonl[.gz]         one JSON object per line with a ``text`` field
-  hub:DATASET[:CONFIG]:SPLIT    the ``text`` column of a Hugging Face dataset (datasets.load_dataset)
+  hub:DATASET[:CONFIG]:SPLIT    the ``text`` column of a Hugging Face dataset, streamed: only the
+                                records packing needs are downloaded, never the whole split
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ import torch
 
 from moecomp.assets import TEXTS
 from moecomp.compression.recipe import CalibrationSpec
+from moecomp.compression.sources import HUB_ID
 
 FORM_FEED = "\f"
 # Documents are tokenized in batches of this many: the fast tokenizer parallelises a batch.
 _TOKENIZE_BATCH = 64
+# A seeded draw shuffles the blocks of at most this many tokens, so a large corpus (a hub split) is read and
+# tokenized only this far. 16x the largest request a job may make (2^20 tokens); all bundled text fits.
+SEEDED_POOL_TOKENS = 2**24
 
 
 class CalibrationSourceError(ValueError):
@@ -44,10 +49,13 @@ class HubSource:
 
 
 def parse_hub_source(source: str) -> HubSource:
-    """Parse ``hub:DATASET[:CONFIG]:SPLIT`` (DATASET may contain a '/', never a ':')."""
+    """Parse ``hub:DATASET[:CONFIG]:SPLIT``; DATASET is a hub id (``name`` or ``org/name``), never a path."""
     parts = source.removeprefix("hub:").split(":")
     if len(parts) not in (2, 3) or not all(parts):
         raise CalibrationSourceError(f"hub source {source!r} must look like 'hub:DATASET[:CONFIG]:SPLIT'")
+    # datasets.load_dataset reads a path as a local folder: a hub source must not reach the worker's files.
+    if not HUB_ID.match(parts[0]):
+        raise CalibrationSourceError(f"hub source {source!r}: DATASET must be a hub id like 'org/name', not a path")
     if len(parts) == 2:
         return HubSource(dataset=parts[0], config=None, split=parts[1])
     return HubSource(dataset=parts[0], config=parts[1], split=parts[2])
@@ -101,25 +109,37 @@ def _read_file(path: Path) -> list[str]:
     raise CalibrationSourceError(f"calibration file {path} must be .txt, .jsonl or their .gz")
 
 
-def _read_hub(source: str) -> list[str]:
+def _read_hub(source: str) -> Iterator[str]:
     hub = parse_hub_source(source)
+    if Path(hub.dataset).exists():  # a relative name of a folder in the worker's working directory
+        raise CalibrationSourceError(f"hub source {source!r} names a folder on this machine, not a hub dataset")
+    yield from stream_dataset_texts(hub.dataset, hub.config, hub.split)
+
+
+def stream_dataset_texts(path: str, config: str | None, split: str) -> Iterator[str]:
+    """The non-empty ``text`` values of a ``datasets`` dataset, streamed: records are fetched as they are read."""
+    where = f"dataset {path!r} (config {config!r}, split {split!r})"
+    count = 0
     try:
         import datasets
 
-        ds: Any = datasets.load_dataset(hub.dataset, hub.config, split=hub.split)
-    except Exception as exc:  # network, auth, unknown dataset: all end the same way for the caller
+        for record in datasets.load_dataset(path, config, split=split, streaming=True):
+            if "text" not in record:
+                raise CalibrationSourceError(f"{where} has no 'text' column: {sorted(record)}")
+            count += 1
+            if isinstance(record["text"], str) and record["text"].strip():
+                yield record["text"]
+    except CalibrationSourceError:
+        raise
+    except Exception as exc:  # network, auth, unknown dataset, a bad file: all end the same way for the caller
         raise CalibrationSourceError(
-            f"could not load hub dataset {hub.dataset!r} (config {hub.config!r}, split {hub.split!r}): "
-            f"{type(exc).__name__}: {exc}. Check the name and that this machine can reach the hub "
-            "(or set HF_DATASETS_OFFLINE=0); otherwise calibrate on bundled or local text."
+            f"could not load {where} after {count} records: {type(exc).__name__}: {exc}. Check the name and "
+            "that this machine can reach the hub; otherwise calibrate on bundled or local text."
         ) from exc
-    if "text" not in ds.column_names:
-        raise CalibrationSourceError(f"hub dataset {hub.dataset!r} has no 'text' column: {ds.column_names}")
-    return [t for t in ds["text"] if isinstance(t, str) and t.strip()]
 
 
-def read_documents(source: str | Path) -> list[str]:
-    """Read the documents of one source (see the module docstring for the forms a source takes)."""
+def read_documents(source: str | Path) -> Iterable[str]:
+    """The documents of one source (see the module docstring for its forms): a list, or a stream for the hub."""
     text = str(source)
     if text.startswith("bundled:"):
         return _read_file(_bundled_path(text.removeprefix("bundled:")))
@@ -145,22 +165,29 @@ def _encode(batch: list[str], tokenizer: Any, eos_id: int) -> Iterator[list[int]
 
 
 def pack_documents(
-    docs: Iterable[str], tokenizer: Any, *, samples: int, seq_len: int, seed: int | None = None
+    docs: Iterable[str],
+    tokenizer: Any,
+    *,
+    samples: int,
+    seq_len: int,
+    seed: int | None = None,
+    pool_tokens: int = SEEDED_POOL_TOKENS,
 ) -> torch.Tensor:
     """Tokenize, append EOS, concatenate and cut into blocks -> LongTensor [samples, seq_len].
 
-    Without a seed only as much text as the first ``samples`` blocks need is tokenized.
+    Only as much text is tokenized as the first ``samples`` blocks need, or with a seed, as the blocks of
+    the first ``pool_tokens`` tokens (at least ``samples`` blocks) need.
     """
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise ValueError("the tokenizer has no EOS token: documents cannot be separated when packing")
-    needed = None if seed is not None else samples * seq_len
+    needed = samples * seq_len if seed is None else max(pool_tokens, samples * seq_len)
     flat: list[int] = []
     for ids in _token_stream(docs, tokenizer, eos_id):
         flat.extend(ids)
-        if needed is not None and len(flat) >= needed:
+        if len(flat) >= needed:
             break
-    n_blocks = len(flat) // seq_len
+    n_blocks = min(len(flat), needed) // seq_len
     if n_blocks < samples:
         raise ValueError(
             f"calibration text too short: {len(flat)} tokens make {n_blocks} blocks of {seq_len} tokens, "

@@ -31,7 +31,7 @@ HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.j
 # Configs whose auto_map makes transformers import Python shipped with the model (trust_remote_code).
 REMOTE_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 # org/name or name, as the hub spells repository ids.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def remote_code_config(folder: Path) -> str | None:
@@ -103,6 +103,6 @@ def resolve_model(
         kind = "local" if isinstance(source, Path) or _looks_local(text) else "hub"
     if kind == "local":
         return _check_checkpoint(Path(text).expanduser().resolve(), text)
-    if not _HUB_ID.match(text):
+    if not HUB_ID.match(text):
         raise ModelNotFoundError(f"{text!r} is neither an existing folder nor a hub id like 'org/name'")
     return _download(text, revision, cache_dir)

@@ -198,6 +198,7 @@ def test_a_body_over_the_cap_is_413_before_it_is_read_whole(client: TestClient, 
         ("/etc/hostname.txt", "allowed model root"),
         ("bundled:nope", "unknown bundled text"),
         ("hub:", "hub source"),
+        ("hub:/srv/other-team:train", "not a path"),
     ],
 )
 def test_text_sources_outside_the_allowed_places_are_refused(

@@ -1,6 +1,7 @@
 """Calibration text: every source form reads the right documents; packing matches a direct reference."""
 
 import gzip
+import itertools
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from moecomp.compression.data import (
     pack_documents,
     parse_hub_source,
     read_documents,
+    stream_dataset_texts,
 )
 from moecomp.compression.recipe import CalibrationSpec
 
@@ -89,8 +91,49 @@ def test_hub_source_offline_error_is_clear(monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(CalibrationSourceError, match="could not load hub dataset 'someorg/nothing'"):
-        read_documents("hub:someorg/nothing:train")
+    with pytest.raises(CalibrationSourceError, match="could not load dataset 'someorg/nothing'"):
+        list(read_documents("hub:someorg/nothing:train"))
+
+
+@pytest.mark.parametrize("dataset", ["/etc", "../srv/data", "~/data", "a/b/c"])
+def test_a_hub_source_is_never_a_path(dataset):
+    with pytest.raises(CalibrationSourceError, match="hub id like 'org/name', not a path"):
+        parse_hub_source(f"hub:{dataset}:train")
+
+
+def test_a_hub_source_naming_a_local_folder_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "var").mkdir()
+    monkeypatch.chdir(tmp_path)  # datasets would read ./var from the worker's working directory
+    with pytest.raises(CalibrationSourceError, match="names a folder on this machine"):
+        list(read_documents("hub:var:train"))
+
+
+def test_datasets_are_streamed_as_far_as_packing_reads(tokenizer, tmp_path):
+    # A local folder stands in for the hub (the same datasets.load_dataset call, no network). Its second file
+    # is not JSON: reading the split whole would fail, streaming stops before it.
+    (tmp_path / "ds").mkdir()
+    docs = [f"document number {i} of the streamed split" for i in range(200)]
+    (tmp_path / "ds" / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    (tmp_path / "ds" / "b.jsonl").write_text("this line is not JSON\n")
+    stream = stream_dataset_texts(str(tmp_path / "ds"), None, "train")
+    blocks = pack_documents(stream, tokenizer, samples=4, seq_len=32)
+    assert torch.equal(blocks, reference_blocks(docs, tokenizer, 32)[:4])
+    stream = stream_dataset_texts(str(tmp_path / "ds"), None, "train")
+    seeded = pack_documents(stream, tokenizer, samples=4, seq_len=32, seed=0, pool_tokens=16 * 32)
+    pool = {tuple(r.tolist()) for r in reference_blocks(docs, tokenizer, 32)[:16]}
+    assert all(tuple(r.tolist()) in pool for r in seeded)
+    with pytest.raises(CalibrationSourceError, match=r"after 200 records: ArrowInvalid"):
+        list(stream_dataset_texts(str(tmp_path / "ds"), None, "train"))
+    (tmp_path / "nt").mkdir()
+    (tmp_path / "nt" / "a.jsonl").write_text(json.dumps({"content": "x"}) + "\n")
+    with pytest.raises(CalibrationSourceError, match=r"has no 'text' column: \['content'\]"):
+        list(stream_dataset_texts(str(tmp_path / "nt"), None, "train"))
+
+
+def test_a_seeded_draw_reads_a_bounded_pool(tokenizer):
+    endless = itertools.cycle(["an endless corpus of the same few words"])  # a huge hub split, in effect
+    blocks = pack_documents(endless, tokenizer, samples=4, seq_len=32, seed=1, pool_tokens=4096)
+    assert blocks.shape == (4, 32)
 
 
 def test_packing_equals_reference(tokenizer):
