@@ -25,6 +25,7 @@ _REFUSALS = {
     415: "The body is not a tar archive.",
     416: "The byte range lies outside the file.",
     429: "Too many requests; retry after the Retry-After header's seconds.",
+    507: "The server's disk is full; nothing was kept from this request.",
 }
 # FastAPI declares 422 itself only for routes with declared parameters.
 VALIDATION = {

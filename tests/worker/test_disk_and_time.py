@@ -197,6 +197,7 @@ def test_full_data_disk_fails_the_job_and_the_upload_and_the_service_stays_up(
         assert f"writing {disk / 'work' / full}-1 (" in job["error"]["message"]
         upload = client.post("/v1/models", content=model_tar(3 * 2**20), headers={"Content-Type": "application/x-tar"})
         assert upload.status_code == 507 and "disk is full" in upload.json()["detail"]
+        assert "507" in client.get("/openapi.json").json()["paths"]["/v1/models"]["post"]["responses"]
         assert files_under(disk) == ["job.log"]  # no checkpoint shard, no half upload
         assert client.get("/readyz").status_code == 200
         grow(disk, "64m")

@@ -25,7 +25,7 @@ TAR_BODY = {
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=UploadPublic,
-    responses={**refusals(401, 413, 415), 422: VALIDATION},
+    responses={**refusals(401, 413, 415, 507), 422: VALIDATION},
     openapi_extra=TAR_BODY,
 )
 async def upload_model(request: Request, session: SessionDep, settings: SettingsDep, team: TeamDep) -> UploadPublic:
