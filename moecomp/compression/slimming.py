@@ -15,6 +15,8 @@ Every export is reloaded and its logits compared with the in-memory model before
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -171,9 +173,26 @@ def _save(model: PreTrainedModel, family: MoEFamily, tokenizer: Any, out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     if quantized:
         model.save_pretrained(str(out_dir), save_compressed=True)  # llm-compressor's wrapper: pack-quantized
+        _routed_experts_scheme_first(out_dir / "config.json", family)
     else:
         PreTrainedModel.save_pretrained(model, str(out_dir))  # plain transformers: dense safetensors
     tokenizer.save_pretrained(str(out_dir))
+
+
+def _routed_experts_scheme_first(config_path: Path, family: MoEFamily) -> None:
+    """Put the routed experts' scheme first among the saved quantization schemes.
+
+    transformers dequantizes fused experts at load with the first scheme whose regexes mention "experts",
+    and compressed-tensors saves the schemes in the order modules first use them: attention and shared
+    experts come before the routed experts in a decoder layer, so DeepSeek's ``shared_experts`` scheme
+    (another group size) would be applied to the routed experts.
+    """
+    config = json.loads(config_path.read_text())
+    groups = config["quantization_config"]["config_groups"].values()
+    routed = re.escape(family.layout.experts) + r"\.\d+\."  # as it appears inside the targets' regexes
+    ordered = sorted(groups, key=lambda group: not any(routed in target for target in group["targets"]))
+    config["quantization_config"]["config_groups"] = {f"group_{i}": group for i, group in enumerate(ordered)}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def slim_model(

@@ -111,14 +111,31 @@ def awq_mappings(model: nn.Module, family: MoEFamily, config: AWQConfig) -> list
     moe_balance = [_suffix(layout.router)] if config.preserve_routing else []
     moe_balance += _shared_balance(model, family, config.preserve_routing)
     moe_balance += [experts + "gate_proj$", experts + "up_proj$"]
+    # Only MoE layers: a dense layer's post-attention norm feeds none of these (DeepSeek's first layers).
+    moe_layers = rf"re:.*{re.escape(layout.layers)}\.({'|'.join(map(str, family.moe_layers(model.config)))})\."
     mappings = [
-        AWQMapping(_suffix(layout.post_attention_norm), moe_balance),
+        AWQMapping(moe_layers + re.escape(layout.post_attention_norm) + "$", moe_balance),
         AWQMapping("re:.*up_proj$", ["re:.*down_proj$"]),
     ]
     if "attention" in config.scope:
-        mappings = [
+        mappings = [*_attention_mappings(model, family), *mappings]
+    return mappings
+
+
+def _attention_mappings(model: nn.Module, family: MoEFamily) -> list[AWQMapping]:
+    """Smoothing pairs inside attention: q/k/v after the input norm and v -> o; or, for multi-head latent
+    attention (DeepSeek), the down-projections after the input norm and each up-projection after its own
+    norm (MLA has no v -> o pair: o_proj reads the attention output, not v_proj's)."""
+    attention = model.get_submodule(family.layout.layers)[0].get_submodule(family.layout.attention)
+    children = {name for name, _ in attention.named_children()}
+    if "kv_a_proj_with_mqa" not in children:
+        return [
             AWQMapping("re:.*input_layernorm$", ["re:.*q_proj$", "re:.*k_proj$", "re:.*v_proj$"]),
             AWQMapping("re:.*v_proj$", ["re:.*o_proj$"]),
-            *mappings,
         ]
+    query = "q_a_proj" if "q_a_proj" in children else "q_proj"  # q_lora_rank None: one query projection
+    mappings = [AWQMapping("re:.*input_layernorm$", [_suffix(query), "re:.*kv_a_proj_with_mqa$"])]
+    if "q_a_layernorm" in children:
+        mappings.append(AWQMapping("re:.*q_a_layernorm$", ["re:.*q_b_proj$"]))
+    mappings.append(AWQMapping("re:.*kv_a_layernorm$", ["re:.*kv_b_proj$"]))
     return mappings

@@ -1,0 +1,83 @@
+"""Every slimming stage on every supported family (tiny random weights): it runs, exports and reloads.
+
+run_slimming itself reloads each export with plain transformers and compares it module by module with the
+in-memory model, so a run that returns is a checkpoint that loads; the tests check what it reports and what
+it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from moecomp.compression.adapters import get_adapter
+from moecomp.compression.context import RunContext
+from moecomp.compression.methods.pruning import MagnitudeConfig, SparseGPTConfig, WandaConfig
+from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, RTNConfig
+from moecomp.compression.slimming import run_slimming
+from moecomp.compression.slimming_verify import MODULE_TOLERANCE
+from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
+
+STAGES = {
+    "rtn": RTNConfig(),
+    "gptq": GPTQConfig(),
+    "awq": AWQConfig(),
+    "magnitude": MagnitudeConfig(sparsity=0.5),
+    "wanda": WandaConfig(pattern="2:4"),
+    "sparsegpt": SparseGPTConfig(sparsity=0.5),
+}
+QUANTIZATION = ("rtn", "gptq", "awq")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("families")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mixtral_dir)
+    for model_type in FAMILY_CONFIGS:
+        tiny_model(model_type).save_pretrained(root / model_type)
+        tokenizer.save_pretrained(root / model_type)
+    return {model_type: root / model_type for model_type in FAMILY_CONFIGS}
+
+
+def _router_times_norm(model_dir: Path, layer: int) -> torch.Tensor:
+    """W_router * g_norm: the router's logits are (W * g) @ x_hat, so AWQ's fold must leave this product alone."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    layout = get_adapter(model.config).layout
+    block = model.get_submodule(layout.layers)[layer]
+    router = block.get_submodule(layout.router).weight
+    return router.float() * block.get_submodule(layout.post_attention_norm).weight.float()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", STAGES)
+@pytest.mark.parametrize("model_type", FAMILY_CONFIGS)
+def test_every_slimming_stage_on_every_family(sources: dict[str, Path], tmp_path: Path, model_type: str, method: str):
+    source = sources[model_type]
+    calib = torch.randint(1, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+    report = run_slimming(source, [STAGES[method]], calib, tmp_path, device="cpu", ctx=RunContext())[0]
+    assert report["checkpoint"]["reload_worst_module_error"] <= MODULE_TOLERANCE
+    results = report["results"]
+    config = AutoConfig.from_pretrained(source)
+    family = get_adapter(config)
+    moe_layers = family.moe_layers(config)
+    assert results["targets"]["routed_experts"] == 3 * family.num_experts(config) * len(moe_layers)
+    assert results["routers_unchanged"] is (method != "awq")  # AWQ folds its scale into the router
+    if method not in QUANTIZATION:
+        realized = results["realized_sparsity"].values()
+        # llm-compressor's SparseGPT also prunes the weight at its threshold: one extra per 128-column block
+        # (1 of 2048 in these tiny experts, 1 of ~500,000 in Mixtral-8x7B's).
+        assert all(v == (pytest.approx(0.5, abs=1e-3) if method == "sparsegpt" else 0.5) for v in realized)
+        return
+    saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert saved["format"] == "pack-quantized"
+    # transformers dequantizes fused experts with the first scheme naming "experts": it must be theirs.
+    first = next(iter(saved["config_groups"].values()))
+    assert any(r"experts\.\d+\." in target for target in first["targets"]), first["targets"]
+    assert first["weights"]["group_size"] == results["group_sizes"]["routed_experts"]
+    if method == "awq":
+        for layer in moe_layers:
+            torch.testing.assert_close(_router_times_norm(tmp_path, layer), _router_times_norm(source, layer))
