@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moecomp.compression.methods import STAGE_CONFIGS
+from moecomp.compression.methods.quantization import QuantizationStage
 
 Stage = Annotated[Union[STAGE_CONFIGS], Field(discriminator="method")]  # type: ignore[valid-type]  # noqa: UP007
 
@@ -54,6 +55,29 @@ class Recipe(BaseModel):
     version: Literal[1] = 1
     stages: list[Stage] = Field(default_factory=list, max_length=32)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_compose(cls, stages: list[Any]) -> list[Any]:
+        """Refuse, before any work, the orders the engine cannot run (it would fail mid-job)."""
+        quantized = layer_drop = None
+        for i, stage in enumerate(stages):
+            if stage.family != "slimming":
+                layer_drop = i if layer_drop is None and stage.method == "layer_drop" else layer_drop
+                continue
+            if quantized is not None:
+                raise ValueError(
+                    f"stage {i} ({stage.method}) comes after the quantization stage {quantized} "
+                    f"({stages[quantized].method}): a quantized checkpoint is not slimmed again; quantize last"
+                )
+            if layer_drop is not None:
+                raise ValueError(
+                    f"stage {i} ({stage.method}) comes after layer_drop (stage {layer_drop}), whose checkpoint needs "
+                    "its own modeling code, which slimming cannot load yet; put the slimming stages first"
+                )
+            if isinstance(stage, QuantizationStage):
+                quantized = i
+        return stages
 
 
 def load_recipe(path: Path) -> Recipe:

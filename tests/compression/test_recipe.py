@@ -44,3 +44,26 @@ def test_bad_stages_are_refused_with_their_location(stage, loc):
     with pytest.raises(ValidationError) as err:
         Recipe.model_validate({"stages": [stage]})
     assert tuple(err.value.errors()[0]["loc"]) == loc
+
+
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        (["gptq", "wanda"], "stage 1 (wanda) comes after the quantization stage 0 (gptq)"),
+        (["rtn", "block_drop", "awq"], "stage 2 (awq) comes after the quantization stage 0 (rtn)"),
+        (["layer_drop", "magnitude"], "stage 1 (magnitude) comes after layer_drop (stage 0)"),
+        (["expert_drop", "layer_drop", "block_drop", "gptq"], "stage 3 (gptq) comes after layer_drop (stage 1)"),
+    ],
+)
+def test_orders_the_engine_cannot_run_are_refused_up_front(methods, message):
+    with pytest.raises(ValidationError) as err:
+        Recipe.model_validate({"stages": [{"method": m} for m in methods]})
+    assert tuple(err.value.errors()[0]["loc"]) == ("stages",) and message in err.value.errors()[0]["msg"]
+
+
+@pytest.mark.parametrize(
+    "methods",
+    [["wanda", "sparsegpt", "awq", "layer_drop", "block_drop"], ["expert_drop", "block_drop", "magnitude", "rtn"]],
+)
+def test_slimming_then_trimming_and_trimming_then_slimming_are_accepted(methods):
+    assert [s.method for s in Recipe.model_validate({"stages": [{"method": m} for m in methods]}).stages] == methods
