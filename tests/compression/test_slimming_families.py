@@ -16,9 +16,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from moecomp.compression.adapters import get_adapter
 from moecomp.compression.context import RunContext
+from moecomp.compression.methods.block_drop import BlockDropConfig
+from moecomp.compression.methods.layer_drop import LayerDropConfig
 from moecomp.compression.methods.pruning import MagnitudeConfig, SparseGPTConfig, WandaConfig
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, RTNConfig
+from moecomp.compression.pipeline import compress
+from moecomp.compression.recipe import CalibrationSpec, Recipe
 from moecomp.compression.slimming import run_slimming
+from moecomp.compression.slimming_dequant import dequantized_view
 from moecomp.compression.slimming_verify import MODULE_TOLERANCE
 from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
 
@@ -81,3 +86,25 @@ def test_every_slimming_stage_on_every_family(sources: dict[str, Path], tmp_path
     if method == "awq":
         for layer in moe_layers:
             torch.testing.assert_close(_router_times_norm(tmp_path, layer), _router_times_norm(source, layer))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trim", [LayerDropConfig(drop=1), BlockDropConfig(drop=1)], ids=lambda s: s.method)
+def test_the_studys_headline_recipes_on_deepseek_v3(tmp_path: Path, tiny_mixtral_dir: Path, trim) -> None:
+    """[awq 4-bit, layer_drop] and [awq 4-bit, block_drop]: the packed, trimmed checkpoint loads and is exactly
+    the dense model its weights stand for."""
+    source = tmp_path / "source"
+    tiny_model("deepseek_v3", vocab_size=8192).save_pretrained(source)  # the tokenizer's vocabulary
+    AutoTokenizer.from_pretrained(tiny_mixtral_dir).save_pretrained(source)
+    recipe = Recipe(stages=[AWQConfig(), trim], calibration=CalibrationSpec(samples=8, seq_len=32, seed=0))
+    manifest = compress(source, recipe, tmp_path / "out", device="cpu")
+    assert [s["method"] for s in manifest["stages"]] == ["awq", trim.method]
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]["format"] == (
+        "pack-quantized"
+    )
+    ids = torch.randint(0, 8192, (2, 16), generator=torch.Generator().manual_seed(0))
+    dense = dequantized_view(tmp_path / "out", tmp_path / "dense")
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True)(ids).logits
+        expected = AutoModelForCausalLM.from_pretrained(dense, trust_remote_code=True)(ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

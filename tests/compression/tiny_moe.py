@@ -57,17 +57,19 @@ FAMILY_CONFIGS: dict[str, dict] = {
 }
 
 
-def tiny_config(model_type: str) -> PretrainedConfig:
-    kwargs = {**COMMON, **FAMILY_CONFIGS[model_type]}
+def tiny_config(model_type: str, **overrides: object) -> PretrainedConfig:
+    kwargs = {**COMMON, **FAMILY_CONFIGS[model_type], **overrides}
     config = AutoConfig.for_model(model_type, **kwargs)
     config._attn_implementation = "sdpa"
     return config
 
 
-def tiny_model(model_type: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def tiny_model(
+    model_type: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides: object
+) -> PreTrainedModel:
     """A random model; router and correction bias get non-trivial values so routing is not degenerate."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type), dtype=dtype)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), dtype=dtype)
     with torch.no_grad():
         for name, tensor in model.named_parameters():
             tensor.normal_(0.0, 0.02 if "norm" not in name else 0.1).add_(1.0 if "norm" in name else 0.0)
