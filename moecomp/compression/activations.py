@@ -131,6 +131,39 @@ class Plan:
         )
 
 
+class HostMemoryError(MemoryError):
+    """A pass that would need more host memory than the machine has available, refused before it starts."""
+
+
+def available_host_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping), None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_host_memory(plan: Plan, device: torch.device, extra_bytes: int, available: int | None = None) -> None:
+    """Refuse a pass whose host memory, counted low (activations held on the host, two layers' weights and
+    ``extra_bytes`` of the observers), exceeds what is available: better now than killed hours in."""
+    available = available_host_bytes() if available is None else available
+    on_host = device.type != "cuda" or not plan.activations_on_device
+    activations = 2 * plan.activation_bytes if on_host else 0
+    needed = activations + 2 * plan.layer_bytes + extra_bytes
+    if available is not None and needed > available:
+        gib = 2**30
+        raise HostMemoryError(
+            f"this pass needs at least {needed / gib:.1f} GiB of host memory (activations {activations / gib:.1f}, "
+            f"two layers' weights {2 * plan.layer_bytes / gib:.1f}, the stages' own buffers {extra_bytes / gib:.1f}, "
+            f"e.g. consecutive block_drop's 'drop' copies of the hidden states) and {available / gib:.1f} GiB are "
+            "available; lower calibration samples x seq_len or block_drop's drop"
+        )
+
+
 def layer_nbytes(layer: nn.Module, dtype: torch.dtype) -> int:
     size = torch.tensor([], dtype=dtype).element_size()
     return sum(t.numel() * size for t in layer.state_dict(keep_vars=True).values())

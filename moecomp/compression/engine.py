@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from moecomp.compression.activations import Plan, build_skeleton, capture, layer_kwargs, make_plan
+from moecomp.compression.activations import Plan, build_skeleton, capture, check_host_memory, layer_kwargs, make_plan
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.context import RunContext
 from moecomp.compression.lazy_checkpoint import WeightSource, assign_tensors, layer_prefix, state_names
@@ -180,6 +180,7 @@ def calibrate(
     shape = (ids.shape[0], ids.shape[1])
     plan = make_plan(model, family, shape, device, dtype, micro_batch, activations_on_device=activations_on_device)
     ctx.message(stage, plan.describe(*ids.shape))
+    check_host_memory(plan, device, sum(observer.host_bytes(plan.activation_bytes) for observer in observers))
     loader = LayerLoader(model, source, prior, device, dtype)
     try:
         in_pass = _run_layers(loader, ids, observers, plan, ctx, stage)

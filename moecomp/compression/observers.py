@@ -43,6 +43,10 @@ class Observer:
         """In-pass decision: original expert ids to keep in this layer, or None to leave it."""
         return None
 
+    def host_bytes(self, activation_bytes: int) -> int:
+        """Host memory the observer holds at once, given the bytes of one [N, L, H] activation buffer."""
+        return 0
+
 
 @dataclass(frozen=True)
 class SelectContext:

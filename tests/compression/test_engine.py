@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from moecomp.compression.activations import HostMemoryError, Plan, check_host_memory
 from moecomp.compression.adapters import get_adapter
 from moecomp.compression.context import Cancelled, RunContext
 from moecomp.compression.engine import calibrate
@@ -192,3 +193,27 @@ def test_a_trimmed_remote_code_checkpoint_is_read_as_its_stock_family(tiny_mixtr
     assert all(abs(layers.similarity("residual")[i] - v) < 1e-5 for i, v in reference.items())
     adjacent = block_similarity(block_states(model, ids), 1)
     assert all(abs(blocks.similarity()[i] - v) < 1e-5 for i, v in adjacent.items())
+
+
+def test_consecutive_block_drop_holds_the_host_memory_it_declares(tmp_path: Path) -> None:
+    tiny_model("deepseek_v3").save_pretrained(tmp_path)
+    source = SafetensorsSource(tmp_path)
+    *_, blocks = _observers(source, window=3)
+    result = calibrate(source, _ids(), [blocks], dtype=torch.float32)
+    held = sum(t.nbytes for t in blocks._inputs.values())
+    assert len(blocks._inputs) == 3 and held == blocks.host_bytes(result.plan.activation_bytes)
+
+
+def test_a_pass_that_cannot_fit_in_host_memory_is_refused_before_it_starts() -> None:
+    plan = Plan(activations_on_device=True, micro_batch=1, activation_bytes=2**30, layer_bytes=2**20)
+    window = BlockSimilarity(BlockDropConfig(drop=8, mode="consecutive"), None).host_bytes(plan.activation_bytes)
+    cpu = torch.device("cpu")
+    with pytest.raises(HostMemoryError, match=r"needs at least 10\.0 GiB .* block_drop's drop") as refused:
+        check_host_memory(plan, cpu, window, available=9 * 2**30)
+    assert "and 9.0 GiB are available" in str(refused.value)
+    check_host_memory(plan, cpu, window, available=11 * 2**30)
+    # On CUDA with the activations on the device, only the window and the weights stay on the host.
+    check_host_memory(plan, torch.device("cuda"), window, available=9 * 2**30)
+    # The machine's own MemAvailable: no machine has a pebibyte.
+    with pytest.raises(HostMemoryError):
+        check_host_memory(Plan(True, 1, 2**50, 0), cpu, 0)

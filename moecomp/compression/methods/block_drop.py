@@ -77,6 +77,9 @@ class BlockSimilarity(Observer):
             key = self.blocks[first]
             self.window_sums[key] = self.window_sums.get(key, 0.0) + score(h_first, h_out).double()
 
+    def host_bytes(self, activation_bytes: int) -> int:
+        return self.window * activation_bytes if self.window > 1 else 0  # the inputs of the open windows
+
     def similarity(self) -> dict[int, float]:
         return {i: float(s) / self.tokens for i, s in sorted(self.sums.items())}
 
