@@ -98,15 +98,27 @@ def set_progress(session: Session, lease: Lease, progress: float, stage: str | N
 
 
 def append_event(
-    session: Session, job_id: str, kind: str, stage: str | None, data: dict[str, Any], level: str = "info"
+    session: Session,
+    job_id: str,
+    kind: str,
+    stage: str | None,
+    data: dict[str, Any],
+    level: str = "info",
+    dedup_key: str | None = None,
 ) -> int:
     """Append an event with the next ``seq`` of the job (1, 2, ...); returns that seq.
 
-    Normally one writer per job; the unique (job_id, seq) turns a rare race into a retry.
+    Normally one writer per job; the unique (job_id, seq) turns a rare race into a retry. An event already
+    written under ``dedup_key`` is not written again (its seq is returned).
     """
     for _ in range(5):
+        if dedup_key is not None:
+            written = select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.dedup_key == dedup_key)
+            if (seq := session.execute(written).scalar()) is not None:
+                return seq
         seq = (session.execute(select(func.max(JobEvent.seq)).where(JobEvent.job_id == job_id)).scalar() or 0) + 1
-        session.add(JobEvent(job_id=job_id, seq=seq, kind=kind, stage=stage, data=data, level=level))
+        event = JobEvent(job_id=job_id, seq=seq, kind=kind, stage=stage, data=data, level=level, dedup_key=dedup_key)
+        session.add(event)
         try:
             session.commit()
             return seq
@@ -126,10 +138,17 @@ def clear_artifacts(session: Session, lease: Lease) -> list[str]:
 def record_artifact(
     session: Session, lease: Lease, *, kind: str, name: str, relpath: str, size: int, sha256: str
 ) -> Artifact | None:
-    """Record a written artifact, only while the lease still holds (None: a newer attempt owns the job)."""
+    """Record a written artifact, only while the lease still holds (None: a newer attempt owns the job).
+
+    Recording the same file again (a retry whose first try committed) returns the existing row.
+    """
     if session.execute(select(Job.id).where(_owned(lease)).with_for_update()).scalar_one_or_none() is None:
         session.rollback()
         return None
+    recorded = select(Artifact).where(Artifact.job_id == lease.job_id, Artifact.relpath == relpath)
+    if (existing := session.execute(recorded).scalar_one_or_none()) is not None:
+        session.commit()  # ends the transaction that holds the job row's lock
+        return existing
     artifact = Artifact(job_id=lease.job_id, kind=kind, name=name, relpath=relpath, bytes=size, sha256=sha256)
     session.add(artifact)
     session.commit()

@@ -134,6 +134,9 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # message | progress | metrics
     stage: Mapped[str | None] = mapped_column(String(64), default=None)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Chosen by the writer for each event and kept across its retries: a retry whose first try committed (the
+    # acknowledgement was lost) finds its event instead of writing it twice.
+    dedup_key: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class Artifact(Base):

@@ -8,6 +8,7 @@ stage name moves on by one, so the figure only ever grows.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,11 +63,17 @@ class JobReporter:
             return
         level = str(data.get("level", "info")) if kind == "message" else "info"
         self.log.append(f"{time.strftime('%H:%M:%S')} {level:7} [{stage}] {kind}: {data}")
-        retrying(lambda: self._append(kind, stage, data, level))
+        self._append(kind, stage, data, level)
 
     def _append(self, kind: str, stage: str, data: dict[str, Any], level: str = "info") -> None:
-        with self.db.session() as s:
-            jobs.append_event(s, self.lease.job_id, kind, stage, data, level=level)
+        """Write one event, retried through a database outage; one key for all tries, so it is written once."""
+        key = uuid.uuid4().hex
+
+        def write() -> None:
+            with self.db.session() as s:
+                jobs.append_event(s, self.lease.job_id, kind, stage, data, level=level, dedup_key=key)
+
+        retrying(write)
 
     def _progress(self, stage: str, data: dict[str, Any]) -> None:
         step, total = int(data.get("step", 0)), int(data.get("total", 0))
@@ -76,7 +83,7 @@ class JobReporter:
         if not edge and now - self._last_write.get(stage, float("-inf")) < PROGRESS_EVERY_S:
             return  # throttled: at most a few writes a second, but always the first and last step
         self._last_write[stage] = now
-        retrying(lambda: self._append("progress", stage, {**data, "job_progress": self.progress}))
+        self._append("progress", stage, {**data, "job_progress": self.progress})
         if not retrying(lambda: self._set_progress(stage)):
             self.lost = True
 

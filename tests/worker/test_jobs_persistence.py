@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from moecomp.persistence import jobs
-from moecomp.persistence.models import Job, JobEvent, JobStatus, utcnow
+from moecomp.persistence.models import Artifact, Job, JobEvent, JobStatus, utcnow
+from moecomp.worker.db_retry import retrying
+from moecomp.worker.reporter import JobReporter
 from tests.worker.helpers import get_job
 
 
@@ -81,3 +85,37 @@ def test_reaper_resends_queued_jobs_never_delivered_once_per_period(db, make_job
         assert jobs.reap_stale(s, **kw).requeue == [old]
         assert jobs.reap_stale(s, **kw).requeue == []  # sent again just now: not again before the period
     assert get_job(db, fresh).status == JobStatus.queued
+
+
+def test_writes_retried_after_a_lost_acknowledgement_land_once(db, make_job, monkeypatch):
+    """The COMMIT reaches the database but the worker hears a dropped connection (a lost acknowledgement):
+    the retry through the outage must find what the first try wrote, not write it again."""
+    job_id = make_job()
+    with db.session() as s:
+        lease = jobs.claim(s, job_id, "w1", stale_after_s=30, max_attempts=3)
+    commit, lost = Session.commit, []
+
+    def commit_then_lose_the_acknowledgement(self: Session) -> None:
+        commit(self)
+        if not lost:
+            lost.append(True)
+            raise OperationalError("COMMIT", {}, ConnectionResetError("connection reset by peer"))
+
+    monkeypatch.setattr(Session, "commit", commit_then_lose_the_acknowledgement)
+    JobReporter(db, lease, deadline=float("inf")).message("compress", "written once")
+    assert lost
+    with db.session() as s:
+        texts = [e.data.get("text") for e in s.query(JobEvent).filter_by(job_id=job_id)]
+    assert texts.count("written once") == 1
+
+    lost.clear()
+    record = dict(kind="log", name="job.log", relpath=f"{job_id}/1/job.log", size=3, sha256="0" * 64)
+
+    def write() -> object:
+        with db.session() as s:
+            return jobs.record_artifact(s, lease, **record)
+
+    retrying(write)
+    assert lost
+    with db.session() as s:
+        assert s.query(Artifact).filter_by(job_id=job_id).count() == 1
