@@ -41,9 +41,9 @@ def test_scope_must_keep_routed_experts() -> None:
 
 
 def test_configs_round_trip_through_a_recipe() -> None:
-    stages = [GPTQConfig(bits=8, group_size=None), AWQConfig(preserve_routing=False), RTNConfig(), FP8Config()]
-    recipe = Recipe(stages=stages)
-    assert Recipe.model_validate_json(recipe.model_dump_json()) == recipe
+    for stage in [GPTQConfig(bits=8, group_size=None), AWQConfig(preserve_routing=False), RTNConfig(), FP8Config()]:
+        recipe = Recipe(stages=[stage])  # one quantization stage a recipe
+        assert Recipe.model_validate_json(recipe.model_dump_json()) == recipe
 
 
 def test_targets_never_include_routers_or_shared_gates(tiny_qwen2_moe_dir: Path) -> None:
