@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
+from moecomp.compression.adapters import get_adapter
 from moecomp.compression.context import RunContext
 from moecomp.compression.data import load_calibration
 from moecomp.compression.export import export_trimmed
+from moecomp.compression.lazy_checkpoint import checkpoint_structure, read_config
 from moecomp.compression.manifest import build_manifest, sha256_file, update_manifest, write_manifest
 from moecomp.compression.methods.base import StageConfig
 from moecomp.compression.recipe import Recipe
@@ -124,18 +126,20 @@ def _trimming_pass(job: PassJob) -> PassResult:
 def _slimming_pass(job: PassJob) -> PassResult:
     from moecomp.compression.slimming import run_slimming
 
-    if "auto_map" in json.loads((job.model_dir / "config.json").read_text()):
-        # The slimming pass loads stock transformers classes only (no remote code, no per-layer shapes).
+    config = read_config(job.model_dir)
+    if checkpoint_structure(config, get_adapter(config)).kept_experts:
+        # llm-compressor splits fused experts into linears by the config's expert count, one for every layer.
         raise ValueError(
-            "slimming after a trimming stage whose result needs its own modeling code (layer_drop, or expert_drop "
-            "leaving uneven expert counts) is not supported yet; put the slimming stages first or trim with "
-            "block_drop / layerwise expert_drop"
+            "slimming after an expert_drop that left MoE layers with different expert counts is not supported "
+            "yet; put the slimming stages first, or use expert_drop mode 'layerwise'"
         )
     assert job.calib_ids is not None
     reports = run_slimming(
         job.model_dir, job.stages, job.calib_ids, job.out_dir, device=job.device, ctx=job.ctx, dtype=job.dtype
     )
-    output = {"loading": "stock", "model_type": AutoConfig.from_pretrained(job.out_dir).model_type}
+    # After layer_drop or an uneven expert_drop the checkpoint keeps the modeling code it was trimmed with.
+    config = json.loads((job.out_dir / "config.json").read_text())
+    output = {"loading": "remote_code" if "auto_map" in config else "stock", "model_type": config["model_type"]}
     write_manifest(job.out_dir, {**job.manifest, "decisions": job.decisions.to_json(), "output": output})
     return PassResult(reports, job.decisions)
 

@@ -59,21 +59,15 @@ class Recipe(BaseModel):
     @field_validator("stages")
     @classmethod
     def _stages_compose(cls, stages: list[Any]) -> list[Any]:
-        """Refuse, before any work, the orders the engine cannot run (it would fail mid-job)."""
-        quantized = layer_drop = None
+        """Refuse, before any work, what the engine cannot run: slimming a quantized checkpoint again."""
+        quantized = None
         for i, stage in enumerate(stages):
             if stage.family != "slimming":
-                layer_drop = i if layer_drop is None and stage.method == "layer_drop" else layer_drop
                 continue
             if quantized is not None:
                 raise ValueError(
                     f"stage {i} ({stage.method}) comes after the quantization stage {quantized} "
                     f"({stages[quantized].method}): a quantized checkpoint is not slimmed again; quantize last"
-                )
-            if layer_drop is not None:
-                raise ValueError(
-                    f"stage {i} ({stage.method}) comes after layer_drop (stage {layer_drop}), whose checkpoint needs "
-                    "its own modeling code, which slimming cannot load yet; put the slimming stages first"
                 )
             if isinstance(stage, QuantizationStage):
                 quantized = i

@@ -26,10 +26,12 @@ from compressed_tensors.offload import remove_dispatch
 from llmcompressor.modeling.moe.conversion_mappings import set_save_conversion_mapping
 from llmcompressor.modeling.moe.linearize import linearize_moe
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from moecomp.compression.adapters import MoEFamily, get_adapter
 from moecomp.compression.context import RunContext
+from moecomp.compression.lazy_checkpoint import read_config
+from moecomp.compression.manifest import MANIFEST_NAME
 from moecomp.compression.methods.base import StageConfig
 from moecomp.compression.methods.pruning import (
     MagnitudeConfig,
@@ -82,14 +84,18 @@ def compute_dtype(dtype: str, device: str) -> Any:
 
 
 def load_linearized(model_dir: Path, dtype: Any = "auto") -> tuple[PreTrainedModel, MoEFamily, Any]:
-    """The whole model on the host with one ``nn.Linear`` per expert projection, its family, its tokenizer."""
-    config = AutoConfig.from_pretrained(model_dir)
-    family = get_adapter(config)
+    """The whole model on the host with one ``nn.Linear`` per expert projection, its family, its tokenizer.
+
+    A checkpoint trimmed by moecomp into a shape its config cannot express (a manifest beside it) loads with
+    the modeling code moecomp bundled in it; no other checkpoint's code is run.
+    """
+    family = get_adapter(read_config(model_dir))
+    own = (Path(model_dir) / MANIFEST_NAME).is_file()
     torch_dtype: Any = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=own)
     model.eval()
     linearize_moe(model)
-    return model, family, AutoTokenizer.from_pretrained(model_dir)
+    return model, family, AutoTokenizer.from_pretrained(model_dir, trust_remote_code=own)
 
 
 def _scope_counts(targets: list[Target]) -> dict[str, int]:
@@ -261,7 +267,7 @@ def run_slimming(
     (bytes on disk vs the source, reload check) which is the same for every stage of the pass.
     """
     validate_stages(stages, device)
-    source_dtype = AutoConfig.from_pretrained(model_dir).dtype or torch.float32
+    source_dtype = read_config(Path(model_dir)).dtype or torch.float32
     model, family, tokenizer = load_linearized(Path(model_dir), compute_dtype(dtype, device))
     reports = slim_model(model, family, tokenizer, stages, calib_ids, device=device, ctx=ctx)
     if model.dtype != source_dtype and dtype == "auto":

@@ -202,5 +202,8 @@ def run_oneshot(
             "shuffle_calibration_samples": False,
             "moe_calibrate_all_experts": calibrate_all_experts,
         }
+    # A checkpoint trimmed by moecomp carries its own modeling code (loaded only for our exports): llm-compressor
+    # reads its config from disk again and must be allowed to.
+    kwargs["trust_remote_code_model"] = getattr(model.config, "auto_map", None) is not None
     with cpu_safe_pinning():
         oneshot(model=model, processor=tokenizer, recipe=modifiers, **kwargs)

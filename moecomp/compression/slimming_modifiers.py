@@ -15,6 +15,7 @@ from llmcompressor.modifiers.transform.awq import AWQMapping, AWQModifier
 from torch import nn
 
 from moecomp.compression.adapters import MoEFamily
+from moecomp.compression.lazy_checkpoint import DROPPED_MOE_LAYERS_KEY
 from moecomp.compression.methods.pruning import SparseGPTConfig, WandaConfig
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, config_groups
 from moecomp.compression.slimming_llmc import RoutedGPTQModifier, RoutedSparseGPTModifier, RoutedWandaModifier
@@ -81,11 +82,17 @@ def _suffix(path: str) -> str:
     return "re:.*" + re.escape(path) + "$"
 
 
+def _moe_layers(model: nn.Module, family: MoEFamily) -> list[int]:
+    """The layers with an MoE sub-layer, less those a moecomp layer_drop removed (their config lists them)."""
+    dropped = set(getattr(model.config, DROPPED_MOE_LAYERS_KEY, None) or [])
+    return [i for i in family.moe_layers(model.config) if i not in dropped]
+
+
 def _shared_balance(model: nn.Module, family: MoEFamily, preserve_routing: bool) -> list[str]:
     """Shared-expert linears fed by the post-attention norm: their input projections, and a shared
     gate (a shared path that is a single linear) when routing is preserved."""
     layout = family.layout
-    first_moe = model.get_submodule(layout.layers)[family.moe_layers(model.config)[0]]
+    first_moe = model.get_submodule(layout.layers)[_moe_layers(model, family)[0]]
     balance: list[str] = []
     for path in family.shared_experts:
         module = first_moe.get_submodule(f"{layout.mlp}.{path}")
@@ -112,7 +119,7 @@ def awq_mappings(model: nn.Module, family: MoEFamily, config: AWQConfig) -> list
     moe_balance += _shared_balance(model, family, config.preserve_routing)
     moe_balance += [experts + "gate_proj$", experts + "up_proj$"]
     # Only MoE layers: a dense layer's post-attention norm feeds none of these (DeepSeek's first layers).
-    moe_layers = rf"re:.*{re.escape(layout.layers)}\.({'|'.join(map(str, family.moe_layers(model.config)))})\."
+    moe_layers = rf"re:.*{re.escape(layout.layers)}\.({'|'.join(map(str, _moe_layers(model, family)))})\."
     mappings = [
         AWQMapping(moe_layers + re.escape(layout.post_attention_norm) + "$", moe_balance),
         AWQMapping("re:.*up_proj$", ["re:.*down_proj$"]),

@@ -106,7 +106,10 @@ def verify_reload(
 ) -> dict:
     """Reload ``out_dir`` with plain transformers; every module must answer as the in-memory one does."""
     device = get_execution_device(model)
-    reloaded = AutoModelForCausalLM.from_pretrained(out_dir, dtype=model.dtype, device_map=str(device))
+    own_code = getattr(model.config, "auto_map", None) is not None  # moecomp's bundled code, copied by the save
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        out_dir, dtype=model.dtype, device_map=str(device), trust_remote_code=own_code
+    )
     ids = calib_ids[:rows, :tokens]
     # Whole-model forwards first: compressed-tensors decompresses packed weights in a hook on the first one.
     expected, got = _logits(model, ids), _logits(reloaded, ids)

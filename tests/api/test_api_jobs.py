@@ -196,10 +196,6 @@ BAD_BODIES = {
         lambda: {**job_body(), "recipe": {"stages": [{"method": "gptq"}, {"method": "wanda"}]}},
         ["body", "recipe", "stages"],
     ),
-    "slimming after layer_drop": (
-        lambda: {**job_body(), "recipe": {"stages": [{"method": "layer_drop", "drop": 1}, {"method": "rtn"}]}},
-        ["body", "recipe", "stages"],
-    ),
     "unknown field": (lambda: {**job_body(), "priority": 1}, ["body", "priority"]),
     "path outside the roots": (lambda: job_body(path="/etc"), ["body", "model", "path"]),
     "traversal": (lambda: job_body(path="tiny-mixtral/../../../../.."), ["body", "model", "path"]),

@@ -189,8 +189,7 @@ def test_trimming_then_slimming_passes(tiny_mixtral_dir, tmp_path):
 
 
 def test_slimming_after_a_remote_code_trim_is_refused_clearly(tiny_mixtral_dir, tmp_path):
-    # Global expert drop needs its own modeling code only where it leaves uneven expert counts, known once
-    # it ran (layer_drop always does: such recipes are refused by Recipe itself, see test_recipe.py).
+    # Whether a global expert drop leaves MoE layers with different expert counts is known once it ran.
     stages = [{"method": "expert_drop", "mode": "global", "keep": 5}, {"method": "rtn", "bits": 4}]
     recipe = Recipe.model_validate({"stages": stages, "calibration": CALIBRATION})
     with pytest.raises(ValueError, match="not supported yet; put the slimming stages first"):

@@ -89,16 +89,25 @@ def test_every_slimming_stage_on_every_family(sources: dict[str, Path], tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trim", [LayerDropConfig(drop=1), BlockDropConfig(drop=1)], ids=lambda s: s.method)
-def test_the_studys_headline_recipes_on_deepseek_v3(tmp_path: Path, tiny_mixtral_dir: Path, trim) -> None:
-    """[awq 4-bit, layer_drop] and [awq 4-bit, block_drop]: the packed, trimmed checkpoint loads and is exactly
+@pytest.mark.parametrize(
+    "stages",
+    [
+        [AWQConfig(), LayerDropConfig(drop=1)],
+        [AWQConfig(), BlockDropConfig(drop=1)],
+        [LayerDropConfig(drop=1), GPTQConfig()],  # trimmed into bundled modeling code, then quantized
+    ],
+    ids=lambda stages: "+".join(s.method for s in stages),
+)
+def test_compositions_on_deepseek_v3(tmp_path: Path, tiny_mixtral_dir: Path, stages: list) -> None:
+    """The study's headline recipes, and trimming first: the packed, trimmed checkpoint loads and is exactly
     the dense model its weights stand for."""
     source = tmp_path / "source"
     tiny_model("deepseek_v3", vocab_size=8192).save_pretrained(source)  # the tokenizer's vocabulary
     AutoTokenizer.from_pretrained(tiny_mixtral_dir).save_pretrained(source)
-    recipe = Recipe(stages=[AWQConfig(), trim], calibration=CalibrationSpec(samples=8, seq_len=32, seed=0))
+    recipe = Recipe(stages=stages, calibration=CalibrationSpec(samples=8, seq_len=32, seed=0))
     manifest = compress(source, recipe, tmp_path / "out", device="cpu")
-    assert [s["method"] for s in manifest["stages"]] == ["awq", trim.method]
+    assert [s["method"] for s in manifest["stages"]] == [s.method for s in stages]
+    assert manifest["output"]["loading"] == ("stock" if stages[1].method == "block_drop" else "remote_code")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]["format"] == (
         "pack-quantized"
     )
