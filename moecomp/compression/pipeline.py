@@ -138,8 +138,8 @@ def _slimming_pass(job: PassJob) -> PassResult:
         job.model_dir, job.stages, job.calib_ids, job.out_dir, device=job.device, ctx=job.ctx, dtype=job.dtype
     )
     # After layer_drop or an uneven expert_drop the checkpoint keeps the modeling code it was trimmed with.
-    config = json.loads((job.out_dir / "config.json").read_text())
-    output = {"loading": "remote_code" if "auto_map" in config else "stock", "model_type": config["model_type"]}
+    saved = json.loads((job.out_dir / "config.json").read_text())
+    output = {"loading": "remote_code" if "auto_map" in saved else "stock", "model_type": saved["model_type"]}
     write_manifest(job.out_dir, {**job.manifest, "decisions": job.decisions.to_json(), "output": output})
     return PassResult(reports, job.decisions)
 

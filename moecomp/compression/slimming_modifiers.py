@@ -15,7 +15,7 @@ from llmcompressor.modifiers.transform.awq import AWQMapping, AWQModifier
 from torch import nn
 
 from moecomp.compression.adapters import MoEFamily
-from moecomp.compression.lazy_checkpoint import DROPPED_MOE_LAYERS_KEY
+from moecomp.compression.lazy_checkpoint import checkpoint_structure
 from moecomp.compression.methods.pruning import SparseGPTConfig, WandaConfig
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, config_groups
 from moecomp.compression.slimming_llmc import RoutedGPTQModifier, RoutedSparseGPTModifier, RoutedWandaModifier
@@ -84,7 +84,7 @@ def _suffix(path: str) -> str:
 
 def _moe_layers(model: nn.Module, family: MoEFamily) -> list[int]:
     """The layers with an MoE sub-layer, less those a moecomp layer_drop removed (their config lists them)."""
-    dropped = set(getattr(model.config, DROPPED_MOE_LAYERS_KEY, None) or [])
+    dropped = set(checkpoint_structure(model.config, family).dropped_layers)
     return [i for i in family.moe_layers(model.config) if i not in dropped]
 
 
