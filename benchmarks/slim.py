@@ -44,7 +44,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig
 from moecomp.assets import DEMO_MODEL
 from moecomp.compression.context import RunContext
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig
-from moecomp.compression.slimming import run_slimming
+from moecomp.compression.slimming.llmcompressor_pass import run_slimming
 from moecomp.compression.slimming_llmc import cpu_safe_pinning
 
 FULL = dict(

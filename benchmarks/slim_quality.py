@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from moecomp.compression.context import RunContext  # noqa: E402
 from moecomp.compression.recipe import Recipe  # noqa: E402
-from moecomp.compression.slimming import run_slimming  # noqa: E402
+from moecomp.compression.slimming.llmcompressor_pass import run_slimming  # noqa: E402
 from tests.compression.slimming_fixtures import calibration_ids, heldout_ids, perplexity  # noqa: E402
 
 FIXTURES = {

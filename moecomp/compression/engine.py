@@ -221,10 +221,46 @@ def _calibrate_layer(
     observers: list[Observer],
     plan: Plan,
 ) -> list[int] | None:
-    """Load, observe and run one layer (``where`` = original index, position); returns an in-pass choice."""
+    """Load, observe, transform and run one layer (``where`` = original index, position); returns an in-pass
+    choice of experts. Observers that transform the layer (slimming) get one calibration run per stage, each
+    on the layer as the previous stage left it; the layer is then run once more so later layers see it."""
     (idx, position), (hidden, out), device = where, buffers, loader.device
     layer = loader.load(idx)
     info = _layer_info(idx, position, layer, loader.prior, loader.source.family, hidden.shape[0])
+    runs = max((obs.runs(info) for obs in observers), default=1)
+    kept, changed = None, False
+    for run in range(runs):
+        active = [obs for obs in observers if run < obs.runs(info)]
+        _observed_run(layer, info, active, (hidden, out), kwargs, plan, device)
+        if run == 0:
+            kept = _in_pass_decision(observers, info)
+        if kept is not None and run == 0:
+            slice_experts(layer, [info.expert_ids.index(e) for e in kept], loader.source.family.layout)
+            changed = True
+        changed = any([obs.transform(info, layer, run) for obs in active]) or changed
+    if changed:  # later layers see the trimmed or slimmed layer
+
+        def propagated(start: int, x: torch.Tensor, y: torch.Tensor) -> None:
+            for obs in observers:
+                obs.propagated(info, start, x, y)
+
+        run_layer(layer, hidden, out, kwargs, plan, device, propagated)
+    for obs in observers:
+        obs.finish(info, layer)
+    layer.to_empty(device="meta")  # frees this layer's weights
+    return kept
+
+
+def _observed_run(
+    layer: nn.Module,
+    info: LayerInfo,
+    observers: list[Observer],
+    buffers: tuple[torch.Tensor, torch.Tensor],
+    kwargs: dict[str, Any],
+    plan: Plan,
+    device: torch.device,
+) -> None:
+    """One run of the whole batch through the layer with ``observers``' hooks attached."""
     handles = [h for obs in observers for h in obs.attach(info, layer)]
 
     def observe(start: int, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -232,17 +268,10 @@ def _calibrate_layer(
             obs.observe(info, start, x, y)
 
     try:
-        run_layer(layer, hidden, out, kwargs, plan, device, observe)
+        run_layer(layer, *buffers, kwargs, plan, device, observe)
     finally:
         for handle in handles:
             handle.remove()
-    kept = _in_pass_decision(observers, info)
-    if kept is not None:
-        columns = [info.expert_ids.index(e) for e in kept]
-        slice_experts(layer, columns, loader.source.family.layout)
-        run_layer(layer, hidden, out, kwargs, plan, device)  # later layers see the trimmed layer
-    layer.to_empty(device="meta")  # frees this layer's weights
-    return kept
 
 
 def _in_pass_decision(observers: list[Observer], info: LayerInfo) -> list[int] | None:

@@ -72,7 +72,7 @@ def trimmed_shape(source_dir: Path, decisions: Decisions) -> TrimmedShape:
     return TrimmedShape(model.config, expert_counts(model, layout), dropped)
 
 
-def _layer_of(name: str, family: MoEFamily) -> int | None:
+def layer_of(name: str, family: MoEFamily) -> int | None:
     match = re.match(rf"^{re.escape(family.layout.layers)}\.(\d+)\.", name)
     return int(match[1]) if match else None
 
@@ -90,7 +90,7 @@ def _under(rest: str, paths: tuple[str, ...]) -> bool:
 def plan_tensor(name: str, decisions: Decisions, family: MoEFamily, new_index: dict[int, int]) -> TensorPlan | None:
     """Where a source tensor goes (None: it is removed). ``new_index`` maps kept original layers to new ones."""
     layout = family.layout
-    layer = _layer_of(name, family)
+    layer = layer_of(name, family)
     if layer is None:
         return TensorPlan(name)  # embeddings, final norm, lm_head
     if layer not in new_index:
@@ -175,7 +175,7 @@ def _ordered(names: list[str], family: MoEFamily) -> list[tuple[int, list[str]]]
     """Tensor names grouped by source layer (-1: before the layers), layers in order."""
     groups: dict[int, list[str]] = {}
     for name in sorted(names):
-        layer = _layer_of(name, family)
+        layer = layer_of(name, family)
         groups.setdefault(-1 if layer is None else layer, []).append(name)
     return sorted(groups.items())
 
@@ -209,6 +209,13 @@ def write_tensors(
             if layer >= 0:
                 ctx.progress("export", layer + 1, n_layers)
     return writer.close()
+
+
+def trimmed_config_json(source_dir: Path, decisions: Decisions, out_dir: Path) -> dict[str, Any]:
+    """config.json of ``source_dir`` trimmed by ``decisions`` (remote code written to ``out_dir`` where needed)."""
+    config = AutoConfig.from_pretrained(source_dir)
+    shape = trimmed_shape(source_dir, decisions)
+    return _config_json(source_dir, shape, config.to_dict(), get_adapter(config).layout, out_dir)
 
 
 def _config_json(source_dir: Path, shape: TrimmedShape, before: dict[str, Any], layout: Any, out_dir: Path) -> dict:

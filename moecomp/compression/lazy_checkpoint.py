@@ -57,17 +57,15 @@ class SafetensorsSource:
         self.config = read_config(self.model_dir)
         self.family = get_adapter(self.config)
         self.structure = checkpoint_structure(self.config, self.family)  # of a trimmed moecomp checkpoint
-        if getattr(self.config, "quantization_config", None):
-            # Scores need the real weights; packed/FP8 tensors would be read as if they were plain.
+        self._packed_args = _packed_weight_args(self.config)  # pack-quantized: weights are dequantized on read
+        if getattr(self.config, "quantization_config", None) and self._packed_args is None:
+            # Scores need the real weights; FP8 tensors would be read as if they were plain.
             raise ValueError(
                 f"{self.model_dir} is a quantized checkpoint ({_quant_method(self.config)}); trimming calibration "
                 "reads unquantized weights: run trimming stages before quantization stages"
             )
         self._files = _weight_map(self.model_dir)  # module-style name -> file
         self._disk_names = _renamed(self._files, self.family)  # module-style name -> disk name
-
-    def has(self, name: str) -> bool:
-        return name in self._disk_names
 
     def module_tensors(
         self,
@@ -87,6 +85,8 @@ class SafetensorsSource:
             handles: dict[str, Any] = {}
 
             def read(name: str) -> torch.Tensor:
+                if name not in self._disk_names and self._packed_args is not None and name.endswith(".weight"):
+                    return self._dequantized(name, read)
                 disk = self._disk_names[name]
                 path = self._files[name]
                 if path not in handles:
@@ -94,6 +94,17 @@ class SafetensorsSource:
                 return handles[path].get_tensor(disk)
 
             return {name: self._one(prefix + name, kept, read, device, dtype, pin) for name in names}
+
+    def _dequantized(self, name: str, read: Any) -> torch.Tensor:
+        """A pack-quantized linear's weight s * q, by compressed-tensors' own decompressor."""
+        from moecomp.compression.slimming_dequant import PACKED_SUFFIXES, dequantize
+
+        base = name.removesuffix(".weight")
+        parts = {s: read(f"{base}.{s}") for s in PACKED_SUFFIXES if f"{base}.{s}" in self._disk_names}
+        return dequantize(parts, self._packed_args)
+
+    def has(self, name: str) -> bool:
+        return name in self._disk_names or name.removesuffix("weight") + "weight_packed" in self._disk_names
 
     def _one(
         self, full: str, kept: list[int] | None, read: Any, device: torch.device, dtype: torch.dtype, pin: bool
@@ -171,6 +182,17 @@ def checkpoint_structure(config: PretrainedConfig, family: MoEFamily) -> Decisio
         kept_experts={layer: list(range(count)) for layer, count in per_layer.items() if count < total},
         dropped_layers=list(getattr(config, DROPPED_MOE_LAYERS_KEY, None) or []),
     )
+
+
+def _packed_weight_args(config: PretrainedConfig) -> dict[str, Any] | None:
+    """Bits, type and symmetry of a pack-quantized checkpoint's weights; None for any other checkpoint."""
+    quant = getattr(config, "quantization_config", None)
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
+    if not quant or quant.get("format") != "pack-quantized":
+        return None
+    from moecomp.compression.slimming_dequant import weight_args_of
+
+    return weight_args_of(quant)
 
 
 def _quant_method(config: PretrainedConfig) -> str:

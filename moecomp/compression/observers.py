@@ -43,6 +43,20 @@ class Observer:
         """In-pass decision: original expert ids to keep in this layer, or None to leave it."""
         return None
 
+    def runs(self, info: LayerInfo) -> int:
+        """Calibration runs of the layer this observer needs (slimming: one per stage); 0 or 1 by default."""
+        return 1
+
+    def transform(self, info: LayerInfo, layer: nn.Module, run: int) -> bool:
+        """After calibration run ``run`` of the layer: change its weights in place; True when it did."""
+        return False
+
+    def propagated(self, info: LayerInfo, start: int, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
+        """One micro-batch went through the layer as transformed (what the next layer receives)."""
+
+    def finish(self, info: LayerInfo, layer: nn.Module) -> None:
+        """The layer is final (its outputs are computed); called before its weights are freed."""
+
     def host_bytes(self, activation_bytes: int) -> int:
         """Host memory the observer holds at once, given the bytes of one [N, L, H] activation buffer."""
         return 0

@@ -53,22 +53,36 @@ class PassJob:
     ctx: RunContext
     manifest: dict[str, Any]  # the manifest so far; the runner completes and writes it
     decisions: Decisions = field(default_factory=Decisions)  # original numbering, before this pass
+    # Trimming decided by the previous pass but not yet written (``model_dir``'s numbering): a streamed
+    # slimming pass applies it while it reads, so [layer_drop, gptq] writes one checkpoint, not two.
+    pending: Decisions = field(default_factory=Decisions)
+    defer_export: bool = False  # a trimming pass whose decisions the next (streamed slimming) pass applies
 
 
 @dataclass
 class PassResult:
     reports: list[dict[str, Any]]
     decisions: Decisions  # original numbering, after this pass (all passes so far)
+    pending: Decisions = field(default_factory=Decisions)  # decided, not yet written (see PassJob.pending)
 
 
 PassRunner = Callable[[PassJob], PassResult]
 
 
+def pass_kind(stage: StageConfig) -> str:
+    """The runner of a stage: its family's, or llm-compressor's for slimming the streamed pass does not run."""
+    from moecomp.compression.slimming.methods import METHODS
+
+    family = stage.family  # type: ignore[attr-defined]
+    native = stage.method in METHODS and getattr(stage, "backend", "moecomp") == "moecomp"  # type: ignore[attr-defined]
+    return "slimming_llmcompressor" if family == "slimming" and not native else family
+
+
 def split_passes(stages: list[StageConfig]) -> list[tuple[str, list[StageConfig]]]:
-    """Consecutive stages of the same family form one pass; no stage -> one empty trimming pass (re-export)."""
+    """Consecutive stages of the same pass kind form one pass; no stage -> one empty trimming pass (re-export)."""
     passes: list[tuple[str, list[StageConfig]]] = []
     for stage in stages:
-        family = stage.family  # type: ignore[attr-defined]
+        family = pass_kind(stage)
         if passes and passes[-1][0] == family:
             passes[-1][1].append(stage)
         else:
@@ -118,13 +132,54 @@ def _trimming_pass(job: PassJob) -> PassResult:
                 scoring_dir, job.stages, job.calib_ids, device=job.device, dtype=dtype, ctx=job.ctx
             )
     combined = to_original(decisions, job.decisions, job.manifest["source"]["num_hidden_layers"])
+    if job.defer_export:
+        return PassResult(reports, combined, pending=decisions)
     manifest = {**job.manifest, "decisions": combined.to_json()}
     export_trimmed(job.model_dir, decisions, job.out_dir, manifest=manifest, ctx=job.ctx)
     return PassResult(reports, combined)
 
 
+def _streamed_slimming_pass(job: PassJob) -> PassResult:
+    from moecomp.compression.slimming.run import run_streamed
+    from moecomp.compression.slimming_verify import checkpoint_bytes
+
+    _refuse_uneven_experts(job.model_dir, job.pending)
+    assert job.calib_ids is not None
+    source_dtype = torch_dtype("auto", job.model_dir)
+    if job.dtype != "auto":
+        compute = save = torch_dtype(job.dtype, job.model_dir)
+    else:  # CPU kernels for bf16 matmuls are 10-30x slower than for float32
+        compute, save = (source_dtype if job.device.startswith("cuda") else torch.float32), source_dtype
+    reports = run_streamed(
+        job.model_dir, job.stages, job.calib_ids, job.out_dir,
+        prior=job.pending, device=job.device, dtype=compute, save_dtype=save, ctx=job.ctx,
+    )  # fmt: skip
+    sizes = checkpoint_bytes(job.out_dir, job.model_dir)
+    for report in reports:
+        report["checkpoint"].update(sizes)
+    saved = json.loads((job.out_dir / "config.json").read_text())
+    output = {
+        "loading": "remote_code" if "auto_map" in saved else "stock",
+        "model_type": saved["model_type"],
+        "num_hidden_layers": saved["num_hidden_layers"],
+    }
+    write_manifest(job.out_dir, {**job.manifest, "decisions": job.decisions.to_json(), "output": output})
+    return PassResult(reports, job.decisions)
+
+
+def _refuse_uneven_experts(model_dir: Path, pending: Decisions) -> None:
+    config = read_config(model_dir)
+    counts = {len(kept) for kept in pending.kept_experts.values()}
+    if checkpoint_structure(config, get_adapter(config)).kept_experts or len(counts) > 1:
+        # transformers dequantizes fused experts at load with one shape for every layer.
+        raise ValueError(
+            "slimming after an expert_drop that left MoE layers with different expert counts is not supported "
+            "yet; put the slimming stages first, or use expert_drop mode 'layerwise'"
+        )
+
+
 def _slimming_pass(job: PassJob) -> PassResult:
-    from moecomp.compression.slimming import run_slimming
+    from moecomp.compression.slimming.llmcompressor_pass import run_slimming
 
     config = read_config(job.model_dir)
     if checkpoint_structure(config, get_adapter(config)).kept_experts:
@@ -145,7 +200,11 @@ def _slimming_pass(job: PassJob) -> PassResult:
 
 
 # stage.family -> the runner of a pass of such stages. A new family registers here, nowhere else.
-PASS_RUNNERS: dict[str, PassRunner] = {"trimming": _trimming_pass, "slimming": _slimming_pass}
+PASS_RUNNERS: dict[str, PassRunner] = {
+    "trimming": _trimming_pass,
+    "slimming": _streamed_slimming_pass,
+    "slimming_llmcompressor": _slimming_pass,
+}
 
 
 def _calibration(recipe: Recipe, model_dir: Path, ctx: RunContext) -> torch.Tensor | None:
@@ -234,20 +293,31 @@ def run_passes(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Run the passes in order, each on the previous output, the last into ``out_dir``; return stage reports."""
     passes = split_passes(list(recipe.stages))
-    decisions, reports = Decisions(), list[dict[str, Any]]()
+    decisions, pending, reports = Decisions(), Decisions(), list[dict[str, Any]]()
     timings["passes"] = []
     current = model_dir
     for i, (family, stages) in enumerate(passes):
         ctx.check_cancelled()
-        target = out_dir if i == len(passes) - 1 else scratch / f"pass-{i}"
+        last = i == len(passes) - 1
+        target = out_dir if last else scratch / f"pass-{i}"
         base = build_manifest(
             recipe=recipe.model_dump(mode="json"), source=source, stages=reports, decisions={}, timings=timings
         )
-        job = PassJob(family, stages, current, target, calib_ids, device, dtype, ctx, base, decisions)
+        defer = family == "trimming" and bool(stages) and not last and passes[i + 1][0] == "slimming"
+        job = PassJob(family, stages, current, target, calib_ids, device, dtype, ctx, base, decisions, pending, defer)
         mark = time.perf_counter()
         result = PASS_RUNNERS[family](job)
-        seconds = round(time.perf_counter() - mark, 3)
-        timings["passes"].append({"family": family, "methods": [s.method for s in stages], "seconds": seconds})  # type: ignore[attr-defined]
+        timings["passes"].append(_pass_timing(family, stages, time.perf_counter() - mark, device))
         reports = reports + [{**r, "pass": i} for r in result.reports]
-        decisions, current = result.decisions, target
+        decisions, pending = result.decisions, result.pending
+        current = current if defer else target
     return reports
+
+
+def _pass_timing(family: str, stages: list[StageConfig], seconds: float, device: str) -> dict[str, Any]:
+    """Wall time of a pass and, on CUDA, its peak device memory (then reset for the next pass)."""
+    timing = {"family": family, "methods": [s.method for s in stages], "seconds": round(seconds, 3)}  # type: ignore[attr-defined]
+    if device.startswith("cuda") and torch.cuda.is_available():
+        timing["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats(device)
+    return timing

@@ -38,7 +38,7 @@ def is_pack_quantized(model_dir: Path) -> bool:
     return bool(config) and config.get("format") == "pack-quantized"  # type: ignore[union-attr]
 
 
-def _weight_args(config: dict[str, Any]) -> dict[str, Any]:
+def weight_args_of(config: dict[str, Any]) -> dict[str, Any]:
     """Bits, type and symmetry shared by every group this project writes (only group sizes differ)."""
     groups = [group["weights"] for group in config["config_groups"].values()]
     shared = {(g["num_bits"], g["type"], g["symmetric"]) for g in groups}
@@ -48,7 +48,7 @@ def _weight_args(config: dict[str, Any]) -> dict[str, Any]:
     return {"num_bits": bits, "type": kind, "symmetric": symmetric}
 
 
-def _dequantize(parts: dict[str, torch.Tensor], base_args: dict[str, Any]) -> torch.Tensor:
+def dequantize(parts: dict[str, torch.Tensor], base_args: dict[str, Any]) -> torch.Tensor:
     """[out, in] dense weight from one linear's packed tensors; the group size follows from the scale."""
     shape = parts["weight_shape"].tolist()
     group = shape[1] // parts["weight_scale"].shape[-1]
@@ -64,7 +64,7 @@ def _dense_file(source: Path, target: Path, base_args: dict[str, Any]) -> None:
         bases = {n.rsplit(".", 1)[0] for n in names if n.endswith(".weight_packed")}
         for base in sorted(bases):
             parts = {s: handle.get_tensor(f"{base}.{s}") for s in PACKED_SUFFIXES if f"{base}.{s}" in names}
-            tensors[f"{base}.weight"] = _dequantize(parts, base_args)
+            tensors[f"{base}.weight"] = dequantize(parts, base_args)
         for name in names:
             base, _, leaf = name.rpartition(".")
             if base not in bases or leaf not in PACKED_SUFFIXES:  # biases of quantized linears stay
@@ -77,7 +77,7 @@ def dequantized_view(model_dir: Path, out_dir: Path) -> Path:
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = json.loads((model_dir / "config.json").read_text())
     quant = config.pop("quantization_config")
-    base_args = _weight_args(quant)
+    base_args = weight_args_of(quant)
     out_dir.mkdir(parents=True, exist_ok=True)
     weight_map: dict[str, str] = {}
     for source in sorted(model_dir.glob("*.safetensors")):

@@ -1,7 +1,8 @@
 """From a slimming stage config to the llm-compressor modifiers that carry it out.
 
 One builder per method, chosen from one table keyed by ``config.method``. Magnitude pruning needs
-no data and no llm-compressor modifier; it is applied directly in :mod:`moecomp.compression.slimming`.
+no data and no llm-compressor modifier; it is applied directly in
+:mod:`moecomp.compression.slimming.llmcompressor_pass`.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class Target:
     in_features: int
 
 
-def _scope_of(rel: str, family: MoEFamily) -> Scope | None:
+def scope_of(rel: str, family: MoEFamily) -> Scope | None:
     layout = family.layout
     if rel.startswith(layout.experts + "."):
         return "routed_experts"
@@ -62,7 +62,7 @@ def find_targets(model: nn.Module, family: MoEFamily, scopes: list[Scope] | tupl
         if not isinstance(module, nn.Linear) or not name.startswith(prefix):
             continue
         layer_str, _, rel = name[len(prefix) :].partition(".")
-        scope = _scope_of(rel, family)
+        scope = scope_of(rel, family)
         if scope is None or scope not in wanted:
             continue
         expert = None

@@ -19,7 +19,7 @@ from moecomp.compression.methods.pruning import (
     pattern_holds,
     wanda_mask,
 )
-from moecomp.compression.slimming import run_slimming
+from moecomp.compression.slimming.llmcompressor_pass import run_slimming
 from tests.compression.slimming_fixtures import calibration_ids, heldout_ids, perplexity
 
 

@@ -1,5 +1,7 @@
 """What every recipe stage config shares."""
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -16,3 +18,10 @@ MAX_BLOCKS = 256  # decoder blocks (or MoE sub-layers) dropped by one stage
 MAX_EXPERTS = 1024  # routed experts per MoE layer
 MAX_BLOCK_SIZE = 4096  # columns per GPTQ / SparseGPT block
 MAX_GROUP_SIZE = 8192  # input columns per quantization scale
+
+
+Backend = Literal["moecomp", "llmcompressor"]
+BACKEND_DESCRIPTION = (
+    "moecomp: streamed layer by layer, every expert of a layer at once (bounded host memory); "
+    "llmcompressor: plain llm-compressor oneshot on the whole model loaded in host memory (the reference)"
+)

@@ -22,7 +22,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from moecomp.compression.methods.base import MAX_BLOCK_SIZE, StageConfig
+from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, Backend, StageConfig
 from moecomp.compression.slimming_targets import SCOPES, Scope
 
 Pattern = Literal["2:4", "4:8"]
@@ -39,6 +39,7 @@ class _PruningConfig(StageConfig):
         max_length=len(SCOPES),
         description="Which linears to prune: routed_experts (default), shared_experts, attention. Never the router.",
     )
+    backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
 
     @field_validator("scope")
     @classmethod

@@ -31,7 +31,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from moecomp.compression.methods.base import MAX_BLOCK_SIZE, MAX_GROUP_SIZE, StageConfig
+from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, MAX_GROUP_SIZE, Backend, StageConfig
 from moecomp.compression.slimming_targets import SCOPES, Scope
 
 QUANT_SCOPE_DEFAULT: list[Scope] = list(SCOPES)
@@ -73,6 +73,7 @@ class _IntQuantizationConfig(_QuantizationConfig):
 
 class GPTQConfig(_IntQuantizationConfig):
     method: Literal["gptq"] = "gptq"
+    backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
     calibrate_all_experts: bool = Field(
         True,
         description="Every expert sees every calibration token while statistics are gathered "
@@ -93,6 +94,7 @@ class AWQConfig(_IntQuantizationConfig):
 
 class RTNConfig(_IntQuantizationConfig):
     method: Literal["rtn"] = "rtn"
+    backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
 
 
 class FP8Config(_QuantizationConfig):

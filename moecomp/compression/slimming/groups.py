@@ -1,0 +1,69 @@
+"""The weights of one loaded decoder layer that a slimming stage touches, as batches of matrices.
+
+A :class:`WeightGroup` is one weight tensor seen as [B, out, in]: a fused experts tensor
+(``mlp.experts.gate_up_proj`` [E, 2I, H], ``down_proj`` [E, H, I]: B = the layer's experts) or the weight
+of one ``nn.Linear`` (B = 1). Every method works on such batches, so routed experts, shared experts and
+attention go through the same code. Scopes follow :mod:`moecomp.compression.slimming_targets`: routers and
+shared-expert gates belong to no scope and are never slimmed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from moecomp.compression.adapters import MoEFamily
+from moecomp.compression.slimming_targets import Scope, scope_of
+
+FUSED_EXPERT_TENSORS = ("gate_up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class WeightGroup:
+    module: str  # path of the owning module inside the decoder layer ("mlp.experts", "self_attn.q_proj")
+    param: str  # "gate_up_proj" / "down_proj" for fused experts, "weight" for a linear
+    scope: Scope
+
+    @property
+    def fused(self) -> bool:
+        return self.param != "weight"
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}.{self.param}"
+
+    def get(self, layer: nn.Module) -> torch.Tensor:
+        """[B, out, in] view of the weight."""
+        weight = getattr(layer.get_submodule(self.module), self.param)
+        return weight if self.fused else weight.unsqueeze(0)
+
+    def set(self, layer: nn.Module, value: torch.Tensor) -> None:
+        """Write [B, out, in] back in place (same dtype as the layer's weight)."""
+        weight = getattr(layer.get_submodule(self.module), self.param)
+        weight.data.copy_(value if self.fused else value[0])
+
+
+def _has_fused_experts(layer: nn.Module, path: str) -> bool:
+    try:
+        module = layer.get_submodule(path)
+    except AttributeError:
+        return False
+    return all(isinstance(getattr(module, t, None), torch.Tensor) for t in FUSED_EXPERT_TENSORS)
+
+
+def layer_groups(layer: nn.Module, family: MoEFamily, scopes: list[Scope] | tuple[Scope, ...]) -> list[WeightGroup]:
+    """The weight groups of a decoder layer in ``scopes``, in module order (routed experts as two groups)."""
+    wanted = set(scopes)
+    groups: list[WeightGroup] = []
+    experts = family.layout.experts
+    if "routed_experts" in wanted and _has_fused_experts(layer, experts):
+        groups += [WeightGroup(experts, t, "routed_experts") for t in FUSED_EXPERT_TENSORS]
+    for name, module in layer.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        scope = scope_of(name, family)
+        if scope in wanted and scope != "routed_experts":
+            groups.append(WeightGroup(name, "weight", scope))
+    return groups

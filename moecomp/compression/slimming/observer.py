@@ -1,0 +1,141 @@
+"""How slimming plugs into the layer-streaming engine: one observer for all slimming stages of a pass.
+
+Per decoder layer, for each stage in order: the engine runs the calibration batch through the layer with
+this observer's hooks (:mod:`.statistics`), then :meth:`SlimmingObserver.transform` slims the layer's weight
+groups on the device with the stage's method. After the last stage the engine runs the layer once more, so the
+next layer sees the slimmed one (GPTQ's sequential mode), and :meth:`finish` writes the layer's tensors to
+the output shards. One probe sequence per layer (input and slimmed output) is kept for the reload check.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from moecomp.compression.context import RunContext
+from moecomp.compression.export import ShardWriter
+from moecomp.compression.observers import LayerInfo, Observer
+from moecomp.compression.slimming import checkpoint
+from moecomp.compression.slimming.groups import WeightGroup, layer_groups
+from moecomp.compression.slimming.methods import METHODS, group_size_for
+from moecomp.compression.slimming.result import Slimmed
+from moecomp.compression.slimming.statistics import LayerStats, attach_statistics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageRecord:
+    """What one stage did, over all layers (for its report)."""
+
+    targets: dict[str, int] = field(default_factory=dict)  # scope -> matrices slimmed
+    tokens_per_expert: dict[int, list[int]] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+    group_sizes: dict[str, int | None] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def router_tensors(layer: nn.Module, family: Any) -> dict[str, torch.Tensor]:
+    """Copies of the router's tensors and of shared-expert gates (single-linear shared paths) of a layer."""
+    paths = (family.layout.router, *(f"{family.layout.mlp}.{p}" for p in family.shared_experts))
+    tensors: dict[str, torch.Tensor] = {}
+    for path in paths:
+        try:
+            module = layer.get_submodule(path)
+        except AttributeError:  # a dense layer, or a dropped MoE sub-layer
+            continue
+        if not list(module.children()):
+            tensors |= {f"{path}.{k}": v.detach().clone() for k, v in module.state_dict().items()}
+    return tensors
+
+
+class SlimmingObserver(Observer):
+    def __init__(
+        self, stages: list[Any], writer: ShardWriter, new_index: dict[int, int], dtype: torch.dtype, ctx: RunContext
+    ) -> None:
+        self.stages, self.writer, self.new_index, self.dtype, self.ctx = stages, writer, new_index, dtype, ctx
+        self.records = [StageRecord() for _ in stages]
+        self.quantized: dict[str, tuple[WeightGroup, Slimmed]] = {}  # this layer's quantized groups
+        self.stats: LayerStats | None = None
+        self.probes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # new layer index -> (input, output)
+        self.linears: list[tuple] = []  # (linearized name, scope, width) of every quantized linear
+        self.num_layers = len(new_index)
+        self.routers: dict[str, torch.Tensor] = {}  # the current layer's router tensors before slimming
+        self.routers_unchanged = True  # every layer's routers (and shared-expert gates) bit-identical after it
+        self._next_stage = 0  # the stage the next calibration run of the current layer is for
+
+    def runs(self, info: LayerInfo) -> int:
+        return len(self.stages)
+
+    def attach(self, info: LayerInfo, layer: nn.Module) -> list[RemovableHandle]:
+        stage = self.stages[self._next_stage]
+        if not METHODS[stage.method].uses_data:
+            self.stats = None
+            return []
+        groups = layer_groups(layer, info.family, stage.scope)
+        all_experts = bool(getattr(stage, "calibrate_all_experts", False))
+        device = next(layer.parameters()).device
+        self.stats, handles = attach_statistics(layer, groups, all_experts, device)
+        return handles
+
+    def transform(self, info: LayerInfo, layer: nn.Module, run: int) -> bool:
+        stage, record = self.stages[run], self.records[run]
+        if run == 0:
+            self.routers = router_tensors(layer, info.family)
+        started = time.perf_counter()
+        method = METHODS[stage.method]
+        groups = layer_groups(layer, info.family, stage.scope)
+        widths = {g.name: g.get(layer).shape[-1] for g in groups}
+        for group in groups:
+            weight = group.get(layer)
+            stats = self.stats.by_group[group.name] if self.stats is not None else None
+            size = group_size_for(stage, group, widths) if method.quantizes else None
+            result = method.slim(stage, weight, stats, size)
+            group.set(layer, result.weight)
+            self._record(record, info, group, result, size)
+            if result.scale is not None:
+                self.quantized[group.name] = (group, result)
+        if self.stats is not None and self.stats.routed_tokens is not None:
+            record.tokens_per_expert[info.index] = self.stats.routed_tokens.tolist()
+        self.stats = None
+        record.seconds += time.perf_counter() - started
+        self._next_stage = (run + 1) % len(self.stages)
+        self._progress(info, stage.method, groups)
+        return True
+
+    def _record(self, record: StageRecord, info: LayerInfo, group: WeightGroup, result: Slimmed, size) -> None:
+        record.targets[group.scope] = record.targets.get(group.scope, 0) + result.weight.shape[0]
+        for b in result.fallbacks:
+            expert = f".{info.expert_ids[b] if group.fused and info.expert_ids else b}" if group.fused else ""
+            record.fallbacks.append(f"layers.{info.index}.{group.module}{expert}.{group.param}")
+        if result.scale is not None:
+            key = "routed_experts" if group.scope == "routed_experts" else f"in_{result.weight.shape[-1]}"
+            record.group_sizes[key] = size
+
+    def _progress(self, info: LayerInfo, method: str, groups: list[WeightGroup]) -> None:
+        done = sorted(self.new_index).index(info.index) + 1 if info.index in self.new_index else 0
+        log.info("%s: layer %d (%d of %d), %d weight groups", method, info.index, done, self.num_layers, len(groups))
+        self.ctx.progress(method, done, self.num_layers, layer=info.index)
+
+    def propagated(self, info: LayerInfo, start: int, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
+        if start == 0:  # the first sequence: the reload check runs it through the layer read back from disk
+            probe = (h_in[:1].detach().cpu().clone(), h_out[:1].detach().cpu().clone())
+            self.probes[self.new_index[info.index]] = probe
+
+    def finish(self, info: LayerInfo, layer: nn.Module) -> None:
+        after = router_tensors(layer, info.family)
+        same = after.keys() == self.routers.keys() and all(torch.equal(after[k], self.routers[k]) for k in after)
+        self.routers_unchanged = self.routers_unchanged and same
+        new = self.new_index[info.index]
+        prefix = f"{info.family.layout.layers}.{new}."
+        tensors = checkpoint.layer_tensors(layer.state_dict(), prefix, self.quantized, info.family)
+        checkpoint.write_layer(self.writer, tensors, self.dtype)
+        widths = [(g, r.weight.shape[-1]) for g, r in self.quantized.values()]
+        self.linears += checkpoint.linearized_names(new, widths, info.family)
+        self.quantized = {}

@@ -1,0 +1,27 @@
+"""Wanda (Sun et al. 2023) over a batch of matrices: score |W_ij| * ||X_j||_2, lowest per row (or N:M).
+
+||X_j||^2 is the diagonal of the input statistics (:mod:`.statistics`: the tokens routed to each expert).
+An entry without any input falls back to magnitude scores (||X_j|| = 1) and is reported. Per batch entry
+this is llm-compressor's ``wanda_sparsify.sparsify_weight`` (the reference in the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moecomp.compression.slimming.magnitude import lowest_mask
+from moecomp.compression.slimming.result import Slimmed
+from moecomp.compression.slimming.statistics import InputStats
+
+
+@torch.no_grad()
+def slim(config: object, weight: torch.Tensor, stats: InputStats, group_size: int | None = None) -> Slimmed:
+    batch = weight.shape[0]
+    norms = stats.square_norms().expand(batch, -1).clone()  # [B, in]
+    counts = stats.counts.expand(batch) if stats.shared else stats.counts
+    empty = (counts == 0).nonzero().flatten().tolist()
+    norms[empty] = 1.0
+    score = weight.abs().float() * norms.sqrt()[:, None, :]  # [B, out, in]
+    n, m = config.n_m  # type: ignore[attr-defined]
+    mask = lowest_mask(score, config.target_sparsity, n, m, per_row=True)  # type: ignore[attr-defined]
+    return Slimmed(weight.masked_fill(mask, 0), fallbacks=empty)
