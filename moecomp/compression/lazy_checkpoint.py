@@ -86,7 +86,7 @@ class SafetensorsSource:
 
             def read(name: str) -> torch.Tensor:
                 if name not in self._disk_names and self._packed_args is not None and name.endswith(".weight"):
-                    return self._dequantized(name, read)
+                    return self._dequantized(name, read, device)
                 disk = self._disk_names[name]
                 path = self._files[name]
                 if path not in handles:
@@ -95,12 +95,13 @@ class SafetensorsSource:
 
             return {name: self._one(prefix + name, kept, read, device, dtype, pin) for name in names}
 
-    def _dequantized(self, name: str, read: Any) -> torch.Tensor:
-        """A pack-quantized linear's weight s * q, by compressed-tensors' own decompressor."""
+    def _dequantized(self, name: str, read: Any, device: torch.device) -> torch.Tensor:
+        """A pack-quantized linear's weight s * q, by compressed-tensors' own decompressor (on ``device``)."""
         from moecomp.compression.slimming_dequant import PACKED_SUFFIXES, dequantize
 
         base = name.removesuffix(".weight")
         parts = {s: read(f"{base}.{s}") for s in PACKED_SUFFIXES if f"{base}.{s}" in self._disk_names}
+        parts = {k: v if k == "weight_shape" else v.to(device) for k, v in parts.items()}
         return dequantize(parts, self._packed_args)
 
     def has(self, name: str) -> bool:

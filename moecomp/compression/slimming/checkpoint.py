@@ -63,19 +63,29 @@ def layer_tensors(
 
 
 def _fused_tensors(prefix: str, name: str, tensor: torch.Tensor, family: MoEFamily, result: Slimmed | None) -> dict:
-    """Per-expert linears of a fused [E, out, in] tensor, split along out into gate/up where fused."""
+    """Per-expert linears of a fused [E, out, in] tensor, split along out into gate/up where fused.
+
+    Packing runs once over the whole [E * out, in] tensor (rows are independent) and moves to the host in one
+    copy; each expert's linear is then cut from it."""
     module, _, param = name.rpartition(".")
     disk = {"gate_proj": family.disk.gate, "up_proj": family.disk.up, "down_proj": family.disk.down}
     leaves = [disk[leaf] for leaf in LINEARIZED[param]]
-    rows = tensor.shape[1] // len(leaves)
-    quantized = result is not None and result.scale is not None
+    experts, out_rows, cols = tensor.shape
+    rows = out_rows // len(leaves)
+    if result is not None and result.scale is not None:
+        flat = pack(tensor.reshape(experts * out_rows, cols), result.scale.reshape(experts * out_rows, -1), result.args)
+        parts = {k: v.reshape(experts, out_rows, -1).cpu() for k, v in flat.items() if k != "weight_shape"}
+        shape: list[int] | None = [rows, cols]
+    else:
+        parts, shape = {"weight": tensor.cpu()}, None
     out: dict[str, torch.Tensor] = {}
-    for e in range(tensor.shape[0]):
+    for e in range(experts):
         for i, leaf in enumerate(leaves):
-            part = slice(i * rows, (i + 1) * rows)
-            scale = result.scale[e, part] if quantized else None  # type: ignore[union-attr, index]
             linear = disk_name(f"{prefix}{module}.{e}.{leaf}", family)
-            out.update(_linear_tensors(linear, tensor[e, part], scale, result.args if quantized else None))
+            # clones: safetensors refuses tensors that share memory
+            out.update({f"{linear}.{k}": v[e, i * rows : (i + 1) * rows].clone() for k, v in parts.items()})
+            if shape is not None:
+                out[f"{linear}.weight_shape"] = torch.tensor(shape)
     return out
 
 

@@ -120,8 +120,8 @@ class SlimmingObserver(Observer):
 
     def _progress(self, info: LayerInfo, method: str, groups: list[WeightGroup]) -> None:
         done = sorted(self.new_index).index(info.index) + 1 if info.index in self.new_index else 0
+        # One line per layer and stage; the engine reports the pass's progress (one bar, one event per layer).
         log.info("%s: layer %d (%d of %d), %d weight groups", method, info.index, done, self.num_layers, len(groups))
-        self.ctx.progress(method, done, self.num_layers, layer=info.index)
 
     def propagated(self, info: LayerInfo, start: int, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
         if start == 0:  # the first sequence: the reload check runs it through the layer read back from disk

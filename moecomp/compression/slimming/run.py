@@ -94,7 +94,8 @@ def run_streamed(
     observer = SlimmingObserver(list(stages), writer, new_index, save_dtype, ctx)
     for stage in stages:
         ctx.message(stage.method, f"{stage.method}: {stage.model_dump_json()}")  # type: ignore[attr-defined]
-    calibrate(source, calib_ids, [observer], prior=prior, device=device, dtype=dtype, ctx=ctx, stage="slimming")
+    name = "+".join(stage.method for stage in stages)  # type: ignore[attr-defined]
+    calibrate(source, calib_ids, [observer], prior=prior, device=device, dtype=dtype, ctx=ctx, stage=name)
     writer.close()
     quantizer = next((s for s in stages if METHODS[s.method].quantizes), None)  # type: ignore[attr-defined]
     quant = None
