@@ -21,12 +21,10 @@ from compressed_tensors.quantization import QuantizationConfig, QuantizationSche
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.export import ShardWriter
 from moecomp.compression.methods.quantization import config_groups
-from moecomp.compression.slimming.groups import WeightGroup
+from moecomp.compression.slimming.groups import LINEARIZED, WeightGroup
 from moecomp.compression.slimming.qparams import pack
 from moecomp.compression.slimming.result import Slimmed
 from moecomp.compression.slimming_targets import pattern_of
-
-LINEARIZED = {"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}
 
 
 def disk_name(name: str, family: MoEFamily) -> str:

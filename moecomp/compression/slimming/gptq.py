@@ -39,20 +39,22 @@ def identity_where_empty(hessians: torch.Tensor, counts: torch.Tensor) -> list[i
 
 
 @torch.no_grad()
-def slim(config: object, weight: torch.Tensor, stats: InputStats, group_size: int | None) -> Slimmed:
+def slim(
+    config: object, weight: torch.Tensor, stats: InputStats, group_size: int | None, scale_dtype: torch.dtype
+) -> Slimmed:
     args = quantization_args(config, group_size, actorder="static")  # llm-compressor's default for GPTQ
-    scale, zero_point = observe_scales(weight, args)  # from the original weights, as llm-compressor does
+    scale, zero_point = observe_scales(weight, args, scale_dtype)  # from the original weights, as llm-compressor does
     batch, rows, cols = weight.shape
     out = torch.empty_like(weight)
     fallbacks: list[int] = []
     step = chunk_size(rows, cols)
-    counts = stats.counts.expand(batch) if stats.shared else stats.counts
+    counts = stats.entry_counts(batch)
     for start in range(0, batch, step):
         stop = min(start + step, batch)
         hessians = stats.hessians(start, stop)  # [c, in, in] fp32, a fresh working buffer
         fallbacks += [start + b for b in identity_where_empty(hessians, counts[start:stop])]
         quantized, _, rtn = quantize_weight(
-            weight[start:stop].float(),
+            weight[start:stop].to(torch.float32, copy=True),  # quantize_weight works in its input
             hessians,
             scale[start:stop],
             zero_point[start:stop],

@@ -18,6 +18,8 @@ from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.slimming_targets import Scope, scope_of
 
 FUSED_EXPERT_TENSORS = ("gate_up_proj", "down_proj")
+# Fused tensor -> the linears it concatenates along the output axis (llm-compressor's linearized names).
+LINEARIZED = {"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class WeightGroup:
     @property
     def name(self) -> str:
         return f"{self.module}.{self.param}"
+
+    @property
+    def linears(self) -> int:
+        """How many linears each batch entry concatenates along its output axis (2 for gate_up_proj)."""
+        return len(LINEARIZED[self.param]) if self.fused else 1
 
     def get(self, layer: nn.Module) -> torch.Tensor:
         """[B, out, in] view of the weight."""

@@ -26,7 +26,9 @@ def lowest_mask(score: torch.Tensor, fraction: float, n: int, m: int, per_row: b
 
 
 @torch.no_grad()
-def slim(config: object, weight: torch.Tensor, stats: InputStats | None, group_size: int | None = None) -> Slimmed:
+def slim(
+    config: object, weight: torch.Tensor, stats: InputStats | None, group_size: int | None, scale_dtype: torch.dtype
+) -> Slimmed:
     n, m = config.n_m  # type: ignore[attr-defined]
     mask = lowest_mask(weight.abs().float(), config.target_sparsity, n, m, per_row=False)  # type: ignore[attr-defined]
     return Slimmed(weight.masked_fill(mask, 0))

@@ -1,7 +1,8 @@
 """The one table of slimming methods the streamed pass runs: method name -> its module's ``slim`` and traits.
 
-A method module exposes ``slim(config, weight [B, out, in], stats, group_size) -> Slimmed``; a new method is
-one module and one row here.
+A method module exposes ``slim(config, weight [B, out, in], stats, group_size, scale_dtype) -> Slimmed`` (stats
+None for data-free methods; group size and scale dtype used by quantization only); a new method is one module and
+one row here.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -23,9 +23,9 @@ from moecomp.compression.export import ShardWriter
 from moecomp.compression.observers import LayerInfo, Observer
 from moecomp.compression.slimming import checkpoint
 from moecomp.compression.slimming.groups import WeightGroup, layer_groups
-from moecomp.compression.slimming.methods import METHODS, group_size_for
+from moecomp.compression.slimming.methods import METHODS, SlimmingMethod, group_size_for
 from moecomp.compression.slimming.result import Slimmed
-from moecomp.compression.slimming.statistics import LayerStats, attach_statistics
+from moecomp.compression.slimming.statistics import InputStats, LayerStats, attach_statistics
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,19 @@ def router_tensors(layer: nn.Module, family: Any) -> dict[str, torch.Tensor]:
         if not list(module.children()):
             tensors |= {f"{path}.{k}": v.detach().clone() for k, v in module.state_dict().items()}
     return tensors
+
+
+def slim_linears(
+    method: SlimmingMethod, stage: Any, weight: torch.Tensor, parts: int, stats: InputStats | None, size, dtype
+) -> Slimmed:
+    """Slim [B, out, in] as the linears it stands for: a fused gate_up [E, 2I, H] is E gate and E up matrices
+    (magnitude and SparseGPT thresholds span one linear, as in llm-compressor; the statistics are the expert's)."""
+    batch, rows, cols = weight.shape
+    stats = replace(stats, repeat=parts) if stats is not None and parts > 1 else stats
+    result = method.slim(stage, weight.reshape(batch * parts, rows // parts, cols), stats, size, dtype)
+    scale = None if result.scale is None else result.scale.reshape(batch, rows, -1)
+    fallbacks = sorted({b // parts for b in result.fallbacks})
+    return Slimmed(result.weight.reshape(weight.shape), scale, result.args, fallbacks)
 
 
 class SlimmingObserver(Observer):
@@ -96,7 +109,7 @@ class SlimmingObserver(Observer):
             weight = group.get(layer)
             stats = self.stats.by_group[group.name] if self.stats is not None else None
             size = group_size_for(stage, group, widths) if method.quantizes else None
-            result = method.slim(stage, weight, stats, size)
+            result = slim_linears(method, stage, weight, group.linears, stats, size, self.dtype)
             group.set(layer, result.weight)
             self._record(record, info, group, result, size)
             if result.scale is not None:

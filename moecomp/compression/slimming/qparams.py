@@ -22,12 +22,18 @@ def quantization_args(config: object, group_size: int | None, actorder: str | No
     return QuantizationArgs(**weight_args(config, group_size), actorder=actorder)  # type: ignore[arg-type]
 
 
-def observe_scales(weight: torch.Tensor, args: QuantizationArgs) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero_point), each [B, out, groups], of weight [B, out, in] (llm-compressor's weight observer)."""
+def observe_scales(
+    weight: torch.Tensor, args: QuantizationArgs, scale_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point), each [B, out, groups], of weight [B, out, in] (llm-compressor's weight observer).
+
+    The scale is rounded to ``scale_dtype``, the checkpoint's: the pass then computes with exactly the scale that
+    is saved (as llm-compressor does when it compresses at save time), whatever dtype it computes in."""
     batch, rows, _ = weight.shape
     observer = Observer.load_from_registry("memoryless_minmax", base_name="weight", args=args)
     qparams = observer(weight.reshape(batch * rows, -1)).get_qparams()
-    return qparams["scale"].reshape(batch, rows, -1), qparams["zero_point"].reshape(batch, rows, -1)
+    scale = qparams["scale"].to(scale_dtype).to(qparams["scale"].dtype)
+    return scale.reshape(batch, rows, -1), qparams["zero_point"].reshape(batch, rows, -1)
 
 
 def fake_quantized(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, args: QuantizationArgs):

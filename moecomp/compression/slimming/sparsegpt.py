@@ -71,9 +71,11 @@ def prune(weight: torch.Tensor, hessians: torch.Tensor, config: object) -> torch
     return w
 
 
-def slim(config: object, weight: torch.Tensor, stats: InputStats, group_size: int | None = None) -> Slimmed:
+def slim(
+    config: object, weight: torch.Tensor, stats: InputStats, group_size: int | None, scale_dtype: torch.dtype
+) -> Slimmed:
     batch, rows, cols = weight.shape
-    counts = stats.counts.expand(batch) if stats.shared else stats.counts
+    counts = stats.entry_counts(batch)
     out = torch.empty_like(weight)
     fallbacks: list[int] = []
     step = chunk_size(rows, cols)

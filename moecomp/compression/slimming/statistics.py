@@ -28,11 +28,26 @@ from moecomp.compression.slimming.groups import WeightGroup
 
 @dataclass
 class InputStats:
-    """Sum of x x^T per batch entry; ``shared``: one entry that stands for every batch entry."""
+    """Sum of x x^T per batch entry; ``shared``: one entry that stands for every batch entry; ``repeat``: each
+    entry stands for that many consecutive batch entries (an expert's gate and up halves, slimmed apart)."""
 
     sums: torch.Tensor  # [B or 1, in, in] float32
     counts: torch.Tensor  # [B or 1] int64
     shared: bool = False
+    repeat: int = 1
+
+    def _entries(self, start: int, stop: int) -> torch.Tensor:
+        """Indices into ``sums`` of batch entries [start, stop)."""
+        index = torch.arange(start, stop, device=self.sums.device) // self.repeat
+        return index * 0 if self.shared else index
+
+    def entry_counts(self, batch: int) -> torch.Tensor:
+        """[batch] inputs seen by each batch entry."""
+        return self.counts[self._entries(0, batch)]
+
+    def entry_square_norms(self, batch: int) -> torch.Tensor:
+        """[batch, in]: sum over inputs of x_j^2 (Wanda's ||X_j||^2) for each batch entry."""
+        return self.sums.diagonal(dim1=-2, dim2=-1)[self._entries(0, batch)]
 
     def add(self, entry: int, x: torch.Tensor) -> None:
         """Accumulate inputs x [n, in] of batch entry ``entry``."""
@@ -43,18 +58,15 @@ class InputStats:
     def hessians(self, start: int, stop: int) -> torch.Tensor:
         """H = 2 S / n for entries [start, stop) as a fresh [stop - start, in, in] tensor (entries without any
         input give an all-zero H: the methods' fallback decides what to do with them)."""
-        if self.shared:
-            sums, counts = self.sums.expand(stop - start, -1, -1), self.counts.expand(stop - start)
-        else:
-            sums, counts = self.sums[start:stop], self.counts[start:stop]
-        return sums * (2.0 / counts.clamp_min(1).to(sums.dtype))[:, None, None]
+        index = self._entries(start, stop)
+        return self.sums[index] * (2.0 / self.counts[index].clamp_min(1).to(self.sums.dtype))[:, None, None]
 
     def square_norms(self) -> torch.Tensor:
         """[B or 1, in]: sum over inputs of x_j^2 (Wanda's ||X_j||^2)."""
         return self.sums.diagonal(dim1=-2, dim2=-1)
 
     def tokens(self, batch: int) -> list[int]:
-        return (self.counts.expand(batch) if self.shared else self.counts).tolist()
+        return self.entry_counts(batch).tolist()
 
 
 @dataclass

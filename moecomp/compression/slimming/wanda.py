@@ -15,10 +15,12 @@ from moecomp.compression.slimming.statistics import InputStats
 
 
 @torch.no_grad()
-def slim(config: object, weight: torch.Tensor, stats: InputStats, group_size: int | None = None) -> Slimmed:
+def slim(
+    config: object, weight: torch.Tensor, stats: InputStats, group_size: int | None, scale_dtype: torch.dtype
+) -> Slimmed:
     batch = weight.shape[0]
-    norms = stats.square_norms().expand(batch, -1).clone()  # [B, in]
-    counts = stats.counts.expand(batch) if stats.shared else stats.counts
+    norms = stats.entry_square_norms(batch)  # [B, in], a copy
+    counts = stats.entry_counts(batch)
     empty = (counts == 0).nonzero().flatten().tolist()
     norms[empty] = 1.0
     score = weight.abs().float() * norms.sqrt()[:, None, :]  # [B, out, in]
