@@ -45,7 +45,7 @@ from moecomp.assets import DEMO_MODEL
 from moecomp.compression.context import RunContext
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig
 from moecomp.compression.slimming.llmcompressor_pass import run_slimming
-from moecomp.compression.slimming_llmc import cpu_safe_pinning
+from moecomp.compression.slimming.llmcompressor_seam import cpu_safe_pinning
 
 FULL = dict(
     hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,

@@ -97,7 +97,7 @@ class SafetensorsSource:
 
     def _dequantized(self, name: str, read: Any, device: torch.device) -> torch.Tensor:
         """A pack-quantized linear's weight s * q, by compressed-tensors' own decompressor (on ``device``)."""
-        from moecomp.compression.slimming_dequant import PACKED_SUFFIXES, dequantize
+        from moecomp.compression.slimming.dequant import PACKED_SUFFIXES, dequantize
 
         base = name.removesuffix(".weight")
         parts = {s: read(f"{base}.{s}") for s in PACKED_SUFFIXES if f"{base}.{s}" in self._disk_names}
@@ -191,7 +191,7 @@ def _packed_weight_args(config: PretrainedConfig) -> dict[str, Any] | None:
     quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
     if not quant or quant.get("format") != "pack-quantized":
         return None
-    from moecomp.compression.slimming_dequant import weight_args_of
+    from moecomp.compression.slimming.dequant import weight_args_of
 
     return weight_args_of(quant)
 

@@ -1,11 +1,14 @@
 """compress(): the one entry point of the CLI and the worker. Model + recipe -> checkpoint folder + manifest.
 
-The recipe's stages are split into passes of consecutive stages of one family (``stage.family``):
-each pass reads a checkpoint folder and writes one, through the runner :data:`PASS_RUNNERS` names
-for that family. Trimming: one :func:`trimming.run_trimming` call, then :func:`export.export_trimmed`.
-Slimming: :func:`slimming.run_slimming`. Intermediate checkpoints live in a temporary folder beside
-``out_dir`` and are removed; the last pass writes ``out_dir``. An empty recipe still re-exports the
-model (a real checkpoint with its manifest).
+The recipe's stages are split into passes of consecutive stages of one kind (:func:`pass_kind`): each pass
+reads a checkpoint folder and writes one, through the runner :data:`PASS_RUNNERS` names for that kind.
+Trimming: one :func:`trimming.run_trimming` call, then :func:`export.export_trimmed`. Slimming: the streamed,
+MoE-batched pass :func:`slimming.run.run_streamed`, or plain llm-compressor
+(:func:`slimming.llmcompressor_pass.run_slimming`) for AWQ, FP8 and stages that ask for ``backend:
+llmcompressor``. A trimming pass followed by a streamed slimming pass writes nothing: the slimming pass applies
+its decisions while it reads (``PassJob.pending``), so ``[layer_drop, gptq]`` writes one checkpoint. Other
+intermediate checkpoints live in a temporary folder beside ``out_dir`` and are removed; the last pass writes
+``out_dir``. An empty recipe still re-exports the model (a real checkpoint with its manifest).
 
 Indices in the manifest are the ORIGINAL model's: a trimming pass that runs on the output of an
 earlier trimming pass has its decisions mapped back through the earlier ones (:func:`to_original`).
@@ -121,7 +124,7 @@ def to_original(later: Decisions, earlier: Decisions, num_layers: int) -> Decisi
 def _trimming_pass(job: PassJob) -> PassResult:
     decisions, reports = Decisions(), list[dict[str, Any]]()
     if job.stages:
-        from moecomp.compression.slimming_dequant import scoring_view
+        from moecomp.compression.slimming.dequant import scoring_view
         from moecomp.compression.trimming import run_trimming
 
         dtype = torch_dtype(job.dtype, job.model_dir)
@@ -140,8 +143,8 @@ def _trimming_pass(job: PassJob) -> PassResult:
 
 
 def _streamed_slimming_pass(job: PassJob) -> PassResult:
+    from moecomp.compression.slimming.reload_check import checkpoint_bytes
     from moecomp.compression.slimming.run import run_streamed
-    from moecomp.compression.slimming_verify import checkpoint_bytes
 
     _refuse_uneven_experts(job.model_dir, job.pending)
     assert job.calib_ids is not None
@@ -178,7 +181,7 @@ def _refuse_uneven_experts(model_dir: Path, pending: Decisions) -> None:
         )
 
 
-def _slimming_pass(job: PassJob) -> PassResult:
+def _llmcompressor_slimming_pass(job: PassJob) -> PassResult:
     from moecomp.compression.slimming.llmcompressor_pass import run_slimming
 
     config = read_config(job.model_dir)
@@ -203,7 +206,7 @@ def _slimming_pass(job: PassJob) -> PassResult:
 PASS_RUNNERS: dict[str, PassRunner] = {
     "trimming": _trimming_pass,
     "slimming": _streamed_slimming_pass,
-    "slimming_llmcompressor": _slimming_pass,
+    "slimming_llmcompressor": _llmcompressor_slimming_pass,
 }
 
 

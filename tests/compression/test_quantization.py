@@ -20,9 +20,9 @@ from moecomp.compression.methods.quantization import (
     resolve_group_size,
 )
 from moecomp.compression.recipe import Recipe
+from moecomp.compression.slimming.llmcompressor_modifiers import split_patterns
 from moecomp.compression.slimming.llmcompressor_pass import load_linearized, run_slimming
-from moecomp.compression.slimming_modifiers import split_patterns
-from moecomp.compression.slimming_targets import find_targets
+from moecomp.compression.slimming.targets import find_targets
 from tests.compression.slimming_fixtures import calibration_ids, heldout_ids, perplexity
 
 

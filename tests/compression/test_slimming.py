@@ -16,8 +16,8 @@ from moecomp.compression.methods.layer_drop import LayerDropConfig
 from moecomp.compression.methods.pruning import WandaConfig
 from moecomp.compression.methods.quantization import GPTQConfig, RTNConfig
 from moecomp.compression.slimming.llmcompressor_pass import export_slimmed, load_linearized, slim_model, validate_stages
-from moecomp.compression.slimming_llmc import save_conversions
-from moecomp.compression.slimming_verify import ExportMismatch, verify_reload
+from moecomp.compression.slimming.llmcompressor_seam import save_conversions
+from moecomp.compression.slimming.reload_check import ExportMismatch, verify_reload
 from tests.compression.slimming_fixtures import calibration_ids
 
 RELOAD = textwrap.dedent(

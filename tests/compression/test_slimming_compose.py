@@ -19,8 +19,8 @@ from moecomp.compression.methods.layer_drop import LayerDropConfig
 from moecomp.compression.methods.quantization import AWQConfig, RTNConfig
 from moecomp.compression.pipeline import compress
 from moecomp.compression.recipe import CalibrationSpec, Recipe
+from moecomp.compression.slimming.dequant import dequantized_view, is_pack_quantized, scoring_view
 from moecomp.compression.slimming.llmcompressor_pass import run_slimming
-from moecomp.compression.slimming_dequant import dequantized_view, is_pack_quantized, scoring_view
 from moecomp.compression.structure import apply_decisions
 from moecomp.compression.trimming import run_trimming
 from tests.compression.slimming_fixtures import calibration_ids

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, Backend, StageConfig
-from moecomp.compression.slimming_targets import SCOPES, Scope
+from moecomp.compression.slimming.targets import SCOPES, Scope
 
 Pattern = Literal["2:4", "4:8"]
 

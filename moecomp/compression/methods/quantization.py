@@ -32,7 +32,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 
 from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, MAX_GROUP_SIZE, Backend, StageConfig
-from moecomp.compression.slimming_targets import SCOPES, Scope
+from moecomp.compression.slimming.targets import SCOPES, Scope
 
 QUANT_SCOPE_DEFAULT: list[Scope] = list(SCOPES)
 

@@ -24,7 +24,7 @@ from moecomp.compression.methods.quantization import config_groups
 from moecomp.compression.slimming.groups import LINEARIZED, WeightGroup
 from moecomp.compression.slimming.qparams import pack
 from moecomp.compression.slimming.result import Slimmed
-from moecomp.compression.slimming_targets import pattern_of
+from moecomp.compression.slimming.targets import pattern_of
 
 
 def disk_name(name: str, family: MoEFamily) -> str:

@@ -3,7 +3,7 @@
 A :class:`WeightGroup` is one weight tensor seen as [B, out, in]: a fused experts tensor
 (``mlp.experts.gate_up_proj`` [E, 2I, H], ``down_proj`` [E, H, I]: B = the layer's experts) or the weight
 of one ``nn.Linear`` (B = 1). Every method works on such batches, so routed experts, shared experts and
-attention go through the same code. Scopes follow :mod:`moecomp.compression.slimming_targets`: routers and
+attention go through the same code. Scopes follow :mod:`moecomp.compression.slimming.targets`: routers and
 shared-expert gates belong to no scope and are never slimmed.
 """
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from moecomp.compression.adapters import MoEFamily
-from moecomp.compression.slimming_targets import Scope, scope_of
+from moecomp.compression.slimming.targets import Scope, scope_of
 
 FUSED_EXPERT_TENSORS = ("gate_up_proj", "down_proj")
 # Fused tensor -> the linears it concatenates along the output axis (llm-compressor's linearized names).

@@ -40,10 +40,10 @@ from moecomp.compression.methods.pruning import (
     realized_sparsity,
 )
 from moecomp.compression.methods.quantization import FP8Config, group_sizes_used
-from moecomp.compression.slimming_llmc import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
-from moecomp.compression.slimming_modifiers import BUILDERS, split_patterns
-from moecomp.compression.slimming_targets import Target, find_targets, router_names
-from moecomp.compression.slimming_verify import checkpoint_bytes, router_state, verify_reload
+from moecomp.compression.slimming.llmcompressor_modifiers import BUILDERS, split_patterns
+from moecomp.compression.slimming.llmcompressor_seam import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
+from moecomp.compression.slimming.reload_check import checkpoint_bytes, router_state, verify_reload
+from moecomp.compression.slimming.targets import Target, find_targets, router_names
 
 SLIMMING_METHODS = ("gptq", "awq", "rtn", "fp8", "magnitude", "wanda", "sparsegpt")
 QUANTIZATION_METHODS = ("gptq", "awq", "rtn", "fp8")

@@ -19,8 +19,12 @@ from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.lazy_checkpoint import checkpoint_structure
 from moecomp.compression.methods.pruning import SparseGPTConfig, WandaConfig
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, config_groups
-from moecomp.compression.slimming_llmc import RoutedGPTQModifier, RoutedSparseGPTModifier, RoutedWandaModifier
-from moecomp.compression.slimming_targets import Target, pattern_of, patterns_by_in_features
+from moecomp.compression.slimming.llmcompressor_seam import (
+    RoutedGPTQModifier,
+    RoutedSparseGPTModifier,
+    RoutedWandaModifier,
+)
+from moecomp.compression.slimming.targets import Target, pattern_of, patterns_by_in_features
 
 Builder = Callable[[object, nn.Module, MoEFamily, list[Target]], list[Modifier]]
 

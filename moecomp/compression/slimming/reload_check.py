@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from moecomp.compression.adapters import MoEFamily
-from moecomp.compression.slimming_targets import router_names
+from moecomp.compression.slimming.targets import router_names
 
 # A reloaded export is refused when any module of it, given the same input as the in-memory module of the same
 # name, answers more than MODULE_TOLERANCE apart (mean |difference| / mean |output|). Module by module the two
