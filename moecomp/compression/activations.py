@@ -158,8 +158,9 @@ def check_host_memory(plan: Plan, device: torch.device, extra_bytes: int, availa
         gib = 2**30
         raise HostMemoryError(
             f"this pass needs at least {needed / gib:.1f} GiB of host memory (activations {activations / gib:.1f}, "
-            f"two layers' weights {2 * plan.layer_bytes / gib:.1f}, the stages' own buffers {extra_bytes / gib:.1f}, "
-            f"e.g. consecutive block_drop's 'drop' copies of the hidden states) and {available / gib:.1f} GiB are "
+            f"two layers' weights {2 * plan.layer_bytes / gib:.1f}, the stages' own buffers {extra_bytes / gib:.1f}: "
+            "consecutive block_drop's 'drop' copies of the hidden states, slimming's output shard) and "
+            f"{available / gib:.1f} GiB are "
             "available; lower calibration samples x seq_len or block_drop's drop"
         )
 

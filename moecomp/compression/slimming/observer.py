@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from moecomp.compression.context import RunContext
 from moecomp.compression.export import ShardWriter
 from moecomp.compression.observers import LayerInfo, Observer
 from moecomp.compression.slimming import checkpoint
@@ -70,9 +69,10 @@ def slim_linears(
 
 class SlimmingObserver(Observer):
     def __init__(
-        self, stages: list[Any], writer: ShardWriter, new_index: dict[int, int], dtype: torch.dtype, ctx: RunContext
+        self, stages: list[Any], writer: ShardWriter, new_index: dict[int, int], dtype: torch.dtype, sequences: int
     ) -> None:
-        self.stages, self.writer, self.new_index, self.dtype, self.ctx = stages, writer, new_index, dtype, ctx
+        self.stages, self.writer, self.new_index, self.dtype = stages, writer, new_index, dtype
+        self.sequences = sequences  # N of the calibration batch
         self.records = [StageRecord() for _ in stages]
         self.quantized: dict[str, tuple[WeightGroup, Slimmed]] = {}  # this layer's quantized groups
         self.stats: LayerStats | None = None
@@ -85,6 +85,10 @@ class SlimmingObserver(Observer):
 
     def runs(self, info: LayerInfo) -> int:
         return len(self.stages)
+
+    def host_bytes(self, activation_bytes: int) -> int:
+        """One output shard being filled, and each layer's probe (one sequence in, one out) for the reload check."""
+        return self.writer.max_bytes + 2 * self.num_layers * activation_bytes // self.sequences
 
     def attach(self, info: LayerInfo, layer: nn.Module) -> list[RemovableHandle]:
         stage = self.stages[self._next_stage]

@@ -91,7 +91,7 @@ def run_streamed(
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out_dir, max_shard_bytes)
     _copy_outside_layers(model_dir, writer, source.family)
-    observer = SlimmingObserver(list(stages), writer, new_index, save_dtype, ctx)
+    observer = SlimmingObserver(list(stages), writer, new_index, save_dtype, sequences=calib_ids.shape[0])
     for stage in stages:
         ctx.message(stage.method, f"{stage.method}: {stage.model_dump_json()}")  # type: ignore[attr-defined]
     name = "+".join(stage.method for stage in stages)  # type: ignore[attr-defined]

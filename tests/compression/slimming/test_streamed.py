@@ -14,6 +14,8 @@ from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_in
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+from moecomp.compression import activations
+from moecomp.compression.activations import HostMemoryError
 from moecomp.compression.context import RunContext
 from moecomp.compression.methods.pruning import MagnitudeConfig, SparseGPTConfig, WandaConfig
 from moecomp.compression.methods.quantization import GPTQConfig, RTNConfig
@@ -219,3 +221,20 @@ def test_held_out_perplexity_no_worse_than_llm_compressors(
         run_slimming(model, [stage], calib, tmp_path / f"{stage.method}-llmc", device="cpu", ctx=RunContext())
         assert ppl[stage.method] <= perplexity(tmp_path / f"{stage.method}-llmc", held) * 1.005, stage.method
     assert ppl["gptq"] < ppl["rtn"] and ppl["sparsegpt"] < ppl["magnitude"], ppl
+
+
+def test_a_slimming_pass_that_cannot_fit_in_host_memory_is_refused_before_it_starts(
+    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The output shard being filled (2 GiB at most) counts: 1 GiB available is refused before any layer runs."""
+    monkeypatch.setattr(activations, "available_host_bytes", lambda: 2**30)
+    events: list = []
+    refusal = r"needs at least 2\.\d GiB .* own buffers 2\.0: .* slimming's output shard\) and 1\.0 GiB"
+    with pytest.raises(HostMemoryError, match=refusal):
+        run_streamed(
+            sources["mixtral"], [STAGES["gptq"]], torch.zeros(2, 16, dtype=torch.long), tmp_path / "out",
+            prior=Decisions(), device="cpu", dtype=torch.float32, save_dtype=torch.bfloat16,
+            ctx=RunContext(sink=lambda *event: events.append(event)),
+        )  # fmt: skip
+    assert not list((tmp_path / "out").glob("*.safetensors"))
+    assert not [e for e in events if e[0] == "progress" and e[1] == "gptq" and e[2]["step"] > 0]
