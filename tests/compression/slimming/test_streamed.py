@@ -76,7 +76,9 @@ def sources(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: Path) ->
     return {model_type: root / model_type for model_type in FAMILY_CONFIGS}
 
 
-def _slim(source: Path, stages: list, out: Path, prior: Decisions, monkeypatch: pytest.MonkeyPatch) -> tuple:
+def _slim(
+    source: Path, stages: list, out: Path, prior: Decisions, monkeypatch: pytest.MonkeyPatch, device: str = "cpu"
+) -> tuple:
     """Run the streamed pass in bf16 (the checkpoint's dtype); return its reports and the probes it checked."""
     probes: dict = {}
     real = streamed_run.verify_streamed
@@ -88,7 +90,7 @@ def _slim(source: Path, stages: list, out: Path, prior: Decisions, monkeypatch: 
     monkeypatch.setattr(streamed_run, "verify_streamed", spy)
     ids = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
     reports = run_streamed(
-        source, stages, ids, out, prior=prior, device="cpu", dtype=torch.bfloat16, save_dtype=torch.bfloat16,
+        source, stages, ids, out, prior=prior, device=device, dtype=torch.bfloat16, save_dtype=torch.bfloat16,
         ctx=RunContext(),
     )  # fmt: skip
     return reports, probes
@@ -114,6 +116,22 @@ def test_every_family_reloads_with_stock_transformers_layer_by_layer(
     assert reports[0]["checkpoint"]["reload_layers_checked"] == FAMILY_CONFIGS[model_type]["num_hidden_layers"]
     errors = _reload_errors(out, probes, tmp_path)
     assert len(errors) == len(probes) and max(errors.values()) < 1e-2, errors
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["gptq", "sparsegpt", "wanda"])
+@pytest.mark.parametrize("model_type", FAMILY_CONFIGS)
+def test_on_cuda_every_family_reloads_with_stock_transformers_layer_by_layer(
+    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_type: str, method: str
+) -> None:
+    """The same pass on the GPU (llm-compressor's Triton GPTQ kernel there); the reload runs on the CPU, so bf16
+    kernels differ between the two sides."""
+    out = tmp_path / "out"
+    reports, probes = _slim(sources[model_type], [STAGES[method]], out, Decisions(), monkeypatch, device="cuda")
+    assert reports[0]["results"]["routers_unchanged"] and not reports[0]["results"]["fallbacks"]
+    errors = _reload_errors(out, probes, tmp_path)
+    assert len(errors) == len(probes) and max(errors.values()) < 2e-2, errors
 
 
 @pytest.mark.slow
