@@ -129,7 +129,7 @@ def test_on_cuda_every_family_reloads_with_stock_transformers_layer_by_layer(
     kernels differ between the two sides."""
     out = tmp_path / "out"
     reports, probes = _slim(sources[model_type], [STAGES[method]], out, Decisions(), monkeypatch, device="cuda")
-    assert reports[0]["results"]["routers_unchanged"] and not reports[0]["results"]["fallbacks"]
+    assert reports[0]["results"]["routers_unchanged"]
     errors = _reload_errors(out, probes, tmp_path)
     assert len(errors) == len(probes) and max(errors.values()) < 2e-2, errors
 
