@@ -231,10 +231,11 @@ def _calibrate_layer(
     kept, changed = None, False
     for run in range(runs):
         active = [obs for obs in observers if run < obs.runs(info)]
-        _observed_run(layer, info, active, (hidden, out), kwargs, plan, device)
-        if run == 0:
-            kept = _in_pass_decision(observers, info)
-        if kept is not None and run == 0:
+        if any(obs.needs_data(info, run) for obs in active):
+            _observed_run(layer, info, active, (hidden, out), kwargs, plan, device)
+        else:  # data-free stages (round-to-nearest, magnitude): nothing to observe, the layer changes below
+            changed = True
+        if run == 0 and (kept := _in_pass_decision(observers, info)) is not None:
             slice_experts(layer, [info.expert_ids.index(e) for e in kept], loader.source.family.layout)
             changed = True
         changed = any([obs.transform(info, layer, run) for obs in active]) or changed

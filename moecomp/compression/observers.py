@@ -47,6 +47,10 @@ class Observer:
         """Calibration runs of the layer this observer needs (slimming: one per stage); 0 or 1 by default."""
         return 1
 
+    def needs_data(self, info: LayerInfo, run: int) -> bool:
+        """Whether calibration run ``run`` must pass the batch through the layer (a data-free stage needs none)."""
+        return True
+
     def transform(self, info: LayerInfo, layer: nn.Module, run: int) -> bool:
         """After calibration run ``run`` of the layer: change its weights in place; True when it did."""
         return False

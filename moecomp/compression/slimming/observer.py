@@ -86,6 +86,9 @@ class SlimmingObserver(Observer):
     def runs(self, info: LayerInfo) -> int:
         return len(self.stages)
 
+    def needs_data(self, info: LayerInfo, run: int) -> bool:
+        return METHODS[self.stages[run].method].uses_data
+
     def host_bytes(self, activation_bytes: int) -> int:
         """One output shard being filled, and each layer's probe (one sequence in, one out) for the reload check."""
         return self.writer.max_bytes + 2 * self.num_layers * activation_bytes // self.sequences
