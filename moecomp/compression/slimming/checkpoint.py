@@ -11,7 +11,6 @@ same scheme: target regexes over the in-memory (linearized) names, routed expert
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import compressed_tensors
@@ -131,9 +130,3 @@ def quantization_config(
 
 def _sorted(patterns: dict[int, set[str]]) -> dict[int, list[str]]:
     return {width: sorted(names) for width, names in patterns.items()}
-
-
-def ignored_linears(names: list[str], family: MoEFamily) -> list[str]:
-    """Disk names of the linears left unquantized (routers, shared-expert gates, lm_head), as llm-compressor
-    lists them."""
-    return [disk_name(re.sub(r"\.weight$", "", n), family) for n in names]

@@ -27,7 +27,7 @@ from moecomp.compression.engine import calibrate
 from moecomp.compression.export import MAX_SHARD_BYTES, ShardWriter, layer_of, source_tensors, trimmed_config_json
 from moecomp.compression.lazy_checkpoint import SafetensorsSource
 from moecomp.compression.methods.base import StageConfig
-from moecomp.compression.slimming.checkpoint import ignored_linears, quantization_config
+from moecomp.compression.slimming.checkpoint import disk_name, quantization_config
 from moecomp.compression.slimming.methods import METHODS
 from moecomp.compression.slimming.observer import SlimmingObserver, StageRecord
 from moecomp.compression.slimming.verify import verify_streamed
@@ -59,16 +59,16 @@ def _config(model_dir: Path, out_dir: Path, prior: Decisions, quant: dict[str, A
     return data
 
 
-def _ignored(source: SafetensorsSource, new_index: dict[int, int]) -> list[str]:
+def _ignored(source: SafetensorsSource, new_index: dict[int, int], prior: Decisions) -> list[str]:
     """The linears llm-compressor lists as not quantized: each layer's router (and shared-expert gate), lm_head."""
-    family = source.family
+    layout = source.family.layout
     names = []
     for old, new in sorted(new_index.items()):
-        for path in (family.layout.router, *(f"{family.layout.mlp}.{p}" for p in family.shared_experts)):
-            name = f"{family.layout.layers}.{new}.{path}"
-            if source.has(f"{family.layout.layers}.{old}.{path}.weight") and not source.has(name + ".0.weight"):
-                names.append(name)
-    return [*ignored_linears(names, family), family.lm_head]
+        gates = (layout.router, *(f"{layout.mlp}.{p}" for p in source.family.shared_experts))
+        for path in gates:  # a shared path with a weight of its own is a gate; a shared MLP has none
+            if old not in prior.dropped_layers and source.has(f"{layout.layers}.{old}.{path}.weight"):
+                names.append(disk_name(f"{layout.layers}.{new}.{path}", source.family))
+    return [*names, source.family.lm_head]
 
 
 def run_streamed(
@@ -101,7 +101,7 @@ def run_streamed(
     quant = None
     if quantizer is not None:
         actorder = METHODS[quantizer.method].actorder  # type: ignore[attr-defined]
-        quant = quantization_config(quantizer, observer.linears, _ignored(source, new_index), actorder)
+        quant = quantization_config(quantizer, observer.linears, _ignored(source, new_index, prior), actorder)
     config = _config(model_dir, out_dir, prior, quant)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name in SIDE_FILES:
