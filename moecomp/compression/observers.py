@@ -44,7 +44,7 @@ class Observer:
         return None
 
     def runs(self, info: LayerInfo) -> int:
-        """Calibration runs of the layer this observer needs (slimming: one per stage); 0 or 1 by default."""
+        """Calibration runs of the layer this observer needs: one by default, one per stage for slimming."""
         return 1
 
     def needs_data(self, info: LayerInfo, run: int) -> bool:

@@ -124,16 +124,15 @@ def to_original(later: Decisions, earlier: Decisions, num_layers: int) -> Decisi
 def _trimming_pass(job: PassJob) -> PassResult:
     decisions, reports = Decisions(), list[dict[str, Any]]()
     if job.stages:
-        from moecomp.compression.slimming.dequant import scoring_view
         from moecomp.compression.trimming import run_trimming
 
         dtype = torch_dtype(job.dtype, job.model_dir)
         assert job.calib_ids is not None
-        # A quantized checkpoint is scored on its dense view; the export renumbers its packed tensors.
-        with scoring_view(job.model_dir) as scoring_dir:
-            decisions, reports = run_trimming(
-                scoring_dir, job.stages, job.calib_ids, device=job.device, dtype=dtype, ctx=job.ctx
-            )
+        # A pack-quantized checkpoint is scored on the weights it stands for, dequantized as each layer is read
+        # (no dense copy on disk); the export renumbers its packed tensors.
+        decisions, reports = run_trimming(
+            job.model_dir, job.stages, job.calib_ids, device=job.device, dtype=dtype, ctx=job.ctx
+        )
     combined = to_original(decisions, job.decisions, job.manifest["source"]["num_hidden_layers"])
     if job.defer_export:
         return PassResult(reports, combined, pending=decisions)

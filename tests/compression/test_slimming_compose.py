@@ -12,17 +12,20 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from moecomp.compression.activations import build_skeleton
 from moecomp.compression.adapters import get_adapter
 from moecomp.compression.context import RunContext
+from moecomp.compression.engine import load_layer
 from moecomp.compression.export import export_trimmed
+from moecomp.compression.lazy_checkpoint import SafetensorsSource
 from moecomp.compression.methods.layer_drop import LayerDropConfig
 from moecomp.compression.methods.quantization import AWQConfig, RTNConfig
 from moecomp.compression.pipeline import compress
 from moecomp.compression.recipe import CalibrationSpec, Recipe
-from moecomp.compression.slimming.dequant import dequantized_view, is_pack_quantized, scoring_view
 from moecomp.compression.slimming.llmcompressor_pass import run_slimming
-from moecomp.compression.structure import apply_decisions
+from moecomp.compression.structure import Decisions, apply_decisions
 from moecomp.compression.trimming import run_trimming
+from tests.compression.dense_view import dequantized_view, is_pack_quantized
 from tests.compression.slimming_fixtures import calibration_ids
 
 RELOAD = textwrap.dedent(
@@ -44,16 +47,23 @@ def _logits(model_dir: Path, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.slow
 @torch.no_grad()
-def test_dense_view_reproduces_the_quantized_model_and_is_removed(tmp_path: Path, tiny_qwen2_moe_dir: Path) -> None:
+def test_a_quantized_checkpoint_is_read_as_its_dense_view(tmp_path: Path, tiny_qwen2_moe_dir: Path) -> None:
+    """The engine's reader dequantizes packed weights on read: exactly what the dense view holds, and the dense
+    view itself reproduces the quantized model in stock transformers."""
     calib = calibration_ids(tiny_qwen2_moe_dir, samples=2, seq_len=32)
     run_slimming(tiny_qwen2_moe_dir, [RTNConfig()], calib, tmp_path / "q", device="cpu", ctx=RunContext())
-    assert is_pack_quantized(tmp_path / "q") and not is_pack_quantized(tiny_qwen2_moe_dir)
-    with scoring_view(tmp_path / "q") as dense:
-        assert not is_pack_quantized(dense)
-        torch.testing.assert_close(_logits(dense, calib), _logits(tmp_path / "q", calib), rtol=0, atol=0)
-    assert not dense.exists()
-    with scoring_view(tiny_qwen2_moe_dir) as same:
-        assert same == tiny_qwen2_moe_dir
+    dense = dequantized_view(tmp_path / "q", tmp_path / "dense")
+    assert is_pack_quantized(tmp_path / "q") and not is_pack_quantized(dense)
+    torch.testing.assert_close(_logits(dense, calib), _logits(tmp_path / "q", calib), rtol=0, atol=0)
+    cpu = torch.device("cpu")
+    sources = [SafetensorsSource(tmp_path / "q"), SafetensorsSource(dense)]
+    skeletons = [build_skeleton(source, cpu, torch.bfloat16) for source in sources]
+    for layer in range(sources[0].config.num_hidden_layers):
+        got, want = (
+            load_layer(model, source, layer, Decisions(), cpu, torch.bfloat16).state_dict()
+            for model, source in zip(skeletons, sources, strict=True)
+        )
+        assert got.keys() == want.keys() and all(torch.equal(got[n], want[n]) for n in got), layer
 
 
 @pytest.mark.slow
@@ -62,7 +72,9 @@ def test_layer_drop_on_a_quantized_checkpoint_equals_dropping_in_memory(tmp_path
     calib = calibration_ids(tiny_mixtral_dir, samples=4, seq_len=64)
     run_slimming(tiny_mixtral_dir, [RTNConfig()], calib, tmp_path / "q", device="cpu", ctx=RunContext())
     dense = dequantized_view(tmp_path / "q", tmp_path / "dense")
-    decisions, _ = run_trimming(dense, [LayerDropConfig(drop=2)], calib, dtype=torch.bfloat16, ctx=RunContext())
+    drop = [LayerDropConfig(drop=2)]
+    decisions, _ = run_trimming(tmp_path / "q", drop, calib, dtype=torch.bfloat16, ctx=RunContext())
+    assert decisions == run_trimming(dense, drop, calib, dtype=torch.bfloat16, ctx=RunContext())[0]
     export_trimmed(tmp_path / "q", decisions, tmp_path / "out", manifest={}, ctx=RunContext())
     reference = AutoModelForCausalLM.from_pretrained(dense)
     apply_decisions(reference, decisions, get_adapter(reference.config).layout)

@@ -22,9 +22,9 @@ from moecomp.compression.methods.pruning import MagnitudeConfig, SparseGPTConfig
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, RTNConfig
 from moecomp.compression.pipeline import compress
 from moecomp.compression.recipe import CalibrationSpec, Recipe
-from moecomp.compression.slimming.dequant import dequantized_view
 from moecomp.compression.slimming.llmcompressor_pass import run_slimming
 from moecomp.compression.slimming.reload_check import MODULE_TOLERANCE
+from tests.compression.dense_view import dequantized_view
 from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
 
 STAGES = {
