@@ -1,4 +1,5 @@
-"""The task body with the real library: expert drop on tiny-mixtral, the quality gate, a cancel mid-engine."""
+"""The task body with the real library: expert drop on tiny-mixtral, the quality gate, a cancel mid-engine, and a
+[layer_drop, gptq] job through the streamed slimming pass."""
 
 from __future__ import annotations
 
@@ -56,3 +57,21 @@ def test_cancel_stops_the_engine_between_layers(settings, db, make_job):
             if e.kind == "progress" and e.stage == "expert_drop"
         ]
     assert steps and max(steps) < 8  # stopped before the last of the 8 layers
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_layer_drop_then_gptq_job_runs_one_streamed_pass_per_family_of_stages(settings, db, make_job):
+    """The study's recipe shape through the task body: one trimming pass, one streamed slimming pass that applies
+    its decisions while it reads, a packed checkpoint, and a job log of a few lines per layer (8 layers)."""
+    recipe = {"stages": [{"method": "layer_drop", "drop": 2}, {"method": "gptq"}], "calibration": DROP["calibration"]}
+    job_id = make_job(recipe=recipe, evaluation=EVAL_SMALL)
+    run_job_once(settings, job_id)
+    job = get_job(db, job_id)
+    assert job.status == JobStatus.succeeded, (job.error_code, job.error_message)
+    with db.session() as s:
+        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id)))
+        kinds = set(s.scalars(select(Artifact.kind).where(Artifact.job_id == job_id)))
+    assert {"checkpoint", "manifest", "report", "log"} <= kinds
+    gptq = [e.data["step"] for e in events if e.kind == "progress" and e.stage == "gptq"]
+    assert gptq == sorted(gptq) and gptq[-1] == 8 and len(gptq) <= 2 * 8  # the reporter may thin progress events
+    assert len(events) <= 8 * 6, [(e.kind, e.stage) for e in events]
