@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from moecomp.compression.export import ShardWriter
 from moecomp.compression.observers import LayerInfo, Observer
 from moecomp.compression.slimming import checkpoint
-from moecomp.compression.slimming.groups import WeightGroup, layer_groups
+from moecomp.compression.slimming.groups import LINEARIZED, WeightGroup, layer_groups
 from moecomp.compression.slimming.methods import METHODS, SlimmingMethod, group_size_for
 from moecomp.compression.slimming.result import Slimmed
 from moecomp.compression.slimming.statistics import InputStats, LayerStats, attach_statistics
@@ -37,6 +37,7 @@ class StageRecord:
     tokens_per_expert: dict[int, list[int]] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
     group_sizes: dict[str, int | None] = field(default_factory=dict)
+    realized_sparsity: dict[str, float] = field(default_factory=dict)  # pruning: linear -> fraction of zeros
     seconds: float = 0.0
 
 
@@ -52,6 +53,21 @@ def router_tensors(layer: nn.Module, family: Any) -> dict[str, torch.Tensor]:
         if not list(module.children()):
             tensors |= {f"{path}.{k}": v.detach().clone() for k, v in module.state_dict().items()}
     return tensors
+
+
+def linear_names(info: LayerInfo, group: WeightGroup) -> list[str]:
+    """Linearized names of a group's linears, in batch order (expert ids in the original numbering)."""
+    base = f"{info.family.layout.layers}.{info.index}.{group.module}"
+    if not group.fused:
+        return [base]
+    return [f"{base}.{e}.{leaf}" for e in info.expert_ids for leaf in LINEARIZED[group.param]]
+
+
+def sparsity_per_linear(weight: torch.Tensor, group: WeightGroup) -> list[float]:
+    """Fraction of exact zeros of each linear of [B, out, in] (a fused gate_up is B gate and B up linears)."""
+    batch, rows, cols = weight.shape
+    linears = weight.reshape(batch * group.linears, rows // group.linears * cols)
+    return (linears == 0).float().mean(dim=1).tolist()
 
 
 def slim_linears(
@@ -130,13 +146,16 @@ class SlimmingObserver(Observer):
         return True
 
     def _record(self, record: StageRecord, info: LayerInfo, group: WeightGroup, result: Slimmed, size) -> None:
-        record.targets[group.scope] = record.targets.get(group.scope, 0) + result.weight.shape[0]
+        record.targets[group.scope] = record.targets.get(group.scope, 0) + result.weight.shape[0] * group.linears
         for b in result.fallbacks:
             expert = f".{info.expert_ids[b] if group.fused and info.expert_ids else b}" if group.fused else ""
             record.fallbacks.append(f"layers.{info.index}.{group.module}{expert}.{group.param}")
         if result.scale is not None:
             key = "routed_experts" if group.scope == "routed_experts" else f"in_{result.weight.shape[-1]}"
             record.group_sizes[key] = size
+        else:  # pruned: the fraction of zeros of each linear, named as llm-compressor names them
+            for name, zeros in zip(linear_names(info, group), sparsity_per_linear(result.weight, group), strict=True):
+                record.realized_sparsity[name] = zeros
 
     def _progress(self, info: LayerInfo, method: str, groups: list[WeightGroup]) -> None:
         done = sorted(self.new_index).index(info.index) + 1 if info.index in self.new_index else 0

@@ -129,7 +129,13 @@ def _report(stage: StageConfig, record: StageRecord, check: dict[str, Any], cali
     if method.quantizes:
         results["group_sizes"] = record.group_sizes
     else:
-        results["storage"] = DENSE_NOTE
+        results |= {
+            "requested_sparsity": stage.target_sparsity,  # type: ignore[attr-defined]
+            "pattern": stage.pattern,  # type: ignore[attr-defined]
+            "realized_sparsity": record.realized_sparsity,
+            "mean_realized_sparsity": sum(record.realized_sparsity.values()) / max(len(record.realized_sparsity), 1),
+            "storage": DENSE_NOTE,
+        }
     return {
         "method": stage.method,  # type: ignore[attr-defined]
         "config": stage.model_dump(mode="json"),
