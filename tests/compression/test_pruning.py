@@ -20,6 +20,8 @@ from moecomp.compression.methods.pruning import (
     wanda_mask,
 )
 from moecomp.compression.slimming.llmcompressor_pass import run_slimming
+from moecomp.compression.slimming.run import run_streamed
+from moecomp.compression.structure import Decisions
 from tests.compression.slimming_fixtures import calibration_ids, heldout_ids, perplexity
 
 
@@ -70,7 +72,10 @@ def mixtral_pruned(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: P
     }
     for name, stage in stages.items():
         out = tmp_path_factory.mktemp(name)
-        reports = run_slimming(tiny_mixtral_dir, [stage], calib, out, device="cpu", ctx=RunContext())
+        reports = run_streamed(
+            tiny_mixtral_dir, [stage], calib, out, prior=Decisions(), device="cpu", dtype=torch.float32,
+            save_dtype=torch.bfloat16, ctx=RunContext(),
+        )  # fmt: skip
         runs[name] = {"reports": reports, "dir": out, "ppl": perplexity(out, held)}
     return runs
 
