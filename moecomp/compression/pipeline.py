@@ -74,11 +74,13 @@ PassRunner = Callable[[PassJob], PassResult]
 
 def pass_kind(stage: StageConfig) -> str:
     """The runner of a stage: its family's, or llm-compressor's for slimming the streamed pass does not run."""
+    family = stage.family  # type: ignore[attr-defined]
+    if family != "slimming":
+        return family  # no slimming import: it pulls in llm-compressor, seconds per worker process
     from moecomp.compression.slimming.methods import METHODS
 
-    family = stage.family  # type: ignore[attr-defined]
     native = stage.method in METHODS and getattr(stage, "backend", "moecomp") == "moecomp"  # type: ignore[attr-defined]
-    return "slimming_llmcompressor" if family == "slimming" and not native else family
+    return family if native else "slimming_llmcompressor"
 
 
 def split_passes(stages: list[StageConfig]) -> list[tuple[str, list[StageConfig]]]:
