@@ -162,3 +162,16 @@ class Upload(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A worker's main process, beating while it lives: /readyz, /metrics and the dashboard count the live ones.
+
+    Apart from a job's heartbeat (jobs.heartbeat_at): an idle worker has no job to beat for.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid of the main process
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
