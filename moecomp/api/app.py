@@ -26,8 +26,11 @@ def _v1() -> APIRouter:
     return v1
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the database schema must already be migrated (moecomp.persistence.migrate.upgrade)."""
+def create_app(settings: Settings | None = None, *, require_worker: bool = False) -> FastAPI:
+    """Build the app; the database schema must already be migrated (moecomp.persistence.migrate.upgrade).
+
+    ``require_worker``: /readyz is 503 while no worker is alive (``serve`` with the worker it supervises).
+    """
     settings = settings or Settings()
     for folder in (settings.data_dir, settings.artifacts_dir, settings.uploads_dir):
         folder.mkdir(parents=True, exist_ok=True)
@@ -43,7 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db = db
     app.state.session_slots = None  # see deps.get_session
     app.state.celery = make_celery(settings)
-    app.state.metrics = make_registry(db)
+    app.state.require_worker = require_worker
+    app.state.metrics = make_registry(db, settings.stale_after_s)
     app.add_middleware(BodyLimit, exempt=("/v1/models",))  # uploads stream to disk under their own limit
     app.add_middleware(HttpMetrics, registry=app.state.metrics)
     install_error_handlers(app)

@@ -147,3 +147,5 @@ class HealthPublic(BaseModel):
 class ReadyPublic(BaseModel):
     database: bool
     broker: bool
+    workers: int = Field(description="Workers alive now: a heartbeat within stale_after_s.")
+    reasons: list[str] = Field(description="Why the service is not ready, in words; empty when it is.")

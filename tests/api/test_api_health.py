@@ -1,4 +1,4 @@
-"""/readyz (database and broker), /metrics (jobs by status, queue depth, durations), /v1/methods."""
+"""/readyz (database, broker, workers), /metrics (jobs by status, queue depth, durations, workers), /v1/methods."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from moecomp.api.app import create_app
+from moecomp.persistence import workers
 from moecomp.persistence.database import Database
 from moecomp.persistence.models import Job, JobStatus
 from moecomp.settings import Settings
@@ -16,21 +17,40 @@ from tests.api.helpers import job_body, set_status
 
 def test_readyz_reports_each_dependency(client: TestClient) -> None:
     response = client.get("/readyz")
-    assert response.status_code == 200 and response.json() == {"database": True, "broker": True}
+    body = {"database": True, "broker": True, "workers": 0, "reasons": []}  # workers are another deployment
+    assert response.status_code == 200 and response.json() == body
 
 
 def test_readyz_is_503_when_the_broker_is_down(settings: Settings) -> None:
     down = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
     with TestClient(create_app(down)) as client:
         response = client.get("/readyz")
-    assert response.status_code == 503 and response.json() == {"database": True, "broker": False}
+    assert response.status_code == 503 and response.json()["broker"] is False
+    assert response.json()["reasons"] == ["the broker is not reachable"]
 
 
 def test_readyz_is_503_when_the_database_is_down(settings: Settings) -> None:
     down = settings.model_copy(update={"database_url": "postgresql+psycopg://postgres@127.0.0.1:1/none"})
     with TestClient(create_app(down)) as client:
         response = client.get("/readyz")
-    assert response.status_code == 503 and response.json() == {"database": False, "broker": True}
+    body = {"database": False, "broker": True, "workers": 0, "reasons": ["the database is not reachable"]}
+    assert response.status_code == 503 and response.json() == body
+
+
+def test_readyz_where_a_worker_is_required_names_the_missing_one_until_it_beats(settings: Settings, db: Database):
+    with TestClient(create_app(settings, require_worker=True)) as client:
+        missing = client.get("/readyz")
+        with db.session() as session:
+            workers.beat(session, "host:1")
+        ready = client.get("/readyz")
+        with db.session() as session:
+            workers.forget(session, "host:1")
+        gone = client.get("/readyz")
+    assert missing.status_code == gone.status_code == 503
+    assert missing.json()["workers"] == 0 and missing.json()["reasons"] == [
+        "no worker is alive: none has sent a heartbeat in the last 30 s"
+    ]
+    assert ready.status_code == 200 and ready.json() == {"database": True, "broker": True, "workers": 1, "reasons": []}
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -51,7 +71,10 @@ def test_metrics_count_jobs_and_durations(client: TestClient, auth: dict[str, st
         assert job is not None and job.finished_at is not None
         job.started_at = job.finished_at - timedelta(seconds=45)
         session.commit()
+    with db.session() as session:
+        workers.beat(session, "host:1")
     samples = _samples(client.get("/metrics").text)
+    assert samples[("moecomp_workers_alive", ())] == 1
     for status, n in [("queued", 1), ("running", 1), ("succeeded", 1), ("failed", 1), ("cancelled", 0)]:
         assert samples[("moecomp_jobs", (("status", status),))] == n
     assert samples[("moecomp_queue_depth", ())] == 1

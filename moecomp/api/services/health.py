@@ -1,4 +1,5 @@
-"""Readiness: can we reach the database and the broker right now (each check bounded in time)."""
+"""Readiness: can we reach the database and the broker right now (each check bounded in time), and how
+many workers are alive (their heartbeats, persistence/workers.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 from celery import Celery
 from sqlalchemy import text
 
+from moecomp.api.schemas import ReadyPublic
+from moecomp.persistence import workers
 from moecomp.persistence.database import Database
 
 log = logging.getLogger(__name__)
@@ -30,3 +33,24 @@ def broker_ok(celery_app: Celery, timeout_s: float = 2.0) -> bool:
     except Exception as exc:
         log.warning("broker not reachable: %s", exc)
         return False
+
+
+def workers_alive(db: Database, within_s: float) -> int:
+    """Workers that sent a heartbeat in the last ``within_s`` seconds; 0 when the database cannot say."""
+    try:
+        with db.session() as s:
+            return workers.count_alive(s, within_s)
+    except Exception as exc:
+        log.warning("could not count live workers: %s", exc)
+        return 0
+
+
+def readiness(db: Database, celery_app: Celery, stale_after_s: float, require_worker: bool) -> ReadyPublic:
+    """Each dependency, the live workers, and in words why the service is not ready (empty: it is)."""
+    database, broker = database_ok(db), broker_ok(celery_app)
+    alive = workers_alive(db, stale_after_s) if database else 0
+    reasons = [] if database else ["the database is not reachable"]
+    reasons += [] if broker else ["the broker is not reachable"]
+    if require_worker and database and not alive:
+        reasons.append(f"no worker is alive: none has sent a heartbeat in the last {stale_after_s:g} s")
+    return ReadyPublic(database=database, broker=broker, workers=alive, reasons=reasons)

@@ -3,6 +3,7 @@
 moecomp_jobs{status}            jobs by status
 moecomp_queue_depth             queued jobs
 moecomp_job_duration_seconds    histogram of finished_at - started_at over finished jobs
+moecomp_workers_alive           workers whose heartbeat is younger than stale_after_s
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Float, case, cast, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from moecomp.persistence import workers
 from moecomp.persistence.database import Database
 from moecomp.persistence.models import Job, JobStatus
 
@@ -28,8 +30,8 @@ def _duration_s(dialect: str) -> ColumnElement[float]:
 
 
 class JobsCollector(Collector):
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, stale_after_s: float) -> None:
+        self.db, self.stale_after_s = db, stale_after_s
 
     def _counts(self) -> dict[str, int]:
         with self.db.session() as session:
@@ -60,9 +62,12 @@ class JobsCollector(Collector):
         yield HistogramMetricFamily(
             "moecomp_job_duration_seconds", "Run time of finished jobs.", buckets=buckets, sum_value=total_s
         )
+        with self.db.session() as session:
+            alive = workers.count_alive(session, self.stale_after_s)
+        yield GaugeMetricFamily("moecomp_workers_alive", "Workers with a recent heartbeat.", value=alive)
 
 
-def make_registry(db: Database) -> CollectorRegistry:
+def make_registry(db: Database, stale_after_s: float) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(JobsCollector(db))
+    registry.register(JobsCollector(db, stale_after_s))
     return registry
