@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedModel
 
 from moecomp.compression.context import RunContext
 from moecomp.compression.evaluation import fidelity as fid
@@ -21,7 +21,8 @@ from moecomp.compression.evaluation.footprint import footprint
 from moecomp.compression.evaluation.loading import MANIFEST_NAME, LoadedModel, free, load_checkpoint, runtime_name
 from moecomp.compression.evaluation.local_tasks import TASKS_DIR
 from moecomp.compression.evaluation.perplexity import perplexity
-from moecomp.compression.evaluation.spec import EvaluationSpec
+from moecomp.compression.evaluation.served import measure_served
+from moecomp.compression.evaluation.spec import EvaluationSpec, SpeedSpec
 from moecomp.compression.evaluation.speed import measure_speed
 from moecomp.compression.evaluation.tasks import local_task_config, run_task
 
@@ -169,9 +170,17 @@ class Measurer:
         return self.cached_or(
             "speed",
             self.spec.speed_settings.model_dump(mode="json"),
-            lambda: measure_speed(self.model().model, self.spec.speed_settings),
+            lambda: speed_figures(self.model().model, self.spec.speed_settings),
             reuse=reuse,
         )
+
+
+def speed_figures(model: PreTrainedModel, spec: SpeedSpec) -> dict[str, Any]:
+    """The eager figures (the study's baseline) with the served ones nested under 'served' when asked for."""
+    result = measure_speed(model, spec)
+    if spec.served:
+        result["served"] = measure_served(model, spec)
+    return result
 
 
 def _task_fingerprint(name: str) -> str | None:

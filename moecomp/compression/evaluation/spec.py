@@ -33,7 +33,7 @@ class QualityGate(BaseModel):
 
 
 class SpeedSpec(BaseModel):
-    """How throughput is measured (the study: prefill at 2048 tokens, decode at batch 1)."""
+    """How throughput is measured (the study: prefill at 2048 tokens, decode at batch 1), in which runtimes."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -43,6 +43,11 @@ class SpeedSpec(BaseModel):
     decode_prompt_tokens: int = Field(128, ge=1, le=32768, description="Prompt length before decoding starts.")
     warmup: int = Field(1, ge=0, le=10, description="Untimed runs before each measurement.")
     repeats: int = Field(3, ge=1, le=20, description="Timed runs; the median is reported.")
+    served: bool = Field(
+        True,
+        description="Also measure the 'served' runtime (static KV cache, decode step in a CUDA graph, fused experts)"
+        " next to the study's 'eager' one.",
+    )
     reuse_cached_baseline: bool = Field(
         False, description="Take the original's speed from the cache instead of measuring it in this run."
     )
