@@ -68,14 +68,7 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
         rows.append((f"accuracy {name}", f"tasks.{name}.acc", t["acc"], base.get("tasks", {}).get(name, {}).get("acc")))
     if cand.get("mean_accuracy") is not None:
         rows.append(("mean accuracy", "mean_accuracy", cand["mean_accuracy"], base.get("mean_accuracy")))
-    speed, bspeed = cand.get("speed") or {}, base.get("speed") or {}
-    for key, label in (
-        ("prefill_tok_s", "prefill tokens/s"),
-        ("decode_tok_s", "decode tokens/s"),
-        ("peak_memory_gib", "peak memory (GiB)"),
-    ):
-        if key in speed:
-            rows.append((label, f"speed.{key}", speed[key], bspeed.get(key)))
+    rows += _speed_rows(cand.get("speed") or {}, base.get("speed") or {})
     fp, bfp = cand.get("footprint") or {}, base.get("footprint") or {}
     for key, label in (
         ("disk_bytes", "size on disk (bytes)"),
@@ -86,6 +79,51 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
         if key in fp:
             rows.append((label, f"footprint.{key}", fp[key], bfp.get(key)))
     return rows
+
+
+def _speed_rows(speed: dict[str, Any], bspeed: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """Speed rows of the summary table, each naming its runtime: eager (the study's baseline), then served."""
+    rows: list[tuple[str, str, Any, Any]] = []
+    for runtime, prefix, cand, base in (
+        ("eager", "speed", speed, bspeed),
+        ("served", "speed.served", speed.get("served") or {}, bspeed.get("served") or {}),
+    ):
+        for key, label in (
+            ("prefill_tok_s", "prefill tokens/s"),
+            ("decode_tok_s", "decode tokens/s"),
+            ("peak_memory_gib", "peak memory (GiB)"),
+        ):
+            if key in cand:
+                rows.append((f"{label} ({runtime})", f"{prefix}.{key}", cand[key], base.get(key)))
+        for batch, figures in (cand.get("decode") or {}).items():
+            if len(cand["decode"]) > 1:
+                base_tok_s = (base.get("decode") or {}).get(batch, {}).get("tok_s")
+                rows.append((f"decode tokens/s at batch {batch} ({runtime})", f"{prefix}.decode.{batch}.tok_s",
+                             figures["tok_s"], base_tok_s))  # fmt: skip
+    return rows
+
+
+_SPEEDUP_LABELS = {
+    "eager": "eager over eager",
+    "served": "served over served",
+    "served_over_eager": "served compressed over eager original (as the study quotes it)",
+}
+
+
+def _speedup_table(report: dict[str, Any]) -> str:
+    """Compressed over original throughput, one row per runtime pair, one column per figure."""
+    speedup = report.get("speedup") or {}
+    if not speedup:
+        return '<p class="muted">Speedup not measured (needs the original\'s speed).</p>'
+    keys = list(next(iter(speedup.values())))
+    head = "".join(f"<th>{_e(k.replace('_', ' '))}</th>" for k in keys)
+    body = "".join(
+        f"<tr><td>{_e(_SPEEDUP_LABELS.get(pair, pair))}</td>"
+        + "".join(f"<td>{_num(ratios.get(k), 3)}×</td>" for k in keys)
+        + "</tr>"
+        for pair, ratios in speedup.items()
+    )
+    return f"<table><tr><th>compressed / original</th>{head}</tr>{body}</table>"
 
 
 def _summary_table(report: dict[str, Any]) -> str:
@@ -131,6 +169,8 @@ def render_html(report: dict[str, Any]) -> str:
         _gate(report),
         "<h2>Summary</h2>",
         _summary_table(report),
+        "<h2>Speedup</h2>",
+        _speedup_table(report),
         "<h2>Fidelity to the original</h2>",
         _fidelity(report),
         "<h2>Charts</h2>",

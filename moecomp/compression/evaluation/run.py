@@ -14,7 +14,7 @@ from typing import Any
 
 from moecomp.compression.context import RunContext
 from moecomp.compression.evaluation.cache import ResultCache
-from moecomp.compression.evaluation.compare import percent_of_original
+from moecomp.compression.evaluation.compare import percent_of_original, speedups
 from moecomp.compression.evaluation.gate import check_gate
 from moecomp.compression.evaluation.loading import MANIFEST_NAME, model_identity, resolve_device
 from moecomp.compression.evaluation.measure import STAGE, Measurer, Progress, plan
@@ -96,6 +96,7 @@ def evaluate(
         "baseline": baseline,
         "fidelity": fidelity,
         "relative": percent_of_original(candidate, baseline) if baseline else {},
+        "speedup": speedups(candidate, baseline) if baseline else {},
         "manifest": manifest if manifest is not None else _read_manifest(candidate_dir),
         "notes": sorted(set(notes), key=notes.index),
     }
@@ -113,6 +114,12 @@ def _speed_notes(spec: EvaluationSpec, candidate: dict[str, Any], baseline: dict
             "peak memory is not measured on a CPU (torch has no peak counter there): rss_gib is the resident memory"
             " of the whole process, which held both models, so it is not a figure of either"
         )
+    served = (candidate.get("speed") or {}).get("served")
+    if served and not served.get("compiled"):
+        notes.append(
+            "the served runtime on a CPU runs the static KV cache without compile or CUDA graph (there are none),"
+            " so its figures there say little about serving; on CUDA the decode step is captured in a CUDA graph"
+        )
     if spec.speed and baseline and "speed:speed" in baseline["cached"]:
         notes.append("the original's speed comes from the cache (speed_settings.reuse_cached_baseline), not this run")
     return notes
@@ -129,6 +136,11 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         out["top1_agreement"] = report["fidelity"]["top1_agreement"]
     if cand.get("speed"):
         out["prefill_tok_s"], out["decode_tok_s"] = cand["speed"]["prefill_tok_s"], cand["speed"]["decode_tok_s"]
+    if (cand.get("speed") or {}).get("served"):
+        served = cand["speed"]["served"]
+        out["served_prefill_tok_s"], out["served_decode_tok_s"] = served["prefill_tok_s"], served["decode_tok_s"]
+    for pair, ratios in (report.get("speedup") or {}).items():
+        out[f"speedup:{pair}:decode"] = ratios.get("decode")
     for key in ("speed.prefill_tok_s", "speed.decode_tok_s", "footprint.disk_bytes", "mean_accuracy"):
         if key in rel:
             out[f"pct_of_original:{key}"] = rel[key]

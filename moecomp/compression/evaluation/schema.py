@@ -4,8 +4,10 @@ Units: perplexity is exp(mean next-token NLL in nats); accuracies are fractions 
 throughput is tokens per second; memory in GiB (2**30 bytes); sizes in bytes; KL in nats.
 ``relative`` gives every numeric figure of the candidate as % of the original's, keyed by its dotted
 path in ``ModelResult`` (e.g. "perplexity.bundled:heldout.ppl", "tasks.moecomp_next_verse.acc",
-"speed.prefill_tok_s", "footprint.disk_bytes"). A version bump means a field changed meaning or went away;
-new optional fields do not bump it.
+"speed.prefill_tok_s", "speed.served.decode_tok_s", "footprint.disk_bytes"). Speed figures at the top of
+``speed`` are the eager runtime's, those under ``speed.served`` the served runtime's; ``speedup`` gives the
+throughput ratios both ways. A version bump means a field changed meaning or went away; new optional fields
+do not bump it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ class TaskResult(_Open):
     local: bool = Field(description="A task shipped with moecomp (offline) rather than an lm-eval registry task.")
 
 
-class SpeedResult(_Open):
+class RuntimeSpeed(_Open):
+    runtime: Literal["eager", "served"] = Field(
+        "eager",
+        description="eager: transformers as loaded, the study's baseline (DynamicCache, one Python-dispatched forward"
+        " per token); served: static KV cache, decode step compiled into a CUDA graph, fused experts (served.py).",
+    )
     prefill_tokens: int
     prefill_tok_s: float
     decode_tok_s: float = Field(description="Decode throughput at the first configured batch size (1 by default).")
@@ -45,6 +52,12 @@ class SpeedResult(_Open):
     peak_memory_gib: float | None = Field(description="Peak allocated CUDA memory; None on CPU (see rss_gib).")
     rss_gib: float | None = None
     memory_measure: str
+
+
+class SpeedResult(RuntimeSpeed):
+    """The eager figures (the keys reports have always had) and, when measured, the served ones."""
+
+    served: RuntimeSpeed | None = Field(None, description="The same figures in the served runtime.")
 
 
 class Footprint(_Open):
@@ -94,6 +107,12 @@ class Report(BaseModel):
     baseline: ModelResult | None = None
     fidelity: Fidelity | None = None
     relative: dict[str, float] = Field(default_factory=dict, description="Candidate as % of the original.")
+    speedup: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Candidate over original throughput ratios (compare.speedups): 'eager' (eager over eager),"
+        " 'served' (served over served), 'served_over_eager' (served candidate over eager original, as the study"
+        " quotes it); keys prefill, decode, decode_batch_<b>.",
+    )
     gate: GateResult | None = None
     manifest: dict[str, Any] | None = Field(None, description="The compression manifest (moecomp.json), if given.")
     notes: list[str] = Field(default_factory=list)

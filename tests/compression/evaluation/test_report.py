@@ -50,6 +50,23 @@ def test_report_follows_the_versioned_schema_and_gives_every_figure_as_percent_o
     assert report["gate"] == {"passed": True, "failures": []}
 
 
+def test_report_speed_figures_name_their_runtime_and_speedups_are_given_both_ways(report):
+    cand, base = report["candidate"]["speed"], report["baseline"]["speed"]
+    assert cand["runtime"] == base["runtime"] == "eager"  # the study's baseline, at the keys it always had
+    assert cand["served"]["runtime"] == base["served"]["runtime"] == "served"
+    assert cand["served"]["decode_tok_s"] > 0 and cand["served"]["prefill_tokens"] == cand["prefill_tokens"]
+    assert {"speed.decode_tok_s", "speed.served.decode_tok_s", "speed.served.prefill_tok_s"} <= set(report["relative"])
+    speedup = report["speedup"]
+    assert set(speedup) == {"eager", "served", "served_over_eager"}
+    assert set(speedup["served"]) == {"prefill", "decode", "decode_batch_1"}
+    assert speedup["eager"]["decode"] == pytest.approx(cand["decode_tok_s"] / base["decode_tok_s"])
+    assert speedup["served"]["decode"] == pytest.approx(cand["served"]["decode_tok_s"] / base["served"]["decode_tok_s"])
+    assert speedup["served_over_eager"]["decode"] == pytest.approx(
+        cand["served"]["decode_tok_s"] / base["decode_tok_s"]
+    )
+    assert any("served runtime on a CPU" in note for note in report["notes"])
+
+
 def test_write_report_writes_json_and_a_self_contained_html(report, tmp_path):
     paths = write_report(report, tmp_path / "out")
     assert [p.name for p in paths] == ["report.json", "report.html"]
@@ -59,6 +76,8 @@ def test_write_report_writes_json_and_a_self_contained_html(report, tmp_path):
     assert not [u for u in re.findall(r"https?://[^\"' )]+", page) if u != "http://www.w3.org/2000/svg"]
     assert page.count("<svg") >= 4  # quality vs size and speed, % of original, heatmap, similarity
     assert "expert_drop: expert scores" in page and "layer_drop: similarity" in page
+    assert "decode tokens/s (eager)" in page and "decode tokens/s (served)" in page
+    assert "served over served" in page and "served compressed over eager original" in page
     # Dropped layer 1 is the red bar; dropped experts (layer 0 expert 1, layer 1 expert 3) are crossed.
     assert re.search(r'<rect [^>]*fill="#cc3333"><title>1: 0.97</title>', page)
     assert page.count('stroke="#cc3333" stroke-width="2"') == 2
