@@ -8,9 +8,12 @@ were built by the handler already, so the polled routes return them serialized; 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
+from urllib.parse import quote
 
 from fastapi import Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from moecomp.api.schemas import DetailPublic
@@ -41,3 +44,32 @@ def json_response(model: BaseModel, status_code: int = 200) -> Response:
 def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the ``{"detail": ...}`` refusals (errors.ApiError) a route may answer."""
     return {code: {"model": DetailPublic, "description": _REFUSALS[code]} for code in codes}
+
+
+class Body(Protocol):
+    """Bytes a download serves: a size and chunks of any inclusive range (api.services.artifacts)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
+
+
+def download_response(
+    body: Body, span: tuple[int, int] | None, *, head: bool, filename: str, media_type: str, headers: dict[str, str]
+) -> Response:
+    """``body`` (or the inclusive ``span`` of it, 206) streamed in chunks, as an attachment; HEAD gets no body."""
+    start, end = span if span is not None else (0, body.size - 1)
+    headers = headers | {"Accept-Ranges": "bytes", "Content-Length": str(end - start + 1)}
+    headers["Content-Disposition"] = _attachment(filename)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end}/{body.size}"
+    status = 200 if span is None else 206
+    if head:
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    return StreamingResponse(body.chunks(start, end), status_code=status, headers=headers, media_type=media_type)
+
+
+def _attachment(filename: str) -> str:
+    quoted = quote(filename)
+    return f'attachment; filename="{filename}"' if quoted == filename else f"attachment; filename*=utf-8''{quoted}"

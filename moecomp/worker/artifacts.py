@@ -8,6 +8,7 @@ finished job has exactly one set.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -87,14 +88,58 @@ def write_bytes(data: bytes, dest: Path) -> WrittenFile:
     return WrittenFile(dest, out.size, out.digest.hexdigest())
 
 
+def members(src: Path) -> list[Path]:
+    """The regular files under ``src`` in the order a checkpoint tar holds them (symlinks left out)."""
+    return [p for p in sorted(src.rglob("*")) if p.is_file() and not p.is_symlink()]
+
+
+def member_info(path: Path, arcname: str) -> tarfile.TarInfo:
+    """A regular file's tar header: its name, size and whole-second mtime; mode 0644, owner 0 and unnamed.
+
+    Nothing else of the file's stat goes in, so a folder's tar is reproducible from its listing (tar_stream).
+    """
+    info = tarfile.TarInfo(arcname)
+    stat = path.stat()
+    info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o644
+    return info
+
+
 def tar_folder(src: Path, dest: Path, arcname: str) -> WrittenFile:
-    """An uncompressed tar of ``src`` (safetensors do not compress), members under ``arcname/``, sorted."""
+    """An uncompressed tar of ``src`` (safetensors do not compress), members under ``arcname/``, sorted.
+
+    The worker no longer writes it (tar_stream serves the same bytes from the folder); tests compare with it.
+    """
     with atomic_writer(dest) as out:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            for path in sorted(src.rglob("*")):
-                if path.is_file() and not path.is_symlink():
-                    tar.add(path, arcname=f"{arcname}/{path.relative_to(src).as_posix()}", recursive=False)
+            for path in members(src):
+                with open(path, "rb") as f:
+                    tar.addfile(member_info(path, f"{arcname}/{path.relative_to(src).as_posix()}"), f)
     return WrittenFile(dest, out.size, out.digest.hexdigest())
+
+
+def move_folder(src: Path, dest: Path) -> Path:
+    """Move ``src`` to ``dest``: a rename on one file system, else a copy to a temporary name then a rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dest)
+        return dest
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        for path in members(src):
+            (tmp / path.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp / path.relative_to(src))
+        os.replace(tmp, dest)
+    except OSError as exc:
+        if exc.errno in DiskFull.ERRNOS:
+            raise DiskFull.at(dest) from exc
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(src, ignore_errors=True)
+    return dest
 
 
 def sha256_file(path: Path) -> str:

@@ -22,7 +22,7 @@ from moecomp.persistence.database import Database
 from moecomp.persistence.jobs import Lease
 from moecomp.persistence.models import Artifact, Job, JobStatus, Upload, utcnow
 from moecomp.settings import Settings
-from moecomp.worker import artifacts
+from moecomp.worker import artifacts, tar_stream
 from moecomp.worker.db_retry import retrying
 from moecomp.worker.errors import LeaseLost, classify
 from moecomp.worker.heartbeat import heartbeating
@@ -169,9 +169,9 @@ def _drop_outputs(run: Attempt) -> None:
     shutil.rmtree(run.artifact_dir, ignore_errors=True)
 
 
-def _record(run: Attempt, kind: str, written: artifacts.WrittenFile) -> None:
+def _record(run: Attempt, kind: str, written: artifacts.WrittenFile, name: str | None = None) -> None:
     relpath = written.path.relative_to(run.settings.artifacts_dir).as_posix()
-    name, size, sha256 = written.path.name, written.size, written.sha256
+    name, size, sha256 = name or written.path.name, written.size, written.sha256
 
     def record() -> Artifact | None:
         with run.db.session() as s:
@@ -182,13 +182,16 @@ def _record(run: Attempt, kind: str, written: artifacts.WrittenFile) -> None:
 
 
 def _write_outputs(run: Attempt, out: JobOutput) -> None:
-    """Tar the checkpoint and copy the manifest, card and report into the attempt's artifact folder."""
-    files: list[tuple[str, Path]] = [("manifest", out.checkpoint / "moecomp.json")]
-    files += [("model_card", out.checkpoint / "README.md")]
+    """Move the checkpoint folder into the attempt's artifact folder and index it as a tar (served from the folder,
+    never written: tar_stream), then copy the manifest, card and report beside it."""
+    folder = run.artifact_dir / "checkpoint"
+    files: list[tuple[str, Path]] = [("manifest", folder / "moecomp.json"), ("model_card", folder / "README.md")]
     files += [("report_html" if p.suffix == ".html" else "report", p) for p in out.report_files]
     total = 1 + len(files)
     run.reporter.sink("progress", "artifacts", {"step": 0, "total": total})
-    _record(run, "checkpoint", artifacts.tar_folder(out.checkpoint, run.artifact_dir / "checkpoint.tar", "model"))
+    artifacts.move_folder(out.checkpoint, folder)
+    index = tar_stream.write_index(folder, run.artifact_dir / f"checkpoint.tar{tar_stream.INDEX_SUFFIX}", "model")
+    _record(run, "checkpoint", index, name="checkpoint.tar")
     run.reporter.sink("progress", "artifacts", {"step": 1, "total": total})
     for i, (kind, src) in enumerate(files, 2):
         if src.is_file():

@@ -14,6 +14,7 @@ from moecomp.persistence.database import Database
 from moecomp.persistence.models import Artifact, Job, JobStatus, utcnow
 from moecomp.settings import Settings
 from moecomp.worker.app import DEFAULT_QUEUE
+from moecomp.worker.tar_stream import write_index
 
 
 def job_body(keep: int = 6, path: str = "tiny-mixtral", **extra: object) -> dict[str, object]:
@@ -57,6 +58,29 @@ def add_artifact(
         session.add(row)
         session.commit()
         return {"id": row.id, "job_id": job_id, "sha256": sha}
+
+
+def add_tar_artifact(db: Database, settings: Settings, job_id: str, files: dict[str, bytes]) -> dict[str, str]:
+    """A checkpoint folder of ``files`` and its tar index, recorded as the worker records them (lifecycle):
+    id, job_id, sha256, and the folder's path."""
+    folder = settings.artifacts_dir / job_id / "1" / "checkpoint"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    written = write_index(folder, folder.parent / "checkpoint.tar.index.json", "model")
+    relpath = written.path.relative_to(settings.artifacts_dir).as_posix()
+    with db.session() as session:
+        row = Artifact(
+            job_id=job_id,
+            kind="checkpoint",
+            name="checkpoint.tar",
+            relpath=relpath,
+            bytes=written.size,
+            sha256=written.sha256,
+        )
+        session.add(row)
+        session.commit()
+        return {"id": row.id, "job_id": job_id, "sha256": written.sha256, "folder": str(folder)}
 
 
 def queued_job_ids(redis_url: str, queue: str = DEFAULT_QUEUE) -> list[str]:

@@ -1,15 +1,15 @@
-"""/v1/artifacts/{id}/content: the file, with single byte ranges, its sha256 as ETag, a download name."""
+"""/v1/artifacts/{id}/content: the bytes, streamed, with single byte ranges, its sha256 as ETag, a download name."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import FileResponse
 
 from moecomp.api.conditional import IfNoneMatch, etag_matches
 from moecomp.api.deps import SessionDep, SettingsDep, TeamDep
-from moecomp.api.responses import refusals
+from moecomp.api.responses import download_response, refusals
 from moecomp.api.services import artifacts
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"], responses=refusals(401, 404, 410, 416))
@@ -24,6 +24,7 @@ CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.head("/{artifact_id}/content", response_class=FileResponse, responses=CONTENT_RESPONSES)
 def artifact_content(
     artifact_id: str,
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     team: TeamDep,
@@ -31,13 +32,14 @@ def artifact_content(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     artifact = artifacts.get_artifact(session, team, artifact_id)
-    path = artifacts.artifact_file(settings, artifact)
+    body = artifacts.artifact_body(settings, artifact)
     etag = f'"{artifact.sha256}"'
     if etag_matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
-    artifacts.check_range(range, path.stat().st_size)
-    return FileResponse(
-        path,
+    return download_response(
+        body,
+        artifacts.parse_range(range, body.size),
+        head=request.method == "HEAD",
         filename=artifact.name,
         media_type=artifacts.MEDIA_TYPES.get(artifact.kind, "application/octet-stream"),
         headers={"ETag": etag, "X-Checksum-Sha256": artifact.sha256},

@@ -1,8 +1,10 @@
-"""Artifacts of a team's jobs: listing, and the file behind one with a checked single byte range."""
+"""Artifacts of a team's jobs: listing, and the bytes behind one with a checked single byte range."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -13,6 +15,9 @@ from moecomp.api.schemas import ArtifactPublic
 from moecomp.api.services.jobs import ID_RE
 from moecomp.persistence.models import Artifact, Job, Team
 from moecomp.settings import Settings
+from moecomp.worker import tar_stream
+from moecomp.worker.artifacts import CHUNK
+from moecomp.worker.tar_stream import TarView
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 MEDIA_TYPES = {
@@ -57,8 +62,9 @@ def get_artifact(session: Session, team: Team, artifact_id: str) -> Artifact:
     return row
 
 
-def artifact_file(settings: Settings, artifact: Artifact) -> Path:
-    """The artifact's file, refusing a recorded path that would leave the artifacts folder (410 once expired)."""
+def artifact_body(settings: Settings, artifact: Artifact) -> FileBody | TarView:
+    """The artifact's bytes: its file, or a checkpoint tar streamed from its folder (tar_stream); 410 once expired,
+    404 for a recorded path that is missing or would leave the artifacts folder."""
     if artifact.expired_at is not None:
         raise Gone(
             f"artifact {artifact.name} expired on {artifact.expired_at:%Y-%m-%d}: files are kept "
@@ -68,13 +74,38 @@ def artifact_file(settings: Settings, artifact: Artifact) -> Path:
     path = (root / artifact.relpath).resolve()
     if not path.is_relative_to(root) or not path.is_file():
         raise NotFound("artifact file is missing on the server")
-    return path
+    if not tar_stream.is_index(path):
+        return FileBody(path)
+    try:
+        return tar_stream.read_index(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise NotFound("artifact file is missing on the server") from exc
 
 
-def check_range(header: str | None, size: int) -> None:
-    """Refuse (416) a Range header that is not one satisfiable byte range; Starlette then serves it."""
+@dataclass(frozen=True)
+class FileBody:
+    """A plain artifact file, read ``CHUNK`` bytes at a time."""
+
+    path: Path
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        left = (self.size if end is None else end + 1) - start
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            while left > 0 and (chunk := f.read(min(CHUNK, left))):
+                left -= len(chunk)
+                yield chunk
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The first and last byte (inclusive) of a single Range header, None for none; 416 when it is not one
+    satisfiable byte range (RFC 9110 14.1.2: a suffix longer than the file, or an end past it, is cut to it)."""
     if header is None:
-        return
+        return None
     match = RANGE_RE.match(header.strip())
     unsatisfiable = RangeNotSatisfiable(
         "Range must be one satisfiable byte range, e.g. bytes=0-1023", headers={"Content-Range": f"bytes */{size}"}
@@ -85,6 +116,7 @@ def check_range(header: str | None, size: int) -> None:
     if start == "":  # suffix range: the last N bytes
         if int(end) == 0 or size == 0:
             raise unsatisfiable
-        return
+        return max(0, size - int(end)), size - 1
     if int(start) >= size or (end != "" and int(end) < int(start)):
         raise unsatisfiable
+    return int(start), size - 1 if end == "" else min(int(end), size - 1)
