@@ -50,7 +50,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("download", help="download a job's artifact and check its sha256")
     p.add_argument("job")
     p.add_argument("--kind", default="checkpoint", help="checkpoint, manifest, report, report_html, model_card, log")
-    p.add_argument("--out", required=True, type=Path, help="file to write, or an existing folder")
+    p.add_argument(
+        "--out", required=True, type=Path, help="file to write, or an existing folder; an interrupted download resumes"
+    )
     p.set_defaults(func=download)
     p = subparsers.add_parser("delete", help="delete an ended job and its artifacts (cancel a running one first)")
     p.add_argument("job")
@@ -225,23 +227,58 @@ def _pick(items: list[dict[str, Any]], kind: str, job_id: str) -> dict[str, Any]
 
 
 def fetch_artifact(client: httpx.Client, artifact: dict[str, Any], dest: Path) -> str:
-    """Stream the artifact to ``dest`` (via a temporary name), verify its sha256; returns the sha256."""
-    tmp = dest.with_name(f".{dest.name}.part")
+    """Stream the artifact to ``dest`` via ``.<name>.part``, verify its sha256; returns the sha256.
+
+    A ``.part`` left by an interrupted download is read back into the hash and continued with a Range request;
+    a download that breaks keeps it for the next try, one whose sha256 does not match removes it.
+    """
+    part = dest.with_name(f".{dest.name}.part")
+    digest, have = _resume_point(part, artifact["bytes"])
+    if have:
+        print(f"resuming {artifact['name']} at {have} of {artifact['bytes']} bytes", file=sys.stderr)
+    if have < artifact["bytes"] or artifact["bytes"] == 0:
+        digest = _append(client, artifact, part, digest, have)
+    if digest.hexdigest() != artifact["sha256"]:
+        part.unlink(missing_ok=True)
+        raise ClientError(f"sha256 mismatch for {artifact['name']}: got {digest.hexdigest()}")
+    part.replace(dest)
+    return digest.hexdigest()
+
+
+def _resume_point(part: Path, size: int) -> tuple[Any, int]:
+    """The sha256 state and length of what ``part`` already holds (nothing if it is longer than the artifact)."""
     digest = hashlib.sha256()
-    try:
-        with client.stream("GET", artifact["url"], timeout=None) as resp, open(tmp, "wb") as out:
-            if not resp.is_success:
-                resp.read()
-                _check(resp)
+    if not part.is_file() or part.stat().st_size > size:
+        part.unlink(missing_ok=True)
+        return digest, 0
+    with open(part, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest, part.stat().st_size
+
+
+def _append(client: httpx.Client, artifact: dict[str, Any], part: Path, digest: Any, have: int) -> Any:
+    """Download from byte ``have`` on and append it to ``part``; a 200 (range ignored) starts over."""
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    with client.stream("GET", artifact["url"], headers=headers, timeout=None) as resp:
+        if not resp.is_success:
+            resp.read()
+            _check(resp)
+        if resp.status_code != 206:
+            digest, have = hashlib.sha256(), 0
+        with open(part, "ab" if have else "wb") as out, _byte_bar(artifact, have) as bar:
             for chunk in resp.iter_bytes(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
-        if digest.hexdigest() != artifact["sha256"]:
-            raise ClientError(f"sha256 mismatch for {artifact['name']}: got {digest.hexdigest()}")
-        tmp.replace(dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return digest.hexdigest()
+                bar.update(len(chunk))
+    return digest
+
+
+def _byte_bar(artifact: dict[str, Any], have: int) -> Any:
+    from tqdm import tqdm  # noqa: PLC0415
+
+    # disable=None: a bar on a terminal only, as watch's
+    return tqdm(total=artifact["bytes"], initial=have, unit="B", unit_scale=True, desc=artifact["name"], disable=None)
 
 
 def download(args: argparse.Namespace) -> int:

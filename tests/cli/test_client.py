@@ -89,7 +89,7 @@ def test_submit_watch_download_verifies_sha256(service, tmp_path, tiny_mixtral_d
 def test_download_refuses_a_corrupted_artifact_and_leaves_nothing(service, tmp_path, tiny_mixtral_dir, capsys):
     job_id = submit(tmp_path, tiny_mixtral_dir, capsys)
     run_job_once(service, job_id, body=small_body)
-    stored = next(service.artifacts_dir.glob(f"{job_id}/*/checkpoint.tar"))
+    stored = next(service.artifacts_dir.glob(f"{job_id}/*/checkpoint/model.safetensors"))  # served inside the tar
     data = bytearray(stored.read_bytes())
     data[-1] ^= 0xFF  # same size, one bit flipped: only the sha256 can tell
     stored.write_bytes(bytes(data))

@@ -145,7 +145,7 @@ def body_writing(weights_mib: float, report_mib: float) -> Callable[..., JobOutp
 # On a 2 MiB disk: the checkpoint itself does not fit; or it fits and the report after it does not (then the
 # checkpoint already written is removed too: an incomplete set is no use, and the space is what is missing).
 @pytest.mark.parametrize(
-    ("weights_mib", "report_mib", "failed_file"), [(3, 0, "checkpoint.tar"), (1.2, 1.2, "report.json")]
+    ("weights_mib", "report_mib", "failed_file"), [(3, 0, "checkpoint"), (1.2, 1.2, "report.json")]
 )
 def test_full_artifacts_disk_fails_the_job_with_disk_full_and_keeps_no_partial_file(
     weights_mib: float,
@@ -170,7 +170,7 @@ def test_full_artifacts_disk_fails_the_job_with_disk_full_and_keeps_no_partial_f
         after = make_job()
         run_job_once(settings, after, body=body_writing(weights_mib, report_mib))
         assert get_job(db, after).status == JobStatus.succeeded
-        assert {"checkpoint.tar", "report.json", "job.log"} <= set(files_under(disk / after))
+        assert {"checkpoint.tar.index.json", "report.json", "job.log"} <= set(files_under(disk / after))
 
 
 def model_tar(size: int) -> bytes:
