@@ -240,6 +240,7 @@ def test_a_job_from_the_form_runs_live_to_a_report_with_charts_and_a_checked_dow
 
     row = page.locator("#artifacts-body tr[data-kind=checkpoint]")
     listed_sha = row.locator(".sha256").inner_text().strip()
+    assert row.locator(".fetch-command").inner_text() == f"moecomp download {job_id} --kind checkpoint --out ."
     with page.expect_download() as download_info:
         row.locator("a.download").click()
     saved = tmp_path / "checkpoint.tar"

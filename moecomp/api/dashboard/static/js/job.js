@@ -104,10 +104,15 @@ function streamEvents(jobId, log, board, onEnd, isFinal) {
   return source;
 }
 
+// The checkpoint is large: the CLI resumes an interrupted download and checks the sha256.
+const fetchCommand = (a) => `moecomp download ${a.job_id} --kind ${a.kind} --out .`;
+
 function artifactRows(tbody, artifacts) {
   tbody.replaceChildren(...artifacts.map((a) => h("tr", { "data-kind": a.kind },
     h("td", { "data-label": "Kind" }, a.kind),
-    h("td", { "data-label": "File" }, h("a", { href: artifactUrl(a), download: a.name, class: "download" }, a.name)),
+    h("td", { "data-label": "File" }, h("div", {},
+      h("a", { href: artifactUrl(a), download: a.name, class: "download" }, a.name),
+      ...(a.kind === "checkpoint" ? [h("code", { class: "fetch-command" }, fetchCommand(a))] : []))),
     h("td", { "data-label": "Size" }, formatBytes(a.bytes)),
     h("td", { "data-label": "sha256" }, h("code", { class: "sha256" }, a.sha256)))));
 }
