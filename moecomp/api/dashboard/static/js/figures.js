@@ -37,16 +37,24 @@ export function describeFigure(path) {
   }
   if (group === "tasks") return [`${last === "acc_norm" ? "Normalized accuracy" : "Accuracy"} (${parts[1]})`, pct];
   if (group === "mean_accuracy") return ["Mean accuracy", pct];
-  if (path === "speed.prefill_tok_s") return ["Prefill tokens/s", formatNumber];
-  if (path === "speed.decode_tok_s") return ["Decode tokens/s", formatNumber];
-  if (group === "speed" && parts[1] === "decode") return [`Decode tokens/s at batch ${parts[2]}`, formatNumber];
-  if (path === "speed.peak_memory_gib") return ["Peak memory, GiB", formatNumber];
-  if (path === "speed.rss_gib") return ["Process RSS, GiB", formatNumber];
+  if (group === "speed") return describeSpeed(parts);
   if (path === "footprint.disk_bytes") return ["Size on disk", formatBytes];
   if (path === "footprint.params_total") return ["Parameters", formatNumber];
   if (path === "footprint.params_active") return ["Active parameters per token", formatNumber];
   if (path === "footprint.flops_per_token") return ["FLOPs per token", formatNumber];
   return [path, formatNumber];
+}
+
+/** A speed figure's label names its runtime: "served" under speed.served, else "eager" (the study's baseline). */
+function describeSpeed(parts) {
+  const runtime = parts[1] === "served" ? "served" : "eager";
+  const [name, batch] = runtime === "served" ? parts.slice(2) : parts.slice(1);
+  if (name === "prefill_tok_s") return [`Prefill tokens/s (${runtime})`, formatNumber];
+  if (name === "decode_tok_s") return [`Decode tokens/s (${runtime})`, formatNumber];
+  if (name === "decode") return [`Decode tokens/s at batch ${batch} (${runtime})`, formatNumber];
+  if (name === "peak_memory_gib") return [`Peak memory, GiB (${runtime})`, formatNumber];
+  if (name === "rss_gib") return ["Process RSS, GiB", formatNumber];
+  return [parts.join("."), formatNumber];
 }
 
 const pct = (fraction) => (typeof fraction === "number" ? `${(fraction * 100).toFixed(1)}%` : "—");
