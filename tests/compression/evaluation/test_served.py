@@ -8,7 +8,7 @@ import torch
 from moecomp.compression.evaluation.loading import load_checkpoint
 from moecomp.compression.evaluation.served import measure_served, served_greedy
 from moecomp.compression.evaluation.spec import SpeedSpec
-from moecomp.compression.evaluation.speed import EagerDecoder, greedy, random_prompt
+from moecomp.compression.evaluation.speed import EagerDecoder, greedy, measure_speed, random_prompt
 
 TINY = SpeedSpec(prefill_tokens=64, decode_tokens=4, decode_prompt_tokens=8, decode_batch_sizes=[1, 2], repeats=1)
 
@@ -53,12 +53,14 @@ def test_measure_served_names_its_runtime_and_gives_every_figure(mixtral32):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_served_decode_is_graph_captured_and_gives_the_eager_tokens(tiny_mixtral_dir):
+def test_cuda_served_decode_is_graph_captured_faster_than_eager_and_gives_its_tokens(tiny_mixtral_dir):
     model = load_checkpoint(tiny_mixtral_dir, device="cuda", dtype="bfloat16").model
     prompt = random_prompt(model, 2, 12, torch.device("cuda"))
-    served = served_greedy(model, prompt, 16)
-    # bf16 kernels differ between a graph and eager dispatch only in rounding: the first tokens agree.
-    assert torch.equal(served[:, :4], _eager_greedy(model, prompt, 16)[:, :4])
-    result = measure_served(model, TINY.model_copy(update={"decode_tokens": 32, "decode_batch_sizes": [1, 8]}))
-    assert result["compiled"] is True and result["experts_implementation"] == "grouped_mm"
-    assert result["memory_measure"] == "cuda_peak_allocated" and result["peak_memory_gib"] > 0
+    # The prefill and the first compiled step; later bf16 tokens may part where a fused kernel rounds differently.
+    assert torch.equal(served_greedy(model, prompt, 16)[:, :2], _eager_greedy(model, prompt, 16)[:, :2])
+    spec = TINY.model_copy(update={"decode_tokens": 32, "decode_batch_sizes": [1, 8]})
+    served, eager = measure_served(model, spec), measure_speed(model, spec)
+    assert served["compiled"] is True and served["experts_implementation"] == "grouped_mm"
+    assert served["memory_measure"] == "cuda_peak_allocated" and served["peak_memory_gib"] > 0
+    # A tiny model's eager decode is all Python dispatch; one graph launch per token removes most of it.
+    assert served["decode_tok_s"] > 2 * eager["decode_tok_s"]
