@@ -77,9 +77,13 @@ def headline(report: dict[str, Any]) -> list[str]:
     if report.get("fidelity"):
         f = report["fidelity"]
         lines.append(f"fidelity: KL {f['kl_mean']:.4f} nats, top-1 agreement {f['top1_agreement']:.4f}")
-    if cand.get("speed"):
-        s = cand["speed"]
-        lines.append(f"prefill {s['prefill_tok_s']:.1f} tok/s, decode {s['decode_tok_s']:.1f} tok/s")
+    for s in (cand.get("speed"), (cand.get("speed") or {}).get("served")):
+        if s:
+            runtime = s.get("runtime", "eager")
+            lines.append(f"{runtime}: prefill {s['prefill_tok_s']:.1f} tok/s, decode {s['decode_tok_s']:.1f} tok/s")
+    for pair, ratios in (report.get("speedup") or {}).items():
+        if ratios.get("decode"):
+            lines.append(f"decode speedup ({pair.replace('_', ' ')}): {ratios['decode']:.2f}x")
     gate = report["gate"]
     lines.append("gate: passed" if gate["passed"] else "gate: FAILED\n  " + "\n  ".join(gate["failures"]))
     return lines
