@@ -1,21 +1,18 @@
 """``moecomp serve``: the API; in the embedded mode also the database, a local key and one worker.
 
 Embedded mode = neither MOECOMP_DATABASE_URL nor MOECOMP_BROKER_URL is set: SQLite and the SQLite
-broker under data_dir. One command then gives a working service on a laptop or a single GPU box.
+broker under data_dir. One command then gives a working service on a laptop or a single GPU box; the
+worker is supervised (a new one starts when it dies, supervisor.py) and /readyz requires it.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
 import signal
-import subprocess
 import sys
 
+from moecomp.cli.supervisor import WorkerSupervisor
 from moecomp.settings import Settings
-
-PR_SET_PDEATHSIG = 1
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,32 +26,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def is_embedded(settings: Settings) -> bool:
     return not settings.database_url and not settings.broker_url
-
-
-def _die_with_parent() -> None:
-    """In the worker child: receive SIGTERM when `serve` dies, even by SIGKILL (Linux only)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: the worker is still stopped on a normal exit of `serve`
-        pass
-
-
-def start_worker() -> subprocess.Popen[bytes]:
-    """One worker process beside the API, in its own process group (stopped as a whole)."""
-    cmd = [sys.executable, "-m", "moecomp.cli.main", "worker", "--concurrency", "1"]
-    return subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True)  # noqa: PLW1509
-
-
-def stop_worker(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM the worker's process group, SIGKILL it after ``grace_s``; a killed job is re-run later."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _prepare_embedded(settings: Settings) -> None:
@@ -100,13 +71,17 @@ def run(args: argparse.Namespace) -> int:
     if embedded:
         _prepare_embedded(settings)
     _reap_on_start(settings)
-    worker = start_worker() if embedded and not args.no_worker else None
+    # The worker beside the API is kept running (a new one when it dies), and readiness requires it.
+    supervisor = WorkerSupervisor(settings) if embedded and not args.no_worker else None
+    if supervisor is not None:
+        supervisor.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
     try:
         print(f"moecomp: dashboard at http://{args.host}:{args.port}/dashboard", flush=True)
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        app = create_app(settings, require_worker=supervisor is not None)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
-        if worker is not None:
-            stop_worker(worker)
+        if supervisor is not None:
+            supervisor.stop()
     return 0

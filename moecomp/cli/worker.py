@@ -45,7 +45,7 @@ def celery_argv(args: argparse.Namespace, queue: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from moecomp.worker.app import make_celery  # noqa: PLC0415
-    from moecomp.worker.presence import start_presence, stop_presence  # noqa: PLC0415
+    from moecomp.worker.presence import Presence  # noqa: PLC0415
     from moecomp.worker.reaper import start_reaper  # noqa: PLC0415
 
     # CUDA must not be initialised in the main process before the pool forks (a forked child could not
@@ -62,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
     import moecomp.worker.lifecycle  # noqa: F401, PLC0415
 
     start_reaper(settings, app)
-    presence = start_presence(settings)  # /readyz and /metrics count this worker while it beats
+    presence = Presence(settings)  # /readyz and /metrics count this worker while it beats
+    presence.start_when_ready()
     try:
         app.worker_main(celery_argv(args, app.conf.task_default_queue))
     finally:
-        stop_presence(settings, presence)
+        presence.stop()
     return 0
