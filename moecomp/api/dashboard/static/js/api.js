@@ -53,6 +53,12 @@ export async function listAllJobs(filters = {}, maxPages = 20) {
   return items;
 }
 
+/** The /readyz body (database, broker, live workers), whether it is 200 or 503. */
+export async function readiness() {
+  const response = await fetch("/readyz", { headers: { Accept: "application/json" }, credentials: "same-origin" });
+  return response.json();
+}
+
 export const getJob = (id) => getJSON(`/v1/jobs/${encodeURIComponent(id)}`);
 export const cancelJob = (id) => postJSON(`/v1/jobs/${encodeURIComponent(id)}/cancel`);
 export const listArtifacts = (id) => getJSON(`/v1/jobs/${encodeURIComponent(id)}/artifacts`);

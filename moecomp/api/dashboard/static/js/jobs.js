@@ -1,6 +1,6 @@
 // The jobs page: the team's jobs, newest first, updated in place every second without a reload.
 
-import { listEvents, listJobs } from "./api.js";
+import { listEvents, listJobs, readiness } from "./api.js";
 import {
   FINAL, STATUS, formatDuration, formatTime, h, jobDuration, modelKey, modelLabel, progressBar,
   recipeShort, statusBadge, stepCaption,
@@ -8,6 +8,7 @@ import {
 
 const POLL_MS = 1000;
 const PAGE = 50;
+const WORKERS_POLL_MS = 5000; // live workers are asked for only while jobs are queued, at most this often
 
 /** Remembers the last progress event of each running job, read incrementally from /events. */
 class StepTracker {
@@ -94,6 +95,8 @@ export function initJobs(root) {
   const more = root.querySelector("#more-jobs");
   const rows = new Map();
   const tracker = new StepTracker();
+  const noWorker = root.querySelector("#no-worker");
+  let workersAskedAt = 0;
   let pages = 1; // "Show older jobs" adds a page; every shown page stays live
 
   async function fetchPages(filters) {
@@ -116,6 +119,19 @@ export function initJobs(root) {
     syncModelFilter(form.elements.model, jobs);
     await Promise.all(jobs.filter((j) => j.status === "running").map((j) => tracker.refresh(j).catch(() => null)));
     render(jobs);
+    await warnIfNoWorker(jobs.some((j) => j.status === "queued"));
+  }
+
+  /** The banner: jobs wait and no worker is alive (its heartbeats, as /readyz counts them). */
+  async function warnIfNoWorker(queued) {
+    if (!queued) {
+      noWorker.hidden = true;
+      return;
+    }
+    if (Date.now() - workersAskedAt < WORKERS_POLL_MS) return;
+    workersAskedAt = Date.now();
+    const ready = await readiness().catch(() => null);
+    noWorker.hidden = !ready || ready.workers > 0;
   }
 
   function render(jobs) {
