@@ -120,7 +120,7 @@ class WorkerSupervisor:
             self.restarts += 1
             why = f"signal {-code}" if code < 0 else f"exit status {code}"
             print(
-                f"moecomp: the worker (pid {proc.pid}) died ({why}); a new one starts in {delay_s:.0f} s",
+                f"moecomp: the worker (pid {proc.pid}) died ({why}); a new one starts in {delay_s:g} s",
                 file=sys.stderr,
                 flush=True,
             )
