@@ -1,0 +1,43 @@
+"""The jobs page warns when jobs are queued and no worker is alive: `serve --no-worker` (embedded), one job."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dashboard.conftest import MOECOMP, Service, _stop, sign_in
+from tests.worker.procs import free_port, service_env, wait_ready
+
+
+@pytest.fixture
+def workerless(tmp_path: Path) -> Iterator[Service]:
+    data, log, port = tmp_path / "data", tmp_path / "serve.log", free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "ab") as out:
+        cmd = [*MOECOMP, "serve", "--no-worker", "--port", str(port)]
+        proc = subprocess.Popen(
+            cmd, env=service_env(data), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_ready(url, timeout=60, log=log)  # ready without a worker: it started none
+        yield Service(url=url, key=(data / "local-key").read_text().strip(), data_dir=data, log=log)
+    finally:
+        _stop(proc)
+
+
+def test_the_jobs_page_warns_when_jobs_wait_and_no_worker_lives(browser: Any, workerless: Service) -> None:
+    context = browser.new_context(base_url=workerless.url)
+    page = context.new_page()
+    try:
+        sign_in(page, workerless.key)
+        page.wait_for_selector("#jobs-summary:has-text('No jobs match.')")
+        assert page.is_hidden("#no-worker")  # nothing waits: no warning
+        workerless.submit([])
+        banner = page.wait_for_selector("#no-worker", state="visible", timeout=15_000)
+        assert "no worker is alive" in banner.inner_text()
+    finally:
+        context.close()
