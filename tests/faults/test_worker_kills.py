@@ -1,10 +1,10 @@
 """A worker SIGKILLed in each phase of a job: loading, a middle layer, evaluating, writing artifacts.
 
 Two workers run; the one that claimed the job is frozen (SIGSTOP) the moment the job's events (or, for
-artifacts, the attempt's temporary file) show the phase, checked again while frozen, then SIGKILLed as a
-process group. The other worker's reaper re-queues the job and runs it: one final state (succeeded),
-attempts == 2, one set of artifacts on disk and in the database, each served byte for byte as recorded,
-and the dead attempt's half-written file is never listed.
+artifacts, the checkpoint folder moved but its tar index not yet written) show the phase, checked again while
+frozen, then SIGKILLed as a process group. The other worker's reaper re-queues the job and runs it: one final
+state (succeeded), attempts == 2, one set of artifacts on disk and in the database, each served byte for byte as
+recorded, and the dead attempt's half-written files are never listed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from moecomp.persistence.database import Database
 from moecomp.persistence.models import JobEvent
 from tests.faults.service import Service, events_of, runs_started
 from tests.worker.procs import wait_job
+from tests.worker.test_lifecycle import served_size_and_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +47,12 @@ def evaluating(events: list[Event], _: Path) -> bool:
     return stage == "evaluate" and kind != "metrics"
 
 
+INDEX = "checkpoint.tar.index.json"
+
+
 def writing_artifacts(_: list[Event], attempt_dir: Path) -> bool:
-    return any(attempt_dir.glob(".checkpoint.tar.tmp-*")) and not (attempt_dir / "checkpoint.tar").exists()
+    """The checkpoint folder is in the attempt's folder and its tar is being hashed: no index yet."""
+    return (attempt_dir / "checkpoint").is_dir() and not (attempt_dir / INDEX).exists()
 
 
 def evaluated(events: list[Event], _: Path) -> bool:
@@ -87,12 +92,12 @@ def frozen(pgid: int) -> Iterator[None]:
 def step_until(pgid: int, watcher: Watcher, holds: Callable[[list[Event], Path], bool], timeout: float = 30) -> None:
     """Let the frozen group run in slices of a few milliseconds until ``holds``; it is frozen on return.
 
-    For a phase too short to be caught by polling alone (writing a 10 MB tar takes a few tens of ms).
+    For a phase too short to be caught by polling alone (hashing a 10 MB checkpoint takes a few tens of ms).
     """
     deadline = time.monotonic() + timeout
     while not holds([], watcher.attempt_dir):
         assert time.monotonic() < deadline, "the phase never came"
-        assert not (watcher.attempt_dir / "checkpoint.tar").exists(), "stepped past the phase"
+        assert not (watcher.attempt_dir / INDEX).exists(), "stepped past the phase"
         os.killpg(pgid, signal.SIGCONT)
         time.sleep(0.003)
         os.killpg(pgid, signal.SIGSTOP)
@@ -150,13 +155,15 @@ def test_a_worker_killed_in_each_phase_leaves_one_final_job_with_one_set_of_arti
     assert (job["status"], job["attempts"]) == ("succeeded", 2), (job, killed_at[-3:], service.logs())
     assert len(runs_started(events)) == 2
     if phase == "artifacts":
-        assert partial and all(name.startswith(".checkpoint.tar.tmp-") for name in partial), partial
+        assert "checkpoint" in partial and INDEX not in partial, partial
     assert listed_meanwhile == []
     names = sorted(a["name"] for a in artifacts)
     assert len({a["kind"] for a in artifacts}) == len(artifacts) and "checkpoint.tar" in names  # one set
     assert sorted(p.name for p in job_dir.iterdir()) == ["2"]  # the first attempt's folder is gone
-    assert sorted(p.name for p in (job_dir / "2").iterdir()) == names  # no temporary file left either
+    on_disk_names = {INDEX: "checkpoint.tar", "checkpoint": None}
+    kept = sorted(filter(None, (on_disk_names.get(p.name, p.name) for p in (job_dir / "2").iterdir())))
+    assert kept == names  # no temporary file left either; the checkpoint is its folder and the folder's tar index
     assert not any((service.tmp / "data" / "work").iterdir())  # nor the dead attempt's working folder
     for a in artifacts:
-        on_disk = hashlib.sha256((job_dir / "2" / a["name"]).read_bytes()).hexdigest()
+        on_disk = served_size_and_sha256(job_dir / "2" / (INDEX if a["name"] == "checkpoint.tar" else a["name"]))[1]
         assert served[a["name"]] == a["sha256"] == on_disk, a["name"]
