@@ -11,6 +11,7 @@ once that job's heartbeat is ``stale_after_s`` old (reaper.py).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -24,22 +25,28 @@ from moecomp.settings import Settings
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:  # not Linux: the worker is still stopped on a normal exit of `serve`
+        return None
+
+
+def _die_with_parent(prctl: Callable[..., int] | None) -> None:
     """In the worker child: receive SIGTERM when `serve` dies, even by SIGKILL (Linux only).
 
     Linux sends it when the *thread* that started the child ends: the supervisor's thread, which lives until
-    the worker is stopped.
+    the worker is stopped. libc is loaded in the parent: a child forked from a threaded process must not dlopen.
     """
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: the worker is still stopped on a normal exit of `serve`
-        pass
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start_worker() -> subprocess.Popen[bytes]:
     """One worker process beside the API, in its own process group (stopped as a whole)."""
     cmd = [sys.executable, "-m", "moecomp.cli.main", "worker", "--concurrency", "1"]
-    return subprocess.Popen(cmd, preexec_fn=_die_with_parent, start_new_session=True)  # noqa: PLW1509
+    preexec = functools.partial(_die_with_parent, _prctl())
+    return subprocess.Popen(cmd, preexec_fn=preexec, start_new_session=True)  # noqa: PLW1509
 
 
 def stop_worker(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
