@@ -32,8 +32,12 @@ class Presence:
 
     def __init__(self, settings: Settings) -> None:
         self.settings, self.name, self._stop = settings, presence_name(), threading.Event()
+        self._started = False
 
     def start(self, **_: object) -> None:
+        if self._started:  # Celery says ready again after each reconnection to the broker
+            return
+        self._started = True
         db = Database(self.settings.resolved_database_url)
         # Pool processes are forked from this one: they must not reuse (and on exit close) its connections.
         os.register_at_fork(after_in_child=lambda: db.engine.dispose(close=False))
