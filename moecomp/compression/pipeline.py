@@ -4,7 +4,7 @@ The recipe's stages are split into passes of consecutive stages of one kind (:fu
 reads a checkpoint folder and writes one, through the runner :data:`PASS_RUNNERS` names for that kind.
 Trimming: one :func:`trimming.run_trimming` call, then :func:`export.export_trimmed`. Slimming: the streamed,
 MoE-batched pass :func:`slimming.run.run_streamed`, or plain llm-compressor
-(:func:`slimming.llmcompressor_pass.run_slimming`) for AWQ, FP8 and stages that ask for ``backend:
+(:func:`slimming.llmcompressor_pass.run_slimming`) for FP8 and stages that ask for ``backend:
 llmcompressor``. A trimming pass followed by a streamed slimming pass writes nothing: the slimming pass applies
 its decisions while it reads (``PassJob.pending``), so ``[layer_drop, gptq]`` writes one checkpoint. Other
 intermediate checkpoints live in a temporary folder beside ``out_dir`` and are removed; the last pass writes

@@ -1,8 +1,7 @@
 """Every slimming stage on every supported family (tiny random weights): it runs, exports and reloads.
 
-run_slimming itself reloads each export with plain transformers and compares it module by module with the
-in-memory model, so a run that returns is a checkpoint that loads; the tests check what it reports and what
-it wrote.
+The streamed pass itself reads each export back layer by layer and compares each layer with the one it slimmed,
+so a run that returns is a checkpoint that loads; the tests check what it reports and what it wrote.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from moecomp.compression.methods.pruning import MagnitudeConfig, SparseGPTConfig
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, RTNConfig
 from moecomp.compression.pipeline import compress
 from moecomp.compression.recipe import CalibrationSpec, Recipe
-from moecomp.compression.slimming.llmcompressor_pass import run_slimming
-from moecomp.compression.slimming.reload_check import MODULE_TOLERANCE
 from moecomp.compression.slimming.run import run_streamed
 from moecomp.compression.slimming.verify import LAYER_TOLERANCE
 from moecomp.compression.structure import Decisions
@@ -64,18 +61,14 @@ def _router_times_norm(model_dir: Path, layer: int) -> torch.Tensor:
 @pytest.mark.parametrize("method", STAGES)
 @pytest.mark.parametrize("model_type", FAMILY_CONFIGS)
 def test_every_slimming_stage_on_every_family(sources: dict[str, Path], tmp_path: Path, model_type: str, method: str):
-    """AWQ through llm-compressor (its backend); every other stage through the streamed pass (the default)."""
+    """Every stage through the streamed pass (the default backend)."""
     source = sources[model_type]
     calib = torch.randint(1, 128, (8, 32), generator=torch.Generator().manual_seed(0))
-    if method == "awq":
-        report = run_slimming(source, [STAGES[method]], calib, tmp_path, device="cpu", ctx=RunContext())[0]
-        assert report["checkpoint"]["reload_worst_module_error"] <= MODULE_TOLERANCE
-    else:
-        report = run_streamed(
-            source, [STAGES[method]], calib, tmp_path, prior=Decisions(), device="cpu", dtype=torch.float32,
-            save_dtype=torch.float32, ctx=RunContext(),
-        )[0]  # fmt: skip
-        assert report["checkpoint"]["reload_worst_layer_error"] <= LAYER_TOLERANCE
+    report = run_streamed(
+        source, [STAGES[method]], calib, tmp_path, prior=Decisions(), device="cpu", dtype=torch.float32,
+        save_dtype=torch.float32, ctx=RunContext(),
+    )[0]  # fmt: skip
+    assert report["checkpoint"]["reload_worst_layer_error"] <= LAYER_TOLERANCE
     results = report["results"]
     config = AutoConfig.from_pretrained(source)
     family = get_adapter(config)

@@ -85,11 +85,12 @@ class GPTQConfig(_IntQuantizationConfig):
 
 class AWQConfig(_IntQuantizationConfig):
     method: Literal["awq"] = "awq"
+    backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
     calibrate_all_experts: bool = True
     preserve_routing: bool = Field(
         True, description="Rescale the router (and shared-expert gate) with the norm so routing is unchanged."
     )
-    n_grid: int = Field(20, ge=2, le=100, description="Grid points searched for the scale exponent a.")
+    n_grid: int = Field(20, ge=3, le=100, description="Grid points searched for the scale exponent a.")
 
 
 class RTNConfig(_IntQuantizationConfig):

@@ -2,7 +2,8 @@
 
 - :mod:`.run`: the streamed pass (the layer-streaming engine with a :class:`.observer.SlimmingObserver`);
 - one module per method (:mod:`.gptq`, :mod:`.rtn`, :mod:`.sparsegpt`, :mod:`.wanda`, :mod:`.magnitude`), each a
-  ``slim`` over fused [B, out, in] weights, registered in :mod:`.methods`;
+  ``slim`` over fused [B, out, in] weights, registered in :mod:`.methods`; :mod:`.awq` smooths a whole layer
+  (its pairs' scales searched with every expert at once), then RTN quantizes it;
 - :mod:`.statistics` (per-expert input statistics from routed tokens), :mod:`.qparams` (scales and packing),
   :mod:`.checkpoint` (names, shards, ``quantization_config``), :mod:`.verify` (the streamed reload check);
 - :mod:`.llmcompressor_pass`: the same stages through plain llm-compressor (``backend: llmcompressor``), the

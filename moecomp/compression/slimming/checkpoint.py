@@ -106,9 +106,7 @@ def linearized_names(layer_index: int, groups: list[tuple[WeightGroup, int]], fa
     return names
 
 
-def quantization_config(
-    config: Any, linears: list[tuple], ignore: list[str], actorder: str | None
-) -> dict[str, Any]:
+def quantization_config(config: Any, linears: list[tuple], ignore: list[str], actorder: str | None) -> dict[str, Any]:
     """The ``quantization_config`` of config.json, as llm-compressor writes it for the same scheme.
 
     ``linears``: (linearized name, scope, input width) of every quantized linear (see :func:`linearized_names`).

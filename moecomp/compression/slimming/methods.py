@@ -2,7 +2,7 @@
 
 A method module exposes ``slim(config, weight [B, out, in], stats, group_size, scale_dtype) -> Slimmed`` (stats
 None for data-free methods; group size and scale dtype used by quantization only); a new method is one module and
-one row here.
+one row here. AWQ smooths the whole layer first (:mod:`.awq`), then quantizes each group round-to-nearest.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ class SlimmingMethod:
     uses_data: bool  # needs a calibration run of the layer (input statistics) before it slims
     quantizes: bool  # writes packed low-bit weights (else dense weights, pruned)
     actorder: str | None = None  # the activation ordering llm-compressor records for this method's scheme
+    smooths: bool = False  # rescales the layer's norms and linears (AWQ) before ``slim`` quantizes its groups
 
 
 METHODS: dict[str, SlimmingMethod] = {
     "gptq": SlimmingMethod(gptq.slim, uses_data=True, quantizes=True, actorder="static"),
     "rtn": SlimmingMethod(rtn.slim, uses_data=False, quantizes=True),
+    "awq": SlimmingMethod(rtn.slim, uses_data=True, quantizes=True, smooths=True),
     "magnitude": SlimmingMethod(magnitude.slim, uses_data=False, quantizes=False),
     "wanda": SlimmingMethod(wanda.slim, uses_data=True, quantizes=False),
     "sparsegpt": SlimmingMethod(sparsegpt.slim, uses_data=True, quantizes=False),

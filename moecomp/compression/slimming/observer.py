@@ -20,7 +20,7 @@ from torch.utils.hooks import RemovableHandle
 
 from moecomp.compression.export import ShardWriter
 from moecomp.compression.observers import LayerInfo, Observer
-from moecomp.compression.slimming import checkpoint
+from moecomp.compression.slimming import awq, checkpoint
 from moecomp.compression.slimming.groups import LINEARIZED, WeightGroup, layer_groups
 from moecomp.compression.slimming.methods import METHODS, SlimmingMethod, group_size_for
 from moecomp.compression.slimming.result import Slimmed
@@ -38,6 +38,7 @@ class StageRecord:
     fallbacks: list[str] = field(default_factory=list)
     group_sizes: dict[str, int | None] = field(default_factory=dict)
     realized_sparsity: dict[str, float] = field(default_factory=dict)  # pruning: linear -> fraction of zeros
+    smoothing: dict[str, list[float]] = field(default_factory=dict)  # AWQ pair -> [identity error, best error]
     seconds: float = 0.0
 
 
@@ -91,7 +92,7 @@ class SlimmingObserver(Observer):
         self.sequences = sequences  # N of the calibration batch
         self.records = [StageRecord() for _ in stages]
         self.quantized: dict[str, tuple[WeightGroup, Slimmed]] = {}  # this layer's quantized groups
-        self.stats: LayerStats | None = None
+        self.stats: LayerStats | awq.AWQStats | None = None
         self.probes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # new layer index -> (input, output)
         self.linears: list[tuple] = []  # (linearized name, scope, width) of every quantized linear
         self.num_layers = len(new_index)
@@ -114,9 +115,12 @@ class SlimmingObserver(Observer):
         if not METHODS[stage.method].uses_data:
             self.stats = None
             return []
+        device = next(layer.parameters()).device
+        if METHODS[stage.method].smooths:
+            self.stats, handles = awq.attach(layer, info.family, stage, info.is_moe, device)
+            return handles
         groups = layer_groups(layer, info.family, stage.scope)
         all_experts = bool(getattr(stage, "calibrate_all_experts", False))
-        device = next(layer.parameters()).device
         self.stats, handles = attach_statistics(layer, groups, all_experts, device)
         return handles
 
@@ -128,10 +132,16 @@ class SlimmingObserver(Observer):
         method = METHODS[stage.method]
         groups = layer_groups(layer, info.family, stage.scope)
         widths = {g.name: g.get(layer).shape[-1] for g in groups}
+        sizes = {g.name: group_size_for(stage, g, widths) if method.quantizes else None for g in groups}
+        if method.smooths:
+            errors = awq.smooth(layer, info.family, stage, info.is_moe, self.stats, sizes, self.dtype)  # type: ignore[arg-type]
+            for name, (initial, best) in errors.items():
+                total = record.smoothing.setdefault(name, [0.0, 0.0])
+                total[0], total[1] = total[0] + initial, total[1] + best
         for group in groups:
             weight = group.get(layer)
-            stats = self.stats.by_group[group.name] if self.stats is not None else None
-            size = group_size_for(stage, group, widths) if method.quantizes else None
+            stats = self.stats.by_group.get(group.name) if self.stats is not None else None
+            size = sizes[group.name]
             result = slim_linears(method, stage, weight, group.linears, stats, size, self.dtype)
             group.set(layer, result.weight)
             self._record(record, info, group, result, size)

@@ -136,6 +136,9 @@ def _report(stage: StageConfig, record: StageRecord, check: dict[str, Any], cali
             "mean_realized_sparsity": sum(record.realized_sparsity.values()) / max(len(record.realized_sparsity), 1),
             "storage": DENSE_NOTE,
         }
+    if method.smooths:  # AWQ: how much each kind of smoothing pair cut its consumer's error (best / identity)
+        results["preserve_routing"] = stage.preserve_routing  # type: ignore[attr-defined]
+        results["error_reduction"] = {k: round(b / max(a, 1e-30), 4) for k, (a, b) in record.smoothing.items()}
     return {
         "method": stage.method,  # type: ignore[attr-defined]
         "config": stage.model_dump(mode="json"),

@@ -3,6 +3,7 @@
 For every :class:`WeightGroup` and every batch entry b (an expert, or the one linear), in float32:
 
     S_b = sum over the inputs x that reached b of x x^T     [in, in]      n_b = how many inputs did
+    A_b = sum over those inputs of |x|                      [in]          (AWQ's mean |x| = A_b / n_b)
 
 GPTQ and SparseGPT use H_b = 2 S_b / n_b (llm-compressor's normalisation up to a constant, which neither
 algorithm sees: its dampening is relative to mean(diag H)); Wanda uses ||X_j||^2 = diag(S_b).
@@ -35,30 +36,33 @@ class InputStats:
     counts: torch.Tensor  # [B or 1] int64
     shared: bool = False
     repeat: int = 1
+    abs_sums: torch.Tensor | None = None  # [B or 1, in] float32, when asked for
 
-    def _entries(self, start: int, stop: int) -> torch.Tensor:
+    def entries(self, start: int, stop: int) -> torch.Tensor:
         """Indices into ``sums`` of batch entries [start, stop)."""
         index = torch.arange(start, stop, device=self.sums.device) // self.repeat
         return index * 0 if self.shared else index
 
     def entry_counts(self, batch: int) -> torch.Tensor:
         """[batch] inputs seen by each batch entry."""
-        return self.counts[self._entries(0, batch)]
+        return self.counts[self.entries(0, batch)]
 
     def entry_square_norms(self, batch: int) -> torch.Tensor:
         """[batch, in]: sum over inputs of x_j^2 (Wanda's ||X_j||^2) for each batch entry."""
-        return self.sums.diagonal(dim1=-2, dim2=-1)[self._entries(0, batch)]
+        return self.sums.diagonal(dim1=-2, dim2=-1)[self.entries(0, batch)]
 
     def add(self, entry: int, x: torch.Tensor) -> None:
         """Accumulate inputs x [n, in] of batch entry ``entry``."""
         x = x.float()
         self.sums[entry].addmm_(x.T, x)
         self.counts[entry] += x.shape[0]
+        if self.abs_sums is not None:
+            self.abs_sums[entry] += x.abs().sum(dim=0)
 
     def hessians(self, start: int, stop: int) -> torch.Tensor:
         """H = 2 S / n for entries [start, stop) as a fresh [stop - start, in, in] tensor (entries without any
         input give an all-zero H: the methods' fallback decides what to do with them)."""
-        index = self._entries(start, stop)
+        index = self.entries(start, stop)
         return self.sums[index] * (2.0 / self.counts[index].clamp_min(1).to(self.sums.dtype))[:, None, None]
 
     def square_norms(self) -> torch.Tensor:
@@ -77,11 +81,12 @@ class LayerStats:
     routed_tokens: torch.Tensor | None = None  # [E] tokens the router sent to each expert
 
 
-def _zeros(batch: int, width: int, device: torch.device) -> InputStats:
+def _zeros(batch: int, width: int, device: torch.device, abs_sums: bool) -> InputStats:
     return InputStats(
         torch.zeros(batch, width, width, dtype=torch.float32, device=device),
         torch.zeros(batch, dtype=torch.long, device=device),
         shared=False,
+        abs_sums=torch.zeros(batch, width, dtype=torch.float32, device=device) if abs_sums else None,
     )
 
 
@@ -118,9 +123,10 @@ def _experts_hook(stats: LayerStats, groups: dict[str, WeightGroup], all_experts
 
 
 def attach_statistics(
-    layer: nn.Module, groups: list[WeightGroup], all_experts: bool, device: torch.device
+    layer: nn.Module, groups: list[WeightGroup], all_experts: bool, device: torch.device, abs_sums: bool = False
 ) -> tuple[LayerStats, list[RemovableHandle]]:
-    """Register hooks that fill a :class:`LayerStats` for ``groups`` while the layer runs."""
+    """Register hooks that fill a :class:`LayerStats` for ``groups`` while the layer runs (with ``abs_sums``,
+    also the sums of |x|)."""
     stats = LayerStats()
     handles: list[RemovableHandle] = []
     fused: dict[str, dict[str, WeightGroup]] = {}
@@ -128,12 +134,14 @@ def attach_statistics(
         weight = group.get(layer)  # [B, out, in]
         batch, width = weight.shape[0], weight.shape[-1]
         shared = group.param == "gate_up_proj" and all_experts
-        stats.by_group[group.name] = _zeros(1 if shared else batch, width, device)
+        stats.by_group[group.name] = _zeros(1 if shared else batch, width, device, abs_sums)
         stats.by_group[group.name].shared = shared
         if group.fused:
             fused.setdefault(group.module, {})[group.param] = group
         else:
-            handles.append(layer.get_submodule(group.module).register_forward_hook(_linear_hook(stats.by_group[group.name])))
+            handles.append(
+                layer.get_submodule(group.module).register_forward_hook(_linear_hook(stats.by_group[group.name]))
+            )
     for path, members in fused.items():
         hook = _experts_hook(stats, members, all_experts)
         handles.append(layer.get_submodule(path).register_forward_hook(hook))
