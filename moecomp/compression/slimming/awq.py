@@ -42,7 +42,15 @@ from moecomp.compression.slimming.statistics import InputStats, LayerStats, atta
 from moecomp.compression.slimming.targets import Scope
 
 INPUT_NORM = "input_layernorm"
-QUADRATIC_CHUNK_BYTES = 2 * 1024**3  # working memory of one batched error evaluation (fp32 [c, out, in] twice)
+# float32 working memory of one step over a batch of weights: steps run over a few experts at a time, so the search
+# adds little to the layer's own footprint on the device (llm-compressor's AWQ holds one expert's at a time)
+WORK_BYTES = 512 * 1024**2
+
+
+def _spans(batch: int, entry_bytes: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of batch entries whose float32 working copies fit WORK_BYTES together."""
+    step = max(1, WORK_BYTES // max(entry_bytes, 1))
+    return [(start, min(start + step, batch)) for start in range(0, batch, step)]
 
 
 @dataclass(frozen=True)
@@ -209,12 +217,15 @@ def _weight_means(layer: nn.Module, balances: list[Balance], sizes: dict[str, in
     balances (llm-compressor's ``_compute_layer_means``); batch 1 pools all experts of a fused balance."""
     total, rows = None, 0
     for balance in balances:
-        weight = balance.group.get(layer).float()  # [B, out, in]
+        weight = balance.group.get(layer)  # [B, out, in]
         b, out, width = weight.shape
         size = sizes[balance.group.name] or width
-        grouped = weight.abs().reshape(b, out, width // size, size)
-        normalised = (grouped / (grouped.amax(dim=-1, keepdim=True) + 1e-6)).reshape(b, out, width)
-        summed = normalised.sum(dim=1)  # [B, in]
+        parts = []
+        for start, stop in _spans(b, 8 * out * width):
+            grouped = weight[start:stop].float().abs().reshape(stop - start, out, width // size, size)
+            grouped /= grouped.amax(dim=-1, keepdim=True) + 1e-6
+            parts.append(grouped.reshape(stop - start, out, width).sum(dim=1))  # [c, in]
+        summed = torch.cat(parts)
         summed = summed.sum(dim=0, keepdim=True) if batch == 1 else summed
         total = summed if total is None else total + summed
         rows += out * (b if batch == 1 else 1)
@@ -238,19 +249,22 @@ def _along_input(s: torch.Tensor, batch: int) -> torch.Tensor:
 
 def _fake_quantized(config: Any, weight: torch.Tensor, s: torch.Tensor, size: int | None, dtype) -> torch.Tensor:
     """Q(W s) / s in W's dtype, W s rounded to W's dtype first (as llm-compressor writes it into the module)."""
-    scale = _along_input(s, weight.shape[0])
-    scaled = (weight.float() * scale).to(weight.dtype)
-    return (rtn.slim(config, scaled, None, size, dtype).weight.float() / scale).to(weight.dtype)
+    batch, out, width = weight.shape
+    scale = _along_input(s, batch)
+    result = torch.empty_like(weight)
+    for start, stop in _spans(batch, 8 * out * width):
+        part = scale if scale.shape[0] == 1 else scale[start:stop]
+        scaled = (weight[start:stop].float() * part).to(weight.dtype)
+        result[start:stop] = rtn.slim(config, scaled, None, size, dtype).weight.float() / part
+    return result
 
 
 def _quadratic_error(stats: InputStats, original: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
     """[B]: mean squared output error over each entry's inputs, tr(D S D^T) / (n out), D = candidate - original."""
     batch, out, width = original.shape
-    step = max(1, QUADRATIC_CHUNK_BYTES // (8 * out * width))
     counts = stats.entry_counts(batch).clamp_min(1).float()
     errors = []
-    for start in range(0, batch, step):
-        stop = min(start + step, batch)
+    for start, stop in _spans(batch, 4 * (2 * out * width + width * width)):
         delta = candidate[start:stop].float() - original[start:stop].float()
         sums = stats.sums[stats.entries(start, stop)]
         errors.append((torch.bmm(delta, sums) * delta).sum(dim=(1, 2)))
