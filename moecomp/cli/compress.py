@@ -93,7 +93,9 @@ def describe(manifest: dict[str, Any], out: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from moecomp.compression.activations import HostMemoryError
     from moecomp.compression.pipeline import compress
+    from moecomp.compression.planning import DiskSpaceError
 
     try:
         recipe = recipe_from_args(args)
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, recipe, args.out, revision=args.revision, device=args.device, dtype=args.dtype,
             ctx=RunContext(sink=bar),
         )  # fmt: skip
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, DiskSpaceError, HostMemoryError) as exc:
         bar.close()
         print(f"moecomp compress: {exc}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
+from moecomp.compression import planning
 from moecomp.compression.adapters import get_adapter
 from moecomp.compression.context import RunContext
 from moecomp.compression.data import load_calibration
@@ -250,16 +251,19 @@ def compress(
     device: str = "cpu",
     dtype: str = "auto",
     ctx: RunContext | None = None,
+    preflight: bool = True,
 ) -> dict[str, Any]:
     """Compress ``model`` (local folder or hub id) with ``recipe`` into ``out_dir``; return the manifest written.
 
+    ``preflight``: refuse at once (DiskSpaceError, HostMemoryError) a job whose output, scratch or host memory
+    cannot fit (:mod:`planning`); a caller that checked a larger plan already passes False.
     On any failure (cancellation included) nothing is left behind: neither scratch nor a partial ``out_dir``.
     """
     ctx = ctx or RunContext()
     out_dir = _prepare_out(out_dir)
     created = not out_dir.exists()
     try:
-        return _compress(model, recipe, out_dir, revision, device, dtype, ctx)
+        return _compress(model, recipe, out_dir, revision, device, dtype, ctx, preflight)
     except BaseException:
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -270,12 +274,17 @@ def compress(
 
 
 def _compress(
-    model: str | Path, recipe: Recipe, out_dir: Path, revision: str | None, device: str, dtype: str, ctx: RunContext
-) -> dict[str, Any]:
+    model: str | Path, recipe: Recipe, out_dir: Path, revision: str | None, device: str, dtype: str, ctx: RunContext,
+    preflight: bool,
+) -> dict[str, Any]:  # fmt: skip
     started = time.perf_counter()
     ctx.progress("load", 0, 1)
     model_dir = resolve_model(model, revision=revision)
     torch_dtype(dtype, model_dir)  # refuse an unknown dtype before any work
+    if preflight:
+        needs = planning.plan(model_dir, recipe, device=device, dtype=dtype)
+        ctx.message("plan", needs.describe())
+        planning.check(needs, out_dir)
     source = _source_info(model, revision, model_dir)
     ctx.progress("load", 1, 1)
     timings: dict[str, Any] = {"load": round(time.perf_counter() - started, 3)}
