@@ -1,0 +1,80 @@
+"""Packed W4A16 modules: routed experts served through transformers' experts interface, and a linear.
+
+Experts (per MoE layer, fused as transformers 5 fuses them): ``gate_up_packed [E, 2I, H/8]`` int32 with
+``gate_up_scale [E, 2I, H/g]`` and ``down_packed [E, H, I/8]`` with ``down_scale [E, H, I/g]``, kept as buffers
+of the family's own experts module, whose forward dispatches on ``config._experts_implementation``:
+registered here as "w4a16", it computes for each token t and each of its top-k experts e with weight w
+
+    y_t += w * down_e(act(gate_e(x_t)) * up_e(x_t))      (int4 weights dequantized group-wise, see reference)
+
+exactly the arithmetic of transformers' batched_mm/grouped_mm on the dequantized weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+from moecomp.compression.evaluation.packed.ops import grouped_matmul
+
+IMPLEMENTATION = "w4a16"
+EXPERT_BUFFERS = ("gate_up_packed", "gate_up_scale", "down_packed", "down_scale")
+
+
+def w4a16_experts_forward(
+    self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    """The "w4a16" experts implementation: hidden_states [T, H], top_k_index/weights [T, k] -> [T, H]."""
+    num_tokens, hidden = hidden_states.shape
+    top_k = top_k_index.shape[-1]
+    ids = top_k_index.reshape(-1)  # [S = T * k], pair p = t * k + slot
+    gate_up = grouped_matmul(hidden_states, ids, self.gate_up_packed, self.gate_up_scale, top_k)  # [S, 2I]
+    act = self._apply_gate(gate_up)  # [S, I]
+    down = grouped_matmul(act, ids, self.down_packed, self.down_scale, 1)  # [S, H]
+    weighted = down * top_k_weights.reshape(-1, 1)  # [S, H]
+    return weighted.view(num_tokens, top_k, hidden).sum(dim=1).to(hidden_states.dtype)
+
+
+ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, w4a16_experts_forward)
+
+
+def pack_experts(experts: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Turn a family's experts module into a packed one: its dense gate_up_proj/down_proj give way to the four
+    EXPERT_BUFFERS in ``tensors``. Only gated, bias-free, [E, out, in] experts (every family moecomp reads)."""
+    if not getattr(experts, "has_gate", True) or getattr(experts, "has_bias", False):
+        raise ValueError(f"{type(experts).__name__}: only gated experts without bias can be served packed")
+    if getattr(experts, "is_transposed", False):
+        raise ValueError(f"{type(experts).__name__}: transposed expert weights cannot be served packed")
+    for name in ("gate_up_proj", "down_proj"):
+        delattr(experts, name)
+    for name in EXPERT_BUFFERS:
+        experts.register_buffer(name, tensors[name])
+
+
+class W4A16Linear(nn.Module):
+    """nn.Linear with a pack-quantized weight: ``weight_packed [out, in/8]`` int32, ``weight_scale [out, in/g]``;
+    the experts' operator with one expert."""
+
+    weight_packed: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: nn.Parameter | None
+
+    def __init__(self, weight_packed: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight_packed.shape[1] * 8, weight_packed.shape[0]
+        self.register_buffer("weight_packed", weight_packed)
+        self.register_buffer("weight_scale", weight_scale)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)  # [M, K]
+        ids = torch.zeros(flat.shape[0], dtype=torch.long, device=x.device)  # every row to the one "expert"
+        bias = None if self.bias is None else self.bias.unsqueeze(0)
+        out = grouped_matmul(flat, ids, self.weight_packed.unsqueeze(0), self.weight_scale.unsqueeze(0), 1, bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
