@@ -96,6 +96,18 @@ def _is_missing_model(exc: BaseException) -> bool:
     return bool(names & hub)
 
 
+def _refused_by_plan(exc: BaseException) -> tuple[str, str] | None:
+    """A job the library's plan refused before any work: its message already names the numbers."""
+    from moecomp.compression.activations import HostMemoryError  # noqa: PLC0415 - torch, only once a job failed
+    from moecomp.compression.planning import DiskSpaceError  # noqa: PLC0415
+
+    if isinstance(exc, DiskSpaceError):
+        return "disk_full", exc.message
+    if isinstance(exc, HostMemoryError):
+        return "out_of_memory", str(exc)
+    return None
+
+
 def classify(exc: BaseException, where: Path | None = None) -> tuple[str, str]:
     """(error_code, message) for an exception that ended a job; ``where``: the folder it was writing to."""
     if isinstance(exc, JobError):
@@ -104,6 +116,8 @@ def classify(exc: BaseException, where: Path | None = None) -> tuple[str, str]:
         return "timeout", str(exc) or "the job ran past its time limit"
     if isinstance(exc, Cancelled):
         return "cancelled", "cancelled on request"
+    if (refused := _refused_by_plan(exc)) is not None:
+        return refused
     if (full := disk_full(exc, where)) is not None:
         return "disk_full", full.message
     if _is_oom(exc):

@@ -17,6 +17,7 @@ from moecomp.compression.evaluation.report import write_report
 from moecomp.compression.evaluation.run import evaluate
 from moecomp.compression.evaluation.spec import EvaluationSpec
 from moecomp.compression.pipeline import compress
+from moecomp.compression.planning import check, plan
 from moecomp.compression.recipe import Recipe
 from moecomp.compression.sources import remote_code_config, resolve_model
 from moecomp.persistence.models import Job, Upload
@@ -93,10 +94,13 @@ def _local_dir(model: str | Path, revision: str | None) -> Path:
 def run_body(inp: JobInput, workdir: Path, reporter: JobReporter, device: str, cache_dir: Path) -> JobOutput:
     """Compress into ``workdir/checkpoint``, then evaluate it reloaded from disk."""
     ctx = reporter.context()
+    checkpoint = workdir / "checkpoint"
+    _refuse_what_cannot_fit(inp, checkpoint, reporter, device, cache_dir)
     compress_end = 0.7 if inp.evaluation is not None else 0.9
     reporter.begin_phase(0.0, compress_end, len(inp.recipe.stages) + 3)  # load, calibrate, stages, export
-    checkpoint = workdir / "checkpoint"
-    manifest = compress(inp.model, inp.recipe, checkpoint, revision=inp.revision, device=device, ctx=ctx)
+    manifest = compress(
+        inp.model, inp.recipe, checkpoint, revision=inp.revision, device=device, ctx=ctx, preflight=False
+    )
     out = JobOutput(checkpoint=checkpoint, manifest=manifest)
     if inp.evaluation is not None:
         ctx.check_cancelled()
@@ -104,6 +108,15 @@ def run_body(inp: JobInput, workdir: Path, reporter: JobReporter, device: str, c
         _evaluate(inp, out, workdir, reporter, device, cache_dir)
     write_model_card(checkpoint, inp.model, inp.revision, inp.recipe, out.report)
     return out
+
+
+def _refuse_what_cannot_fit(inp: JobInput, checkpoint: Path, reporter: JobReporter, device: str, cache: Path) -> None:
+    """Before any work: the disk (checkpoint, scratch, evaluation cache) and host memory the job needs, or a
+    DiskSpaceError / HostMemoryError naming the numbers (errors.classify: disk_full / out_of_memory)."""
+    model_dir = resolve_model(inp.model, revision=inp.revision)
+    needs = plan(model_dir, inp.recipe, device=device, evaluation=inp.evaluation)
+    reporter.message("plan", needs.describe())
+    check(needs, checkpoint, cache_dir=cache)
 
 
 def _evaluate(inp: JobInput, out: JobOutput, workdir: Path, reporter: JobReporter, device: str, cache: Path) -> None:

@@ -194,7 +194,9 @@ def test_full_data_disk_fails_the_job_and_the_upload_and_the_service_stays_up(
         full = submit(client, MODELS / "tiny-mixtral")  # its 17 MiB checkpoint cannot be exported here
         job = wait_job(client, full, lambda j: j["status"] in FINAL, timeout=120)
         assert (job["status"], job["error"]["code"]) == ("failed", "disk_full"), job["error"]
-        assert f"writing {disk / 'work' / full}-1 (" in job["error"]["message"]
+        # Refused by the plan before any work (tests/worker/test_planning_refusals.py), with the numbers.
+        message = job["error"]["message"]
+        assert f"not enough disk space: this job needs 0.019 GiB on the file system of {disk} (" in message
         upload = client.post("/v1/models", content=model_tar(3 * 2**20), headers={"Content-Type": "application/x-tar"})
         assert upload.status_code == 507 and "disk is full" in upload.json()["detail"]
         assert "507" in client.get("/openapi.json").json()["paths"]["/v1/models"]["post"]["responses"]
