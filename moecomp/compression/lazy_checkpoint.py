@@ -84,23 +84,32 @@ class SafetensorsSource:
         with ExitStack() as stack:
             handles: dict[str, Any] = {}
 
-            def read(name: str) -> torch.Tensor:
-                if name not in self._disk_names and self._packed_args is not None and name.endswith(".weight"):
-                    return self._dequantized(name, read, device)
+            def raw(name: str) -> torch.Tensor:
                 disk = self._disk_names[name]
                 path = self._files[name]
                 if path not in handles:
                     handles[path] = stack.enter_context(safe_open(str(self.model_dir / path), "pt", device="cpu"))
                 return handles[path].get_tensor(disk)
 
+            def read(name: str) -> torch.Tensor:
+                if self._packed_args is not None and self._is_quantized(name):
+                    return self._dequantized(name, raw, device)
+                return raw(name)
+
             return {name: self._one(prefix + name, kept, read, device, dtype, pin) for name in names}
 
+    def _is_quantized(self, name: str) -> bool:
+        """A linear's weight stored packed (no ``weight`` on disk) or as FP8 beside its scale."""
+        base = name.removesuffix(".weight")
+        return name.endswith(".weight") and (name not in self._disk_names or f"{base}.weight_scale" in self._disk_names)
+
     def _dequantized(self, name: str, read: Any, device: torch.device) -> torch.Tensor:
-        """A pack-quantized linear's weight s * q, by compressed-tensors' own decompressor (on ``device``)."""
+        """A quantized linear's weight s * q, by compressed-tensors' own decompressors (on ``device``)."""
         from moecomp.compression.slimming.dequant import PACKED_SUFFIXES, dequantize
 
         base = name.removesuffix(".weight")
-        parts = {s: read(f"{base}.{s}") for s in PACKED_SUFFIXES if f"{base}.{s}" in self._disk_names}
+        suffixes = (*PACKED_SUFFIXES, "weight")
+        parts = {s: read(f"{base}.{s}") for s in suffixes if f"{base}.{s}" in self._disk_names}
         parts = {k: v if k == "weight_shape" else v.to(device) for k, v in parts.items()}
         return dequantize(parts, self._packed_args)
 
@@ -186,12 +195,13 @@ def checkpoint_structure(config: PretrainedConfig, family: MoEFamily) -> Decisio
 
 
 def _packed_weight_args(config: PretrainedConfig) -> dict[str, Any] | None:
-    """Bits, type and symmetry of a pack-quantized checkpoint's weights; None for any other checkpoint."""
+    """Bits, type and symmetry of a checkpoint's quantized weights (pack- or float-quantized, as slimming writes
+    them); None for any other checkpoint."""
     quant = getattr(config, "quantization_config", None)
     quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
-    if not quant or quant.get("format") != "pack-quantized":
+    if not quant or quant.get("format") not in ("pack-quantized", "float-quantized"):
         return None
-    from moecomp.compression.slimming.dequant import weight_args_of
+    from moecomp.compression.slimming.dequant import weight_args_of  # compressed-tensors: only when quantized
 
     return weight_args_of(quant)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar, Literal
 
+import torch
 from pydantic import Field, field_validator
 
 from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, MAX_GROUP_SIZE, Backend, StageConfig
@@ -100,6 +101,7 @@ class RTNConfig(_IntQuantizationConfig):
 
 class FP8Config(_QuantizationConfig):
     method: Literal["fp8"] = "fp8"
+    backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
 
 
 QuantizationStage = GPTQConfig | AWQConfig | RTNConfig | FP8Config
@@ -144,7 +146,7 @@ def config_groups(
     routed_targets = [p for group in routed.values() for p in group]
     if isinstance(config, FP8Config):
         targets = routed_targets + [p for group in others.values() for p in group]
-        return {"group_0": {"targets": targets, "weights": _fp8_weights(), "input_activations": _fp8_inputs()}}
+        return {"group_0": {"targets": targets, "weights": fp8_weight_args(), "input_activations": fp8_input_args()}}
     by_size: dict[int | None, list[str]] = {}
     for width, names in sorted(others.items()):
         by_size.setdefault(resolve_group_size(width, config.group_size), []).extend(names)
@@ -156,11 +158,13 @@ def config_groups(
     }
 
 
-def _fp8_weights() -> dict:
+def fp8_weight_args() -> dict:
+    """e4m3 weights, one scale per output channel (llm-compressor's FP8_DYNAMIC)."""
     return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel"}
 
 
-def _fp8_inputs() -> dict:
+def fp8_input_args() -> dict:
+    """e4m3 activations, one scale per token computed at run time."""
     return {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "token", "dynamic": True}
 
 
@@ -172,3 +176,12 @@ def group_sizes_used(
         return {}
     sizes = {"routed_experts": expert_group_size(sorted(routed), config.group_size)}
     return sizes | {f"in_{width}": resolve_group_size(width, config.group_size) for width in sorted(others)}
+
+
+def require_fp8(device: str) -> None:
+    """FP8 weights need e4m3 support in hardware: CUDA compute capability 8.9+ (Ada, Hopper, Blackwell)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        raise ValueError(f"fp8 needs a CUDA GPU with FP8 support (compute capability >= 8.9); device is {device!r}")
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if (major, minor) < (8, 9):
+        raise ValueError(f"fp8 needs compute capability >= 8.9; {device} has {major}.{minor}")

@@ -19,11 +19,13 @@ from compressed_tensors.quantization import QuantizationConfig, QuantizationSche
 
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.export import ShardWriter
-from moecomp.compression.methods.quantization import config_groups
+from moecomp.compression.methods.quantization import FP8Config, config_groups
 from moecomp.compression.slimming.groups import LINEARIZED, WeightGroup
 from moecomp.compression.slimming.qparams import pack
 from moecomp.compression.slimming.result import Slimmed
 from moecomp.compression.slimming.targets import pattern_of
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def disk_name(name: str, family: MoEFamily) -> str:
@@ -72,7 +74,7 @@ def _fused_tensors(prefix: str, name: str, tensor: torch.Tensor, family: MoEFami
     if result is not None and result.scale is not None:
         flat = pack(tensor.reshape(experts * out_rows, cols), result.scale.reshape(experts * out_rows, -1), result.args)
         parts = {k: v.reshape(experts, out_rows, -1).cpu() for k, v in flat.items() if k != "weight_shape"}
-        shape: list[int] | None = [rows, cols]
+        shape: list[int] | None = [rows, cols] if "weight_shape" in flat else None  # FP8 keeps ``weight``
     else:
         parts, shape = {"weight": tensor.cpu()}, None
     out: dict[str, torch.Tensor] = {}
@@ -87,10 +89,11 @@ def _fused_tensors(prefix: str, name: str, tensor: torch.Tensor, family: MoEFami
 
 
 def write_layer(writer: ShardWriter, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-    """Add a layer's tensors, floating ones cast to the checkpoint's dtype (scales included)."""
+    """Add a layer's tensors, floating ones cast to the checkpoint's dtype (scales included; FP8 weights stay FP8)."""
     for name, tensor in tensors.items():
         tensor = tensor.detach().to("cpu")
-        writer.add(name, tensor.to(dtype) if tensor.is_floating_point() else tensor)
+        cast = tensor.is_floating_point() and tensor.dtype not in FP8_DTYPES
+        writer.add(name, tensor.to(dtype) if cast else tensor)
 
 
 def linearized_names(layer_index: int, groups: list[tuple[WeightGroup, int]], family: MoEFamily) -> list[tuple]:
@@ -117,11 +120,15 @@ def quantization_config(config: Any, linears: list[tuple], ignore: list[str], ac
         (routed if scope == "routed_experts" else others).setdefault(width, set()).add(pattern_of(name))
     groups = config_groups(config, _sorted(routed), _sorted(others))
     schemes = {}
+    form = "float-quantized" if isinstance(config, FP8Config) else "pack-quantized"
     for key, group in groups.items():
         weights = {**group["weights"], "observer": "memoryless_minmax", "actorder": actorder}
-        schemes[key] = QuantizationScheme(targets=group["targets"], weights=weights, format="pack-quantized")
+        inputs = group.get("input_activations")  # FP8: per-token scales at run time
+        schemes[key] = QuantizationScheme(
+            targets=group["targets"], weights=weights, input_activations=inputs, format=form
+        )
     dumped = QuantizationConfig(
-        config_groups=schemes, format="pack-quantized", quantization_status="compressed", ignore=ignore
+        config_groups=schemes, format=form, quantization_status="compressed", ignore=ignore
     ).model_dump(mode="json")
     return {**dumped, "sparsity_config": {}, "transform_config": {}, "version": compressed_tensors.__version__}
 

@@ -39,7 +39,7 @@ from moecomp.compression.methods.pruning import (
     magnitude_mask,
     realized_sparsity,
 )
-from moecomp.compression.methods.quantization import FP8Config, group_sizes_used
+from moecomp.compression.methods.quantization import FP8Config, group_sizes_used, require_fp8
 from moecomp.compression.slimming.llmcompressor_modifiers import BUILDERS, split_patterns
 from moecomp.compression.slimming.llmcompressor_seam import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
 from moecomp.compression.slimming.reload_check import checkpoint_bytes, router_state, verify_reload
@@ -64,15 +64,6 @@ def validate_stages(stages: list[StageConfig], device: str) -> None:
         raise ValueError("at most one quantization stage, and it must be the last slimming stage")
     if any(isinstance(s, FP8Config) for s in stages):
         require_fp8(device)
-
-
-def require_fp8(device: str) -> None:
-    """FP8 weights need e4m3 support in hardware: CUDA compute capability 8.9+ (Ada, Hopper, Blackwell)."""
-    if not device.startswith("cuda") or not torch.cuda.is_available():
-        raise ValueError(f"fp8 needs a CUDA GPU with FP8 support (compute capability >= 8.9); device is {device!r}")
-    major, minor = torch.cuda.get_device_capability(torch.device(device))
-    if (major, minor) < (8, 9):
-        raise ValueError(f"fp8 needs compute capability >= 8.9; {device} has {major}.{minor}")
 
 
 def compute_dtype(dtype: str, device: str) -> Any:

@@ -27,6 +27,7 @@ class SlimmingMethod:
 METHODS: dict[str, SlimmingMethod] = {
     "gptq": SlimmingMethod(gptq.slim, uses_data=True, quantizes=True, actorder="static"),
     "rtn": SlimmingMethod(rtn.slim, uses_data=False, quantizes=True),
+    "fp8": SlimmingMethod(rtn.slim, uses_data=False, quantizes=True),  # round-to-nearest e4m3 per channel
     "awq": SlimmingMethod(rtn.slim, uses_data=True, quantizes=True, smooths=True),
     "magnitude": SlimmingMethod(magnitude.slim, uses_data=False, quantizes=False),
     "wanda": SlimmingMethod(wanda.slim, uses_data=True, quantizes=False),
@@ -36,7 +37,7 @@ METHODS: dict[str, SlimmingMethod] = {
 
 def group_size_for(config: object, group: WeightGroup, widths: dict[str, int]) -> int | None:
     """Routed experts share one group size dividing every expert width; other linears get their own."""
-    requested = config.group_size  # type: ignore[attr-defined]
+    requested = getattr(config, "group_size", None)  # FP8: one scale per channel
     if group.scope == "routed_experts":
         routed = [w for name, w in widths.items() if name.startswith(group.module + ".")]
         return expert_group_size(sorted(routed), requested)

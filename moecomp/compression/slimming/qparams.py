@@ -10,15 +10,18 @@ what llm-compressor writes for the same weights and scales.
 from __future__ import annotations
 
 import torch
+from compressed_tensors.compressors.naive_quantized.base import FloatQuantizationCompressor
 from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, fake_quantize
 from llmcompressor.observers import Observer
 
-from moecomp.compression.methods.quantization import weight_args
+from moecomp.compression.methods.quantization import FP8Config, fp8_weight_args, weight_args
 
 
 def quantization_args(config: object, group_size: int | None, actorder: str | None = None) -> QuantizationArgs:
-    """compressed-tensors ``QuantizationArgs`` of a stage's weights at ``group_size``."""
+    """compressed-tensors ``QuantizationArgs`` of a stage's weights at ``group_size`` (FP8: per channel)."""
+    if isinstance(config, FP8Config):
+        return QuantizationArgs(**fp8_weight_args())
     return QuantizationArgs(**weight_args(config, group_size), actorder=actorder)  # type: ignore[arg-type]
 
 
@@ -46,8 +49,10 @@ def fake_quantized(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.
 
 
 def pack(weight: torch.Tensor, scale: torch.Tensor, args: QuantizationArgs) -> dict[str, torch.Tensor]:
-    """One linear's checkpoint tensors (``weight_packed``, ``weight_scale``, ``weight_shape``) from its
-    quantized weight [out, in] and scale [out, groups], in compressed-tensors' ``pack-quantized`` format."""
+    """One linear's checkpoint tensors from its quantized weight [out, in] and scale [out, groups]: integers in
+    compressed-tensors' ``pack-quantized`` format (``weight_packed``, ``weight_scale``, ``weight_shape``), floats
+    in its ``float-quantized`` format (``weight`` as float8_e4m3fn, ``weight_scale``)."""
     scheme = QuantizationScheme(targets=["Linear"], weights=args)
     state = {"weight": weight, "weight_scale": scale, "weight_zero_point": torch.zeros_like(scale, dtype=torch.int8)}
-    return PackedQuantizationCompressor.compress(state, scheme)
+    compressor = FloatQuantizationCompressor if args.type == "float" else PackedQuantizationCompressor
+    return compressor.compress(state, scheme)

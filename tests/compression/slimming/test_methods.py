@@ -19,8 +19,8 @@ from torch import nn
 
 from moecomp.compression.adapters import get_adapter
 from moecomp.compression.methods.pruning import MagnitudeConfig, SparseGPTConfig, WandaConfig, magnitude_mask
-from moecomp.compression.methods.quantization import GPTQConfig, RTNConfig
-from moecomp.compression.slimming import gptq, magnitude, qparams, rtn, sparsegpt, wanda
+from moecomp.compression.methods.quantization import FP8Config, GPTQConfig, RTNConfig
+from moecomp.compression.slimming import dequant, gptq, magnitude, qparams, rtn, sparsegpt, wanda
 from moecomp.compression.slimming.groups import layer_groups
 from moecomp.compression.slimming.methods import METHODS
 from moecomp.compression.slimming.statistics import InputStats, attach_statistics
@@ -168,6 +168,24 @@ def test_rtn_equals_per_matrix_observer_and_fake_quantize(bits: int, group_size:
         scale, zero_point = observed(weight[b], args)
         assert torch.equal(result.scale[b], scale)
         assert torch.equal(result.weight[b], fake_quantize(weight[b], scale, zero_point, args))
+    assert not torch.equal(result.weight, weight)
+
+
+def test_fp8_equals_per_matrix_observer_and_fake_quantize_and_round_trips_through_its_format() -> None:
+    """FP8 (e4m3, one scale per output channel): the fp8 row of the table against llm-compressor's observer and
+    compressed-tensors' fake_quantize per matrix; its float-quantized tensors decompress to the same weights."""
+    weight = random_weight()
+    result = METHODS["fp8"].slim(FP8Config(), weight, None, None, F32)
+    args = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="channel")
+    assert result.args == args and result.scale.shape == (B, OUT, 1)
+    for b in range(B):
+        scale, zero_point = observed(weight[b], args)
+        assert torch.equal(result.scale[b], scale)
+        assert torch.equal(result.weight[b], fake_quantize(weight[b], scale, zero_point, args))
+        stored = qparams.pack(result.weight[b], result.scale[b], result.args)
+        assert stored.keys() == {"weight", "weight_scale"} and stored["weight"].dtype == torch.float8_e4m3fn
+        base = {"num_bits": 8, "type": "float", "symmetric": True}
+        torch.testing.assert_close(dequant.dequantize(stored, base), result.weight[b])
     assert not torch.equal(result.weight, weight)
 
 

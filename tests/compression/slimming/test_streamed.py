@@ -18,7 +18,7 @@ from moecomp.compression import activations
 from moecomp.compression.activations import HostMemoryError
 from moecomp.compression.context import RunContext
 from moecomp.compression.methods.pruning import MagnitudeConfig, SparseGPTConfig, WandaConfig
-from moecomp.compression.methods.quantization import GPTQConfig, RTNConfig
+from moecomp.compression.methods.quantization import FP8Config, GPTQConfig, RTNConfig
 from moecomp.compression.pipeline import compress
 from moecomp.compression.recipe import Recipe
 from moecomp.compression.slimming import run as streamed_run
@@ -149,13 +149,15 @@ def test_trimming_applied_while_slimming_reads_reloads_with_its_own_code(
     assert max(errors.values()) < 1e-2, errors
 
 
-def _both_backends(model: Path, stage: dict, tmp_path: Path, dtype: str = "auto") -> dict[str, Path]:
+def _both_backends(
+    model: Path, stage: dict, tmp_path: Path, dtype: str = "auto", device: str = "cpu"
+) -> dict[str, Path]:
     outs = {}
     calibration = {"samples": 8, "seq_len": 128}
     for backend in ("moecomp", "llmcompressor"):
         recipe = Recipe.model_validate({"stages": [{**stage, "backend": backend}], "calibration": calibration})
         outs[backend] = tmp_path / backend
-        compress(model, recipe, outs[backend], dtype=dtype)
+        compress(model, recipe, outs[backend], dtype=dtype, device=device)
     return outs
 
 
@@ -180,6 +182,50 @@ def test_deterministic_methods_write_llm_compressors_checkpoint(tiny_mixtral_dir
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
     if method == "rtn":
         assert _config_groups(outs["moecomp"]) == _config_groups(outs["llmcompressor"])
+
+
+def test_fp8_is_refused_before_any_work_without_fp8_hardware(tiny_mixtral_dir: Path, tmp_path: Path) -> None:
+    recipe = Recipe.model_validate({"stages": [{"method": "fp8"}], "calibration": {"samples": 2, "seq_len": 16}})
+    with pytest.raises(ValueError, match="fp8 needs a CUDA GPU"):
+        compress(tiny_mixtral_dir, recipe, tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.safetensors"))
+
+
+@pytest.mark.slow
+def test_fp8_checkpoint_reloads_with_stock_transformers_layer_by_layer(
+    sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The FP8 pass itself needs no FP8 hardware (the policy asks for it because the checkpoint is for FP8
+    hardware): on the CPU it writes llm-compressor's float-quantized format, e4m3 weights and per-channel scales,
+    which stock transformers reads back layer by layer. The loaded model also quantizes each token's activations
+    to e4m3 at run time (the scheme's dynamic input_activations), which the pass does not: a few percent of each
+    layer's update (the pass's own read-back, weights only, agrees to 1e-7)."""
+    monkeypatch.setattr(streamed_run, "require_fp8", lambda device: None)
+    out = tmp_path / "out"
+    reports, probes = _slim(sources["qwen2_moe"], [FP8Config()], out, Decisions(), monkeypatch)
+    quant = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert quant["format"] == "float-quantized"
+    (group,) = quant["config_groups"].values()
+    assert group["weights"]["type"] == "float" and group["input_activations"]["dynamic"]
+    tensors = load_file(out / "model.safetensors")
+    fp8 = [n for n, t in tensors.items() if t.dtype == torch.float8_e4m3fn]
+    assert fp8 and all(n.replace(".weight", ".weight_scale") in tensors for n in fp8)
+    assert reports[0]["results"]["routers_unchanged"] and reports[0]["checkpoint"]["reload_worst_layer_error"] < 1e-6
+    errors = _reload_errors(out, probes, tmp_path)
+    assert len(errors) == len(probes) and max(errors.values()) < 6e-2, errors
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_fp8_writes_llm_compressors_checkpoint(tiny_mixtral_dir: Path, tmp_path: Path) -> None:
+    """FP8 is round-to-nearest: every tensor and the saved scheme as llm-compressor writes them."""
+    outs = _both_backends(tiny_mixtral_dir, {"method": "fp8"}, tmp_path, device="cuda")
+    ours, theirs = (load_file(outs[b] / "model.safetensors") for b in ("moecomp", "llmcompressor"))
+    assert ours.keys() == theirs.keys()
+    bits = lambda t: t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t  # noqa: E731 (fp8: no equal)
+    different = [n for n in ours if not torch.equal(bits(ours[n]), bits(theirs[n]))]
+    assert not different, different[:10]
+    assert _config_groups(outs["moecomp"]) == _config_groups(outs["llmcompressor"])
 
 
 @pytest.mark.slow
