@@ -1,0 +1,171 @@
+"""Triton W4A16 kernels: int4 weights dequantized in registers, never written out dense.
+
+out[p] = x[p // row_div] @ W[ids[p]].T for S routed pairs, W[e][n, k] = q[n, k] * scale[n, k // g], weights
+``packed [E, N, K/8]`` int32 (value j of a word in bits 4j..4j+3, stored as q + 8), ``scale [E, N, K/g]``.
+Each K step loads a [K/8 words x N] tile once and splits it into its 8 nibble planes: plane j holds the
+columns k = 8i + j, which share the scale of column 8i (g is a multiple of 8), and meets the strided slice
+x[:, 8i + j]. Two paths:
+  - grouped GEMM (many pairs: prefill, batched decode): pairs sorted by expert and padded to BLOCK_M per
+    expert (host-sync free, as vLLM's moe_align_block_size), one program per (M tile of one expert, N tile),
+    tl.dot per nibble plane, float32 accumulation; programs past the last real tile exit at once.
+  - GEMV (a few pairs, batch-1 decode): one program per (pair, N tile, K split), products summed on the CUDA
+    cores, float32 partial sums added atomically (split-K keeps every SM busy when N is small).
+Imported only on CUDA (moecomp.compression.evaluation.packed.ops); TRITON_INTERPRET=1 runs it on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+GEMV_MAX_PAIRS = 4  # up to this many routed pairs each reads its expert's weights itself
+DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
+TARGET_PROGRAMS = 1024  # GEMV: split K until about this many programs run (132 SMs on an H100/H200)
+
+
+@triton.jit
+def _grouped_kernel(
+    x_ptr, w_ptr, s_ptr, out_ptr, pairs_ptr, block_expert_ptr, num_pairs, N, K,
+    stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
+    ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert < 0:  # past the last expert's padded tiles
+        return
+    expert = expert.to(tl.int64)
+    pairs = tl.load(pairs_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))  # [BM], num_pairs where padding
+    mask_m = pairs < num_pairs
+    x_rows = x_ptr + (pairs // ROW_DIV).to(tl.int64)[:, None] * stride_xm  # [BM, 1]
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    words_k = tl.arange(0, BLOCK_K // 8)  # word i covers columns 8i .. 8i + 7 of the K step
+    w_cols = w_ptr + expert * stride_we + offs_n.to(tl.int64)[None, :] * stride_wn  # [1, BN]
+    s_cols = s_ptr + expert * stride_se + offs_n.to(tl.int64)[None, :] * stride_sn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        words = tl.load(w_cols + (k0 // 8 + words_k)[:, None], mask=mask_n[None, :], other=0)  # [BK/8, BN]
+        scale = tl.load(s_cols + ((k0 + words_k * 8) // GROUP)[:, None], mask=mask_n[None, :], other=0.0)
+        scale = scale.to(tl.float32)  # [BK/8, BN]
+        for j in tl.static_range(8):
+            q = ((words >> (4 * j)) & 0xF) - 8  # [BK/8, BN]: columns k0 + 8i + j
+            w = (q.to(tl.float32) * scale).to(x_ptr.dtype.element_ty)
+            x = tl.load(x_rows + (k0 + words_k * 8 + j)[None, :], mask=mask_m[:, None], other=0.0)  # [BM, BK/8]
+            acc = tl.dot(x, w, acc)
+    out = out_ptr + pairs.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, N, K_SPLIT,
+    stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
+    ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pair = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    expert = tl.load(ids_ptr + pair).to(tl.int64)
+    x_row = x_ptr + (pair // ROW_DIV).to(tl.int64) * stride_xm
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    words_k = tl.arange(0, BLOCK_K // 8)
+    w_rows = w_ptr + expert * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn  # [BN, 1]
+    s_rows = s_ptr + expert * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
+    acc = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+    for step in range(0, K_SPLIT, BLOCK_K):
+        k0 = pid_k * K_SPLIT + step
+        words = tl.load(w_rows + (k0 // 8 + words_k)[None, :], mask=mask_n[:, None], other=0)  # [BN, BK/8]
+        scale = tl.load(s_rows + ((k0 + words_k * 8) // GROUP)[None, :], mask=mask_n[:, None], other=0.0)
+        scale = scale.to(tl.float32)
+        for j in tl.static_range(8):
+            q = ((words >> (4 * j)) & 0xF) - 8
+            w = (q.to(tl.float32) * scale).to(x_ptr.dtype.element_ty).to(tl.float32)  # the weight as rounded
+            x = tl.load(x_row + k0 + words_k * 8 + j).to(tl.float32)  # [BK/8]
+            acc += w * x[None, :]
+    total = tl.sum(acc, axis=1)  # [BN]
+    tl.atomic_add(out_ptr + pair.to(tl.int64) * stride_om + offs_n, total, mask=mask_n)
+
+
+def align_pairs(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs sorted by expert, each expert's run padded to a multiple of ``block_m`` with S (the pair count).
+
+    Returns ``pairs [max_blocks * block_m]`` int32 and ``block_expert [max_blocks]`` int32 (-1 past the end),
+    max_blocks = S // block_m + E bounding sum_e ceil(S_e / block_m); tensor ops only, no host sync."""
+    num_pairs, device = ids.shape[0], ids.device
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device).scatter_add_(0, ids, torch.ones_like(ids))
+    padded = (counts + block_m - 1) // block_m * block_m  # [E]
+    padded_end = padded.cumsum(0)
+    first = counts.cumsum(0) - counts  # [E] rank of each expert's first pair in sorted order
+    sorted_ids, order = torch.sort(ids, stable=True)  # [S]
+    slots = padded_end[sorted_ids] - padded[sorted_ids] + torch.arange(num_pairs, device=device) - first[sorted_ids]
+    max_blocks = num_pairs // block_m + num_experts
+    pairs = torch.full((max_blocks * block_m,), num_pairs, dtype=torch.int32, device=device)
+    pairs[slots] = order.to(torch.int32)
+    starts = torch.arange(max_blocks, device=device) * block_m
+    block_expert = torch.searchsorted(padded_end, starts, right=True)  # padded_end[e-1] <= start < padded_end[e]
+    return pairs, torch.where(starts < padded_end[-1], block_expert, -1).to(torch.int32)
+
+
+def _block_k(k: int, largest: int) -> int:
+    """The largest power of two <= ``largest`` dividing K (K is a multiple of 8 in pack-quantized)."""
+    block = largest
+    while k % block:
+        block //= 2
+    if block < 16:
+        raise ValueError(f"in_features {k} is not a multiple of 16")
+    return block
+
+
+def _gemv(x: torch.Tensor, ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, row_div: int, group: int):
+    num_pairs, n, k = ids.shape[0], packed.shape[1], x.shape[1]
+    block_n, block_k = 32, _block_k(k, 256)
+    splits = 1
+    while num_pairs * triton.cdiv(n, block_n) * splits * 2 <= TARGET_PROGRAMS and (k // block_k) % (splits * 2) == 0:
+        splits *= 2
+    out = torch.zeros(num_pairs, n, dtype=torch.float32, device=x.device)
+    grid = (num_pairs, triton.cdiv(n, block_n), splits)
+    _gemv_kernel[grid](
+        x, packed, scale, out, ids, n, k // splits, x.stride(0), packed.stride(0), packed.stride(1),
+        scale.stride(0), scale.stride(1), out.stride(0), ROW_DIV=row_div, GROUP=group, BLOCK_N=block_n,
+        BLOCK_K=block_k, num_warps=4,
+    )  # fmt: skip
+    return out.to(x.dtype)
+
+
+def _grouped(x: torch.Tensor, ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, row_div: int, group: int):
+    num_pairs, n, k = ids.shape[0], packed.shape[1], x.shape[1]
+    small = num_pairs <= 256
+    block_m, block_n = (16, 64) if small else (64, 128)
+    pairs, block_expert = align_pairs(ids, packed.shape[0], block_m)
+    out = torch.empty(num_pairs, n, dtype=x.dtype, device=x.device)
+    grid = (block_expert.shape[0], triton.cdiv(n, block_n))
+    _grouped_kernel[grid](
+        x, packed, scale, out, pairs, block_expert, num_pairs, n, k, x.stride(0), packed.stride(0),
+        packed.stride(1), scale.stride(0), scale.stride(1), out.stride(0), ROW_DIV=row_div, GROUP=group,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=DOT_BLOCK_K, num_warps=4 if small else 8, num_stages=3,
+    )  # fmt: skip
+    return out
+
+
+def grouped_matmul(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    row_div: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """out [S, N] = x[p // row_div] @ W[ids[p]].T (+ bias[ids[p]]); the arguments of reference.grouped_matmul."""
+    k = x.shape[1]
+    group = k // scale.shape[-1]
+    if packed.shape[-1] * 8 != k or group % 8:
+        raise ValueError(f"x has {k} features, weights {packed.shape[-1] * 8}; group {group} must be a multiple of 8")
+    use_gemv = ids.shape[0] <= GEMV_MAX_PAIRS or k % DOT_BLOCK_K
+    out = (_gemv if use_gemv else _grouped)(x, ids, packed, scale, row_div, group)
+    if bias is not None:
+        out = out + (bias[0] if bias.shape[0] == 1 else bias[ids])
+    return out
