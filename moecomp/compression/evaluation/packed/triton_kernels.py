@@ -16,8 +16,8 @@ Imported only on CUDA (moecomp.compression.evaluation.packed.ops); TRITON_INTERP
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+import triton  # type: ignore[import-not-found, unused-ignore]
+import triton.language as tl  # type: ignore[import-not-found, unused-ignore]
 
 GEMV_MAX_PAIRS = 4  # up to this many routed pairs each reads its expert's weights itself
 DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
