@@ -2,7 +2,9 @@
 
 Remote code runs only for checkpoints this service wrote (a ``moecomp.json`` manifest next to
 ``config.json``); a compressed-tensors checkpoint loads through plain transformers, which
-dequantizes its weights to dense tensors at load time.
+dequantizes its weights to dense tensors at load time, except a W4A16 (int4 symmetric, pack-quantized) one on a
+GPU: it is served as written, its int4 weights kept packed and run by moecomp's W4A16 kernels
+(:mod:`.packed`), so memory and speed show the packing.
 """
 
 from __future__ import annotations
@@ -61,6 +63,14 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
     else:
         kwargs["dtype"] = "auto"
     quant = quantization_method(path)
+    if quant == "compressed-tensors" and kwargs["device_map"].startswith("cuda") and _packed_w4a16(path):
+        from moecomp.compression.evaluation.packed.loader import load_packed
+
+        dense = kwargs["dtype"] if kwargs["dtype"] != "auto" else torch.bfloat16
+        model = load_packed(path, kwargs["device_map"], dense)
+        notes.append("W4A16 checkpoint served packed: int4 weights stay packed on the GPU (moecomp's W4A16 kernels)")
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=own)
+        return LoadedModel(model=model, tokenizer=tokenizer, path=path, notes=notes)
     if quant == "compressed-tensors":
         notes.append(
             "compressed-tensors checkpoint loaded with plain transformers: its fused MoE experts are dequantized to"
@@ -71,6 +81,17 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=own)
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, notes=notes)
+
+
+def _packed_w4a16(path: Path) -> bool:
+    """Every quantized group of the checkpoint is int4 symmetric in compressed-tensors' pack-quantized format."""
+    quant = read_config(path).get("quantization_config") or {}
+    groups = [g.get("weights") or {} for g in (quant.get("config_groups") or {}).values()]
+    return (
+        quant.get("format") == "pack-quantized"
+        and bool(groups)
+        and all(g.get("num_bits") == 4 and g.get("type") == "int" and g.get("symmetric") for g in groups)
+    )
 
 
 def model_identity(path: Path) -> dict[str, Any]:

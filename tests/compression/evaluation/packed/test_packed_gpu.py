@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from moecomp.compression.evaluation.loading import load_checkpoint
 from moecomp.compression.evaluation.packed import W4A16Linear, load_packed, reference
 from moecomp.compression.evaluation.served import served_greedy
 from moecomp.compression.evaluation.speed import random_prompt
@@ -82,3 +83,17 @@ def test_served_decode_of_the_packed_model_is_graph_captured_and_gives_its_eager
         first = model(prompt).logits[:, -1].argmax(-1)
         second = model(torch.cat([prompt, first[:, None]], dim=1)).logits[:, -1].argmax(-1)
     assert torch.equal(served[:, 0], first) and torch.equal(served[:, 1], second)
+
+
+def test_evaluation_loads_a_w4a16_checkpoint_packed_on_cuda(packed_checkpoints: dict[str, Path]) -> None:
+    """What the report measures on a GPU: the checkpoint as served, int4 kept packed, the same logits as stock."""
+    path = packed_checkpoints["mixtral"]
+    loaded = load_checkpoint(path, device="cuda")
+    assert any("served packed" in note for note in loaded.notes)
+    assert any(isinstance(m, W4A16Linear) for m in loaded.model.modules())
+    assert not any(p.dtype == torch.bfloat16 and p.dim() == 3 for p in loaded.model.parameters())  # no dense experts
+    stock = AutoModelForCausalLM.from_pretrained(path, device_map="cuda").eval()
+    ids = heldout_ids(path, samples=4, seq_len=64).cuda()
+    with torch.no_grad():
+        got, want = loaded.model(ids).logits.float(), stock(ids).logits.float()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.99
