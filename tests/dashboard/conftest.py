@@ -48,10 +48,10 @@ class Service:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=30)
 
-    def submit(self, stages: list[dict[str, Any]], **evaluation: Any) -> str:
+    def submit(self, stages: list[dict[str, Any]], calibration: dict[str, int] | None = None, **evaluation: Any) -> str:
         body = {
             "model": {"kind": "local", "path": str(ROOT / "moecomp" / "assets" / "models" / "tiny-mixtral")},
-            "recipe": {"stages": stages, "calibration": SMALL_CALIBRATION},
+            "recipe": {"stages": stages, "calibration": calibration or SMALL_CALIBRATION},
             "evaluation": {**SMALL_EVALUATION, **evaluation},
         }
         with self.client() as client:

@@ -8,6 +8,7 @@ Screenshots go to test-artifacts/screenshots/ (git-ignored; the folder is printe
 from __future__ import annotations
 
 import hashlib
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -250,6 +251,57 @@ def test_a_job_from_the_form_runs_live_to_a_report_with_charts_and_a_checked_dow
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.screenshot(path=str(screenshots / "job-phone.png"), full_page=True)
+
+
+# Every state the running stage's row passes through, recorded as the page draws it (reports may come
+# faster than a test could poll for them).
+RECORD_RUNNING_STAGES = """window.__running = [];
+new MutationObserver(() => {
+  for (const li of document.querySelectorAll('#stage-list li[data-state=running]')) {
+    const text = (sel) => li.querySelector(sel)?.textContent ?? null;
+    const view = {stage: li.dataset.stage, bar: text('.bar-text'), elapsed: text('.stage-elapsed'),
+                  eta: text('.stage-eta')};
+    if (JSON.stringify(window.__running.at(-1)) !== JSON.stringify(view)) window.__running.push(view);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true, attributes: true});"""
+ETA = re.compile(r"estimating…|almost done|about (\d+ min )?\d+ s left")
+ELAPSED = re.compile(r"(\d+ min )?\d+ s elapsed")
+
+
+def test_a_running_jobs_page_shows_its_stage_at_layer_k_of_n_with_elapsed_time_and_time_left(
+    page: Any, service: Service, screenshots: Path
+) -> None:
+    """At phone width. Calibration on 128 x 256 tokens makes the expert-drop pass over the 8 layers last a
+    few seconds, so it reports between its first and last layer (at most two reports a second a stage)."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.add_init_script(RECORD_RUNNING_STAGES)
+    sign_in(page, service.key)
+    job_id = service.submit([{"method": "expert_drop", "keep": 6}], calibration={"samples": 128, "seq_len": 256})
+    page.goto(f"/dashboard/jobs/{job_id}")
+    page.wait_for_function(
+        "() => /left$/.test(document.querySelector('#stage-list li[data-state=running] .stage-eta')?.textContent)",
+        timeout=120_000,
+    )
+    page.screenshot(path=str(screenshots / "job-running-phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.wait_for_selector("#job-status [data-status=succeeded]", timeout=120_000)
+
+    running = page.evaluate("window.__running")
+    layers = [v for v in running if v["stage"] == "expert_drop" and re.search(r"layer [1-7] of 8$", v["bar"])]
+    assert layers, running
+    assert all(ETA.fullmatch(v["eta"]) and ELAPSED.fullmatch(v["elapsed"]) for v in running), running
+    assert layers[0]["eta"] == "estimating…"  # layer 1 of 8: one step seen, no rate yet
+    assert any(v["eta"] != "estimating…" for v in layers), layers  # then a time left, from the pass's own rate
+    steps = [v for v in running if v["stage"] == "evaluate"]
+    assert steps and all(re.search(r"step [1-5] of 6 \((baseline|candidate) \w+\)$", v["bar"]) for v in steps), steps
+
+    # Done: every stage says how long it took and none says how long it has left.
+    stages = page.eval_on_selector_all("#stage-list li", "items => items.map((li) => li.dataset.state)")
+    assert stages and set(stages) == {"done"}, stages
+    assert page.locator("#stage-list .stage-eta").count() == 0
+    took = page.locator("#stage-list li[data-stage=expert_drop] .stage-duration").inner_text()
+    assert re.fullmatch(r"took (\d+ min )?\d+ s", took), took
+    page.screenshot(path=str(screenshots / "job-stages-phone.png"), full_page=True)
 
 
 def test_compare_draws_quality_against_memory_and_speedup(

@@ -13,13 +13,33 @@ function signInAgain() {
   location.assign(`/dashboard/login?next=${next}`);
 }
 
+// The server's clock, told by the Date header (whole seconds) of each answer: job events carry the server's
+// times, and the browser's clock may be off. offset = server − browser lies in [date − received,
+// date + 1 s − sent]; the narrowest bounds seen are kept, and start again if the clocks jump apart.
+const clock = { low: -Infinity, high: Infinity };
+
+function noteServerClock(response, sent, received) {
+  const date = Date.parse(response.headers.get("date") ?? "");
+  if (Number.isNaN(date)) return;
+  const low = Math.max(clock.low, date - received);
+  const high = Math.min(clock.high, date + 1000 - sent);
+  Object.assign(clock, low <= high ? { low, high } : { low: date - received, high: date + 1000 - sent });
+}
+
+/** Now on the server's clock, in ms (the browser's own until an answer has told the offset). */
+export function serverNow() {
+  return Date.now() + (Number.isFinite(clock.low) ? (clock.low + clock.high) / 2 : 0);
+}
+
 async function request(method, path, body, headers = {}) {
   const init = { method, headers: { Accept: "application/json", ...headers }, credentials: "same-origin" };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
+  const sent = Date.now();
   const response = await fetch(path, init);
+  noteServerClock(response, sent, Date.now());
   if (response.status === 401) {
     signInAgain();
     throw new ApiError(401, "Signed out");

@@ -131,11 +131,16 @@ export function progressBar(label) {
 // Stages whose steps are not layers (the methods and export count layers of the model).
 const STEP_STAGES = new Set(["load", "calibrate", "evaluate", "artifacts", "worker", "upload", "download"]);
 
-/** "calibrate · layer 3/8" or "evaluate · step 5/6 (candidate perplexity)" for a progress event. */
+/** "layer 3 of 8" or "step 5 of 6 (candidate perplexity)": how far a progress event says its stage is. */
+export function stepText(stage, data) {
+  if (!data?.total) return "";
+  const unit = data.unit ?? (STEP_STAGES.has(stage) ? "step" : "layer");
+  const what = [data.model, data.measurement].filter((x) => typeof x === "string").join(" ");
+  return `${unit} ${data.step} of ${data.total}` + (what ? ` (${what})` : "");
+}
+
+/** "calibrate · layer 3 of 8" or "evaluate · step 5 of 6 (candidate perplexity)" for a progress event. */
 export function stepCaption(stage, data) {
   if (!data) return stage ?? "";
-  const unit = data.unit ?? (STEP_STAGES.has(stage) ? "step" : "layer");
-  const step = data.total ? `${unit} ${data.step}/${data.total}` : "";
-  const what = [data.model, data.measurement].filter((x) => typeof x === "string").join(" ");
-  return [stage, step].filter(Boolean).join(" · ") + (what ? ` (${what})` : "");
+  return [stage, stepText(stage, data)].filter(Boolean).join(" · ");
 }

@@ -1,14 +1,16 @@
 // The job page: recipe, per-stage progress, the live event log, artifacts, cancel and the report.
 
-import { ApiError, artifactJSON, artifactUrl, cancelJob, getJob, listArtifacts, listEvents } from "./api.js";
+import { ApiError, artifactJSON, artifactUrl, cancelJob, getJob, listArtifacts, listEvents, serverNow } from "./api.js";
+import { estimate, observe, startTrack } from "./eta.js";
 import {
   FINAL, formatBytes, formatDuration, formatTime, h, jobDuration, modelKey, progressBar, stageShort,
-  statusBadge, stepCaption,
+  statusBadge, stepCaption, stepText,
 } from "./format.js";
 import { renderReport } from "./report.js";
 
 const POLL_MS = 1000;
 const MAX_LOG_LINES = 2000;
+const TICK_MS = 1000;
 
 function describeRecipe(target, job) {
   const stages = job.recipe?.stages ?? [];
@@ -33,22 +35,72 @@ function describeJob(target, job) {
   target.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
 }
 
-/** One progress bar per stage, in the order stages first report. */
+const seconds = (ms) => formatDuration(ms / 1000);
+const etaText = (ms) => ms === null ? "estimating…" : ms < 1000 ? "almost done" : `about ${seconds(ms)} left`;
+
+/**
+ * One row per stage, in the order stages first report: a bar with "layer k of N", then the stage's time.
+ * The stage that reported last runs (unless the job ended): its elapsed time and time left tick each
+ * second; a done stage shows how long it took, one left behind (a failed attempt) where it stopped.
+ */
 class StageBoard {
   constructor(list) {
     this.list = list;
-    this.bars = new Map();
+    this.rows = new Map();
+    this.current = null;
+    this.latest = null; // server time of the job's latest event: where a stage that first reports a step began
+    this.ended = false;
+    this.timer = null;
   }
 
-  update(stage, data) {
-    if (!stage || !data?.total) return;
-    let bar = this.bars.get(stage);
-    if (!bar) {
-      bar = progressBar(`Stage ${stage}`);
-      this.bars.set(stage, bar);
-      this.list.append(h("li", { "data-stage": stage }, h("span", { class: "stage-name" }, stage), bar.node));
+  add(event) {
+    const time = Date.parse(event.time);
+    if (event.kind === "progress" && event.stage && event.data?.total) this.progress(event.stage, time, event.data);
+    if (!Number.isNaN(time)) this.latest = Math.max(this.latest ?? time, time);
+  }
+
+  progress(stage, time, data) {
+    let row = this.rows.get(stage);
+    if (!row) {
+      row = { bar: progressBar(`Stage ${stage}`), time: h("p", { class: "stage-time" }), track: null };
+      row.node = h("li", { "data-stage": stage }, h("span", { class: "stage-name" }, stage),
+        h("div", { class: "stage-body" }, row.bar.node, row.time));
+      this.list.append(row.node);
+      this.rows.set(stage, row);
     }
-    bar.update(data.step / data.total, stepCaption(stage, data));
+    if (!row.track || data.step < row.track.step) { // its first report, or a new attempt began it again
+      row.track = startTrack(data.step > 0 && this.latest !== null ? this.latest : time);
+    }
+    row.track = observe(row.track, time, data.step, data.total);
+    row.caption = stepText(stage, data);
+    this.current = stage;
+    if (!this.ended) this.timer ??= setInterval(() => this.render(), TICK_MS);
+    this.render();
+  }
+
+  /** The job is final: nothing runs any more. */
+  end() {
+    this.ended = true;
+    clearInterval(this.timer);
+    this.render();
+  }
+
+  render() {
+    const now = serverNow();
+    for (const [stage, row] of this.rows) {
+      const view = estimate(row.track, now);
+      const state = view.done ? "done" : stage === this.current && !this.ended ? "running" : "stopped";
+      row.node.dataset.state = state;
+      row.bar.update(view.fraction, row.caption);
+      if (state === "running") {
+        row.time.replaceChildren(h("span", { class: "stage-elapsed" }, `${seconds(view.elapsed)} elapsed`), " · ",
+          h("span", { class: "stage-eta" }, etaText(view.remaining)));
+      } else {
+        const took = state === "done" ? view.elapsed : estimate(row.track, row.track.last.time).elapsed;
+        row.time.replaceChildren(h("span", { class: "stage-duration" },
+          `${state === "done" ? "took" : "stopped after"} ${seconds(took)}`));
+      }
+    }
   }
 }
 
@@ -58,8 +110,9 @@ class EventLog {
     this.lastSeq = 0;
   }
 
+  /** Shows the event; false if it was shown already (a reconnect may resend what we have). */
   add(event) {
-    if (event.seq <= this.lastSeq) return; // a reconnect may resend what we have
+    if (event.seq <= this.lastSeq) return false;
     this.lastSeq = event.seq;
     const text = event.kind === "message" ? event.data?.text
       : event.kind === "progress" ? stepCaption(event.stage, event.data)
@@ -69,6 +122,7 @@ class EventLog {
       h("span", { class: "log-kind" }, event.kind), event.stage ? ` [${event.stage}] ` : " ", text ?? ""));
     while (this.list.children.length > MAX_LOG_LINES) this.list.firstElementChild.remove();
     if (this.follow) this.list.scrollTop = this.list.scrollHeight;
+    return true;
   }
 
   get follow() {
@@ -78,8 +132,7 @@ class EventLog {
 }
 
 function showEvent(event, log, board) {
-  log.add(event);
-  if (event.kind === "progress") board.update(event.stage, event.data);
+  if (log.add(event)) board.add(event);
 }
 
 /** Reads /events once a second: the fallback when the stream cannot be held open (e.g. a buffering proxy). */
@@ -134,6 +187,7 @@ export function initJob(root) {
     describeJob(el("job-details"), job);
     el("compare-link").href = `/dashboard/compare?model=${encodeURIComponent(job.model_ref ?? modelKey(job.model))}`;
     cancel.hidden = FINAL.has(job.status) || job.cancel_requested;
+    if (FINAL.has(job.status)) board.end();
     el("job-error").hidden = !job.error;
     if (job.error) el("job-error").textContent = `${job.error.code}: ${job.error.message}`;
     if (job.cancel_requested && !FINAL.has(job.status)) el("cancel-note").textContent = "Cancellation requested.";
