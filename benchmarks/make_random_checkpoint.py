@@ -12,6 +12,7 @@ The folder also gets ``config.json``, ``model.safetensors.index.json`` and the b
     .venv/bin/python benchmarks/make_random_checkpoint.py --self-check                  # CPU, seconds
     .venv/bin/python benchmarks/make_random_checkpoint.py --preset qwen3-30b-a3b --layers 2 --out /tmp/q3
     python benchmarks/make_random_checkpoint.py --preset mixtral-8x7b --out /data/mixtral-random --shard-gb 4
+    .venv/bin/python benchmarks/make_random_checkpoint.py --preset qwen3-small --out /tmp/q3s    # 16 MB, a CPU run
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ PRESETS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
         rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         tie_word_embeddings=False,
     )),
+    # Qwen3-MoE's layout at a size a CPU runs in seconds (benchmarks/real_size_service.sh's validation run):
+    # widths divisible by 128, so GPTQ/AWQ group size 128 applies as at real size.
+    "qwen3-small": (Qwen3MoeConfig, dict(
+        hidden_size=256, intermediate_size=512, moe_intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_experts=8, num_experts_per_tok=2,
+        decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True, max_position_embeddings=4096,
+        rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        tie_word_embeddings=False,
+    )),
     "olmoe-1b-7b": (OlmoeConfig, dict(
         hidden_size=2048, intermediate_size=1024, num_hidden_layers=16, num_attention_heads=16,
         num_key_value_heads=16, num_experts=64, num_experts_per_tok=8, norm_topk_prob=False,
@@ -67,6 +77,8 @@ PRESETS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
 TINY: dict[str, dict[str, Any]] = {
     "qwen3-30b-a3b": dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4),
+    "qwen3-small": dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4),
     "olmoe-1b-7b": dict(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=4, num_experts=4, num_experts_per_tok=2),
     "mixtral-8x7b": dict(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -1,9 +1,10 @@
 """Run a command and record its peak memory: host RSS of its whole process tree, and GPU memory used.
 
-Samples the summed VmRSS of the child and all its descendants (from /proc) every 0.2 s, takes
+Samples the summed VmRSS of the child and all its descendants (from /proc) every 0.2 s, and apart the anonymous
+part of it (RssAnon: VmRSS also counts pages of files the processes map, e.g. a model read from /dev/shm), takes
 ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (the largest single waited-for process) at the end, and, where
-``nvidia-smi`` exists, samples the memory used on every GPU (summed) once a second. Writes
-{"cmd", "seconds", "peak_rss_gib", "ru_maxrss_gib", "peak_gpu_used_gib", "returncode"} to --out, prints it,
+``nvidia-smi`` exists, samples the memory used on every GPU (summed) once a second. Writes {"cmd", "seconds",
+"peak_rss_gib", "peak_rss_anon_gib", "ru_maxrss_gib", "peak_gpu_used_gib", "returncode"} to --out, prints it,
 and exits with the child's return code. No dependencies beyond the standard library; Linux only.
 
     python benchmarks/peak_rss.py --out /tmp/rss.json -- python -c "x = bytearray(2**30)"
@@ -51,19 +52,19 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def rss_bytes(pid: int) -> int:
-    """VmRSS of one process in bytes (0 once it is gone or a zombie)."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """VmRSS (or another /proc status field in kB, e.g. RssAnon) of one process in bytes (0 once it is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         pass
     return 0
 
 
-def tree_rss_bytes(root: int) -> int:
-    return sum(rss_bytes(pid) for pid in descendants(root))
+def tree_rss_bytes(root: int, field: str = "VmRSS") -> int:
+    return sum(rss_bytes(pid, field) for pid in descendants(root))
 
 
 def gpu_used_bytes(smi: str) -> int | None:
@@ -108,9 +109,10 @@ def measure(cmd: list[str]) -> dict[str, Any]:
     start = time.perf_counter()
     child = subprocess.Popen(cmd)
     rss = Sampler(lambda: tree_rss_bytes(child.pid), RSS_INTERVAL_S)
+    anon = Sampler(lambda: tree_rss_bytes(child.pid, "RssAnon"), RSS_INTERVAL_S)
     smi = shutil.which("nvidia-smi")
     gpu = Sampler(lambda: gpu_used_bytes(smi), GPU_INTERVAL_S) if smi else None
-    for sampler in (rss, gpu):
+    for sampler in (rss, anon, gpu):
         if sampler:
             sampler.start()
     try:
@@ -119,12 +121,13 @@ def measure(cmd: list[str]) -> dict[str, Any]:
         child.terminate()
         returncode = child.wait()
     seconds = time.perf_counter() - start
-    peak_rss, peak_gpu = rss.stop(), gpu.stop() if gpu else None
+    peak_rss, peak_anon, peak_gpu = rss.stop(), anon.stop(), gpu.stop() if gpu else None
     ru_maxrss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     return {
         "cmd": cmd,
         "seconds": round(seconds, 3),
         "peak_rss_gib": round((peak_rss or 0) / GIB, 4),
+        "peak_rss_anon_gib": round((peak_anon or 0) / GIB, 4),
         "ru_maxrss_gib": round(ru_maxrss_kib * 1024 / GIB, 4),
         "peak_gpu_used_gib": None if peak_gpu is None else round(peak_gpu / GIB, 4),
         "returncode": returncode,
