@@ -141,10 +141,11 @@ def test_in_pass_decisions_use_original_expert_ids(tiny_mixtral_dir: Path) -> No
     assert len(result.decisions.kept_experts) == len(get_adapter(source.config).moe_layers(source.config))
 
 
-def test_fp8_checkpoints_are_refused_with_a_reason(tmp_path: Path) -> None:
-    # pack-quantized checkpoints are read dequantized (tests/compression/slimming); FP8 ones are not read at all
+def test_other_quantized_checkpoints_are_refused_with_a_reason(tmp_path: Path) -> None:
+    # pack-quantized (int4) and float-quantized (FP8) checkpoints, as slimming writes them, are read dequantized
+    # (tests/compression/slimming); any other quantized format is not read at all
     model = tiny_model("olmoe")
-    model.config.quantization_config = {"quant_method": "compressed-tensors", "format": "float-quantized"}
+    model.config.quantization_config = {"quant_method": "compressed-tensors", "format": "int-quantized"}
     model.config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="quantized checkpoint .*compressed-tensors.* before quantization"):
         SafetensorsSource(tmp_path)

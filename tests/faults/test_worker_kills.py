@@ -30,7 +30,7 @@ from tests.worker.test_lifecycle import served_size_and_sha256
 pytestmark = pytest.mark.slow
 
 Event = tuple[str, str, dict]  # kind, stage, data
-LOADING = {"worker", "load", "calibrate"}  # the attempt's message, the model and calibration data loading
+LOADING = {"worker", "plan", "load", "calibrate"}  # the attempt's message, its plan, the model and calibration data
 
 
 def loading(events: list[Event], _: Path) -> bool:
