@@ -84,14 +84,15 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
 
 
 def _packed_w4a16(path: Path) -> bool:
-    """Every quantized group of the checkpoint is int4 symmetric in compressed-tensors' pack-quantized format."""
-    quant = read_config(path).get("quantization_config") or {}
-    groups = [g.get("weights") or {} for g in (quant.get("config_groups") or {}).values()]
-    return (
-        quant.get("format") == "pack-quantized"
-        and bool(groups)
-        and all(g.get("num_bits") == 4 and g.get("type") == "int" and g.get("symmetric") for g in groups)
-    )
+    """The checkpoint is one that load_packed serves (int4 symmetric, pack-quantized): its own check says so."""
+    from moecomp.compression.evaluation.packed.loader import pack_quantized_args
+    from moecomp.compression.lazy_checkpoint import read_config as model_config
+
+    try:
+        pack_quantized_args(model_config(path))
+    except ValueError:
+        return False
+    return True
 
 
 def model_identity(path: Path) -> dict[str, Any]:

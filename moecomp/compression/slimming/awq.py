@@ -122,11 +122,11 @@ def _children(layer: nn.Module, path: str) -> dict[str, nn.Module]:
         return {}
 
 
-def _attention_mappings(layer: nn.Module, attention: str, quantized: bool) -> list[Mapping]:
+def _attention_mappings(layer: nn.Module, attention: str) -> list[Mapping]:
     """llm-compressor's pairs inside attention: input norm -> q, k, v and v -> o (when v's output is o's input);
     for multi-head latent attention, input norm -> the down-projections and each latent norm -> its up-projection."""
     names = _children(layer, attention)
-    lin = lambda name: Balance(_group(f"{attention}.{name}", scope="attention"), quantized)  # noqa: E731
+    lin = lambda name: Balance(_group(f"{attention}.{name}", scope="attention"), True)  # noqa: E731
     if "kv_a_proj_with_mqa" in names:
         query = "q_a_proj" if "q_a_proj" in names else "q_proj"
         pairs = [Mapping(INPUT_NORM, Smoothed(INPUT_NORM), (lin(query), lin("kv_a_proj_with_mqa")), attention)]
@@ -137,8 +137,7 @@ def _attention_mappings(layer: nn.Module, attention: str, quantized: bool) -> li
     pairs = [Mapping(INPUT_NORM, Smoothed(INPUT_NORM), (lin("q_proj"), lin("k_proj"), lin("v_proj")), attention)]
     v, o = names["v_proj"], names["o_proj"]
     if v.out_features == o.in_features:  # llm-compressor skips v -> o under grouped-query attention
-        first = v.out_features - o.in_features
-        pairs.append(Mapping("v_proj", Smoothed(f"{attention}.v_proj", first_row=first), (lin("o_proj"),), None))
+        pairs.append(Mapping("v_proj", Smoothed(f"{attention}.v_proj"), (lin("o_proj"),), None))
     return pairs
 
 
@@ -173,9 +172,10 @@ def _moe_mappings(layer: nn.Module, family: MoEFamily, scope: list[Scope], prese
 
 
 def layer_mappings(layer: nn.Module, family: MoEFamily, config: Any, is_moe: bool) -> list[Mapping]:
-    """The smoothing pairs of one decoder layer, in llm-compressor's order."""
+    """The smoothing pairs of one decoder layer, in llm-compressor's order (each has a quantized balance: the
+    routed experts, the attention linears or a shared expert's down projection)."""
     scope = list(config.scope)
-    pairs = _attention_mappings(layer, family.layout.attention, True) if "attention" in scope else []
+    pairs = _attention_mappings(layer, family.layout.attention) if "attention" in scope else []
     if is_moe:
         pairs += _moe_mappings(layer, family, scope, config.preserve_routing)
     return pairs
@@ -308,9 +308,7 @@ def _x_mean(pair: Mapping, stats: AWQStats, batch: int) -> tuple[torch.Tensor, t
         assert cache.abs_sum is not None
         return (cache.abs_sum / max(cache.count, 1)).view(1, -1), torch.tensor([cache.count > 0])
     entry = stats.by_group[pair.balances[0].group.name]
-    counts = entry.entry_counts(batch)
-    assert entry.abs_sums is not None
-    return entry.abs_sums[entry.entries(0, batch)] / counts.clamp_min(1)[:, None].float(), counts > 0
+    return entry.entry_abs_means(batch), entry.entry_counts(batch) > 0
 
 
 @torch.no_grad()
@@ -324,8 +322,7 @@ def search(
     w_mean = _weight_means(layer, quantized, sizes, batch)
     originals = [b.group.get(layer).detach().clone() for b in quantized]
     error = _error_function(pair, layer, stats, originals)
-    best = initial = None
-    best_s = torch.ones_like(x_mean)
+    best = initial = best_s = None
     for ratio, duo in grid(config.n_grid):
         s = _scales(x_mean, w_mean, ratio, duo)
         candidates = [
@@ -341,8 +338,8 @@ def search(
         best_s = torch.where(better.to(s.device)[:, None], s, best_s)
     for balance, original in zip(quantized, originals, strict=True):
         balance.group.set(layer, original)
+    assert best is not None and initial is not None and best_s is not None  # the grid has >= 2 points
     best_s[~seen.to(best_s.device)] = 1.0  # an expert without inputs is left as it is (llm-compressor skips it)
-    assert best is not None and initial is not None
     return best_s, initial, best
 
 
@@ -376,8 +373,6 @@ def smooth(
     summed over its batch entries."""
     errors: dict[str, tuple[float, float]] = {}
     for pair in layer_mappings(layer, family, config, is_moe):
-        if not any(b.quantized for b in pair.balances):
-            continue
         s, initial, best = search(pair, layer, stats, config, sizes, dtype)
         apply(pair, layer, s)
         errors[pair.name] = (float(initial.sum()), float(best.sum()))

@@ -51,6 +51,13 @@ class InputStats:
         """[batch, in]: sum over inputs of x_j^2 (Wanda's ||X_j||^2) for each batch entry."""
         return self.sums.diagonal(dim1=-2, dim2=-1)[self.entries(0, batch)]
 
+    def entry_abs_means(self, batch: int) -> torch.Tensor:
+        """[batch, in]: mean |x_j| over the inputs of each batch entry (AWQ's activation statistic; needs
+        ``abs_sums``); an entry without input gets 0."""
+        assert self.abs_sums is not None, "gathered without abs_sums"
+        index = self.entries(0, batch)
+        return self.abs_sums[index] / self.counts[index].clamp_min(1)[:, None].float()
+
     def add(self, entry: int, x: torch.Tensor) -> None:
         """Accumulate inputs x [n, in] of batch entry ``entry``."""
         x = x.float()
