@@ -179,6 +179,21 @@ def working_set(config: PretrainedConfig, family: MoEFamily, tokens: int, dtype:
     return moe + 12 * tokens * config.hidden_size * 4
 
 
+def micro_batch_size(n: int, seq_len: int, tokens_per_micro_batch: int = 8192) -> int:
+    """Sequences per micro-batch: about ``tokens_per_micro_batch`` tokens, at least one sequence."""
+    return max(1, min(n, tokens_per_micro_batch // seq_len))
+
+
+def activations_fit_on_device(
+    config: Any, family: MoEFamily, activation_bytes: int, layer_bytes: int, tokens: int, dtype: torch.dtype,
+    device: torch.device,
+) -> bool:  # fmt: skip
+    """Whether the in and out activation buffers fit in the GPU's free memory beside a layer (x2: loading the next
+    while the last is freed) and the working set of a micro-batch of ``tokens``."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return 2 * activation_bytes + 2 * layer_bytes + working_set(config, family, tokens, dtype) < free
+
+
 def make_plan(
     model: nn.Module,
     family: MoEFamily,
@@ -195,13 +210,11 @@ def make_plan(
     hidden: int = config.hidden_size
     act = n * seq_len * hidden * torch.tensor([], dtype=dtype).element_size()
     weights = max(layer_nbytes(layer, dtype) for layer in decoder_layers(model, family.layout))
-    mb = micro_batch or max(1, min(n, tokens_per_micro_batch // seq_len))
+    mb = micro_batch or micro_batch_size(n, seq_len, tokens_per_micro_batch)
     if activations_on_device is not None:
         on_device = activations_on_device
     elif device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        # Leave room for the layer (x2: loading the next while the last is freed) and the working set.
-        on_device = 2 * act + 2 * weights + working_set(config, family, mb * seq_len, dtype) < free
+        on_device = activations_fit_on_device(config, family, act, weights, mb * seq_len, dtype, device)
     else:
         on_device = True  # host and device are the same memory
     return Plan(activations_on_device=on_device, micro_batch=mb, activation_bytes=act, layer_bytes=weights)

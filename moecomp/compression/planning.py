@@ -182,11 +182,11 @@ def _fits_on_device(setting: Setting, act: int, layer: int, item: int) -> bool:
 
     if not torch.cuda.is_available():
         return False
-    free, _ = torch.cuda.mem_get_info(torch.device(setting.device))
     dtype = {4: torch.float32, 2: torch.bfloat16}[item]
-    tokens = max(1, min(setting.samples, 8192 // setting.seq_len)) * setting.seq_len
-    work = activations.working_set(setting.config, get_adapter(setting.config), tokens, dtype)
-    return 2 * act + 2 * layer + work < free
+    tokens = activations.micro_batch_size(setting.samples, setting.seq_len) * setting.seq_len
+    family = get_adapter(setting.config)
+    device = torch.device(setting.device)
+    return activations.activations_fit_on_device(setting.config, family, act, layer, tokens, dtype, device)
 
 
 def _stage_buffers(stage: Any, before: Sizes, after: Sizes, setting: Setting, item: int) -> dict[str, int]:
