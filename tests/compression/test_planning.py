@@ -4,8 +4,6 @@ in CI: a failing mount fails the test) or a monkeypatched MemAvailable, as the e
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from moecomp.compression.pipeline import compress
 from moecomp.compression.planning import DiskSpaceError, plan
 from moecomp.compression.recipe import Recipe
 from moecomp.compression.sizes import model_sizes
+from tests.tmpfs import tmpfs
 
 CALIBRATION = {"sources": ["bundled:heldout"], "samples": 4, "seq_len": 32}
 RECIPES = {
@@ -33,15 +32,8 @@ RECIPES = {
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 4 MiB tmpfs (the tiny model's checkpoint is 17 MiB)."""
-    assert os.geteuid() == 0, "the disk tests mount a tmpfs: run them as root (as here and in CI)"
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs at {disk}: {done.stderr}"
-    try:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=True)
 
 
 def recipe(stages: list[dict]) -> Recipe:

@@ -30,6 +30,7 @@ from moecomp.settings import Settings
 from moecomp.worker.lifecycle import run_job_once
 from moecomp.worker.reporter import JobReporter
 from moecomp.worker.runner import JobInput, JobOutput
+from tests.tmpfs import tmpfs
 from tests.worker.helpers import get_job
 from tests.worker.procs import cli, free_port, process, service_env, wait_job, wait_ready
 
@@ -102,20 +103,6 @@ def test_job_stuck_inside_one_step_is_killed_at_the_hard_limit_and_fails_with_ti
     assert not any("lost" in t for t in texts), texts
     assert sum("longer than its limit" in t for t in texts) == 1, texts
     assert "Hard time limit (13.0s) exceeded" in (tmp_path / "worker.log").read_text()
-
-
-@contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of ``size`` mounted at ``path``; a machine that cannot mount fails the test (it never skips)."""
-    assert os.geteuid() == 0, "the disk-full tests mount a tmpfs: run them as root (as here and in CI)"
-    path.mkdir(parents=True, exist_ok=True)
-    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
-    done = subprocess.run(mount, capture_output=True, text=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs at {path}: {done.stderr}"
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "--lazy", str(path)], check=True)
 
 
 def grow(path: Path, size: str) -> None:

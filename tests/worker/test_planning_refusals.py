@@ -4,8 +4,6 @@ small tmpfs (we run as root, here and in CI); host memory is MemAvailable monkey
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,21 +12,15 @@ import pytest
 from moecomp.compression import activations
 from moecomp.persistence.models import JobEvent, JobStatus
 from moecomp.worker.lifecycle import run_job_once
+from tests.tmpfs import tmpfs
 from tests.worker.helpers import get_job
 
 
 @pytest.fixture
 def small_data_disk(settings) -> Iterator[Path]:
     """The worker's data folder (work, cache, artifacts) on a real 4 MiB tmpfs; the tiny model's checkpoint is 17."""
-    assert os.geteuid() == 0, "the disk tests mount a tmpfs: run them as root (as here and in CI)"
-    disk = settings.data_dir
-    disk.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
-    assert done.returncode == 0, f"cannot mount a tmpfs at {disk}: {done.stderr}"
-    try:
+    with tmpfs(settings.data_dir, "4m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "--lazy", str(disk)], check=True)
 
 
 def events_of(db, job_id: str) -> list[tuple[str, str, dict]]:
