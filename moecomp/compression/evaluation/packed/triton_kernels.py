@@ -9,7 +9,9 @@ x[:, 8i + j]. Two paths:
     expert (host-sync free, as vLLM's moe_align_block_size), one program per (M tile of one expert, N tile),
     tl.dot per nibble plane, float32 accumulation; programs past the last real tile exit at once.
   - GEMV (a few pairs, batch-1 decode): one program per (pair, N tile, K split), products summed on the CUDA
-    cores, float32 partial sums added atomically (split-K keeps every SM busy when N is small).
+    cores, float32 partial sums added atomically (split-K keeps every SM busy when N is small). It is bound by
+    instructions per weight, not by bandwidth, so each word's 8 products q * x are summed before its scale
+    is applied once, and nibbles become floats by bit arithmetic (_nibble).
 Imported only on CUDA (moecomp.compression.evaluation.packed.ops); TRITON_INTERPRET=1 runs it on a CPU.
 """
 
@@ -22,6 +24,14 @@ import triton.language as tl  # type: ignore[import-not-found, unused-ignore]
 GEMV_MAX_PAIRS = 4  # up to this many routed pairs each reads its expert's weights itself
 DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
 TARGET_PROGRAMS = 1024  # GEMV: split K until about this many programs run (132 SMs on an H100/H200)
+
+
+@triton.jit
+def _nibble(words, j: tl.constexpr):
+    """Value j of each word as float32 q - 8, without an int-to-float conversion (a quarter-rate instruction):
+    the nibble as the low mantissa bits of 2**23 is the float 2**23 + q, exactly."""
+    bits = ((words >> (4 * j)) & 0xF) | 0x4B000000
+    return bits.to(tl.float32, bitcast=True) - 8388616.0  # 2**23 + 8
 
 
 @triton.jit
@@ -51,8 +61,7 @@ def _grouped_kernel(
         scale = tl.load(s_cols + ((k0 + words_k * 8) // GROUP)[:, None], mask=mask_n[None, :], other=0.0)
         scale = scale.to(tl.float32)  # [BK/8, BN]
         for j in tl.static_range(8):
-            q = ((words >> (4 * j)) & 0xF) - 8  # [BK/8, BN]: columns k0 + 8i + j
-            w = (q.to(tl.float32) * scale).to(x_ptr.dtype.element_ty)
+            w = (_nibble(words, j) * scale).to(x_ptr.dtype.element_ty)  # [BK/8, BN]: columns k0 + 8i + j
             x = tl.load(x_rows + (k0 + words_k * 8 + j)[None, :], mask=mask_m[:, None], other=0.0)  # [BM, BK/8]
             acc = tl.dot(x, w, acc)
     out = out_ptr + pairs.to(tl.int64)[:, None] * stride_om + offs_n[None, :]
@@ -80,12 +89,11 @@ def _gemv_kernel(
         k0 = pid_k * K_SPLIT + step
         words = tl.load(w_rows + (k0 // 8 + words_k)[None, :], mask=mask_n[:, None], other=0)  # [BN, BK/8]
         scale = tl.load(s_rows + ((k0 + words_k * 8) // GROUP)[None, :], mask=mask_n[:, None], other=0.0)
-        scale = scale.to(tl.float32)
+        word_dot = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)  # sum over a word's 8 columns of q * x
         for j in tl.static_range(8):
-            q = ((words >> (4 * j)) & 0xF) - 8
-            w = (q.to(tl.float32) * scale).to(x_ptr.dtype.element_ty).to(tl.float32)  # the weight as rounded
             x = tl.load(x_row + k0 + words_k * 8 + j).to(tl.float32)  # [BK/8]
-            acc += w * x[None, :]
+            word_dot += _nibble(words, j) * x[None, :]
+        acc += word_dot * scale.to(tl.float32)  # a word's 8 columns share one scale
     total = tl.sum(acc, axis=1)  # [BN]
     tl.atomic_add(out_ptr + pair.to(tl.int64) * stride_om + offs_n, total, mask=mask_n)
 
