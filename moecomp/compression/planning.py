@@ -34,7 +34,6 @@ from moecomp.compression.sizes import Sizes, apply_stage, model_sizes, resaved
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-AWQ_STEP_BYTES = 512 * 2**20  # float32 per AWQ search step (slimming.awq)
 FIDELITY_ENTRY_BYTES = 12  # top-k log-probability and token id per compared token
 RESULTS_MARGIN = 2**20  # the cached JSON results
 
@@ -206,7 +205,9 @@ def _stage_buffers(stage: Any, before: Sizes, after: Sizes, setting: Setting, it
         width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
         out["Hessians"] = max(before.moe, default=0) * (config.hidden_size**2 + width**2) * 4
     elif stage.method == "awq":
-        out["AWQ search"] = AWQ_STEP_BYTES
+        from moecomp.compression.slimming.awq import WORK_BYTES  # here: it imports llm-compressor
+
+        out["AWQ search"] = WORK_BYTES
     return out
 
 
