@@ -12,7 +12,7 @@ from moecomp.api import dashboard
 from moecomp.api.body_limit import BodyLimit
 from moecomp.api.errors import install_error_handlers
 from moecomp.api.http_metrics import HttpMetrics
-from moecomp.api.routes import artifacts, health, jobs, methods, models
+from moecomp.api.routes import artifacts, health, jobs, methods, models, worker, workers
 from moecomp.api.services.metrics import make_registry
 from moecomp.persistence.database import Database
 from moecomp.settings import Settings
@@ -21,7 +21,7 @@ from moecomp.worker.app import make_celery
 
 def _v1() -> APIRouter:
     v1 = APIRouter(prefix="/v1")
-    for module in (jobs, artifacts, models, methods):
+    for module in (jobs, artifacts, models, methods, worker, workers):
         v1.include_router(module.router)
     return v1
 
@@ -48,7 +48,8 @@ def create_app(settings: Settings | None = None, *, require_worker: bool = False
     app.state.celery = make_celery(settings)
     app.state.require_worker = require_worker
     app.state.metrics = make_registry(db, settings.stale_after_s)
-    app.add_middleware(BodyLimit, exempt=("/v1/models",))  # uploads stream to disk under their own limit
+    # Uploads and workers' artifact chunks stream to disk under their own limits.
+    app.add_middleware(BodyLimit, exempt=("/v1/models",), exempt_under="/v1/worker/jobs/")
     app.add_middleware(HttpMetrics, registry=app.state.metrics)
     install_error_handlers(app)
     app.include_router(health.router)

@@ -2,7 +2,8 @@
 
 FastAPI reads a JSON body whole before validating it, so the schemas' length bounds only apply once it is in
 memory. This ASGI middleware refuses a declared Content-Length over the cap at once, and stops a chunked body
-as soon as it passes the cap (413, ``{"detail": ...}``). Model uploads stream to disk under their own limit.
+as soon as it passes the cap (413, ``{"detail": ...}``). Model uploads and workers' artifact
+chunks stream to disk under their own limits.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ MAX_BODY_BYTES = 1024**2  # a job request is a few KiB; the largest the schemas 
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, exempt: tuple[str, ...] = ()) -> None:
-        self.app, self.max_bytes, self.exempt = app, max_bytes, exempt
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, exempt: tuple[str, ...] = (), exempt_under: str = "\0"
+    ) -> None:
+        self.app, self.max_bytes, self.exempt, self.exempt_under = app, max_bytes, exempt, exempt_under
         self.message = f"request body larger than {max_bytes} bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.exempt:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.exempt or path.startswith(self.exempt_under):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")

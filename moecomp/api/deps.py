@@ -11,10 +11,11 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from moecomp.api.errors import Unauthorized
+from moecomp.api.errors import Forbidden, Unauthorized
 from moecomp.persistence.database import Database
 from moecomp.persistence.keys import team_for_key
-from moecomp.persistence.models import Team
+from moecomp.persistence.models import ServiceKey, Team
+from moecomp.persistence.service_keys import Role, service_key
 from moecomp.settings import Settings
 
 COOKIE_NAME = "moecomp_key"
@@ -92,12 +93,58 @@ async def presented_key(
 KeyDep = Annotated[str | None, Depends(presented_key)]
 
 
+WRONG_KIND = {
+    Role.worker: "a worker credential cannot call the team API; use a team API key (moecomp admin create-key)",
+    Role.admin: "an admin key cannot call the team API; use a team API key (moecomp admin create-key)",
+}
+
+
 def get_team(session: SessionDep, key: KeyDep) -> Team:
-    """The team of the Bearer key, else of the dashboard cookie; 401 (WWW-Authenticate: Bearer) otherwise."""
+    """The team of the Bearer key, else of the dashboard cookie; 401 (WWW-Authenticate: Bearer) otherwise,
+    403 for a valid key of another kind (a worker credential, an admin key)."""
     team = team_for_key(session, key) if key else None
     if team is None:
+        other = service_key(session, key) if key else None
+        if other is not None:
+            raise Forbidden(WRONG_KIND[Role(other.role)])
         raise Unauthorized()
     return team
 
 
 TeamDep = Annotated[Team, Depends(get_team)]
+
+
+def _service_key(session: Session, bearer: HTTPAuthorizationCredentials | None, role: Role) -> ServiceKey:
+    """The live ``role`` key of the Bearer header (never the cookie: no browser holds one); 401, or 403 for a
+    valid key of another kind."""
+    key = bearer.credentials if bearer is not None else None
+    found = service_key(session, key) if key else None
+    if found is not None and found.role == role:
+        return found
+    held = HELD[found.role] if found is not None else HELD["team"] if key and team_for_key(session, key) else None
+    if held is not None:
+        raise Forbidden(f"{held} cannot call this route; it needs {NEEDS[role]}")
+    raise Unauthorized(f"missing or invalid key: this route needs {NEEDS[role]}")
+
+
+HELD = {"team": "a team API key", Role.worker: "a worker credential", Role.admin: "an admin key"}
+NEEDS = {
+    Role.worker: "a worker credential (moecomp admin create-worker-key)",
+    Role.admin: "an admin key (moecomp admin create-admin-key)",
+}
+
+
+def get_worker_key(
+    session: SessionDep, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> ServiceKey:
+    return _service_key(session, bearer, Role.worker)
+
+
+def get_admin_key(
+    session: SessionDep, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> ServiceKey:
+    return _service_key(session, bearer, Role.admin)
+
+
+WorkerKeyDep = Annotated[ServiceKey, Depends(get_worker_key)]
+AdminKeyDep = Annotated[ServiceKey, Depends(get_admin_key)]

@@ -46,6 +46,12 @@ class Unauthorized(ApiError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+class Forbidden(ApiError):
+    """A valid key of the wrong kind: a worker credential on a team route, a team key on a worker route."""
+
+    status_code = 403
+
+
 class Conflict(ApiError):
     status_code = 409
 

@@ -21,8 +21,10 @@ from moecomp.api.schemas import DetailPublic
 _REFUSALS = {
     400: "The body is not readable as JSON.",
     401: "Missing, unknown or revoked API key.",
+    403: "A valid key of another kind: a worker credential or admin key on a team route, a team key elsewhere.",
     404: "Not found for this team (another team's ids are not found either).",
-    409: "The job's state does not allow it: cancel an ended job, delete a queued or running one.",
+    409: "The job's state does not allow it: cancel an ended job, delete a queued or running one; a worker whose "
+    "lease on the job is lost.",
     410: "The artifact expired (settings.retention_days after its job ended) and its file was removed.",
     413: "The body (or the unpacked upload) is larger than the server's limit.",
     415: "The body is not a tar archive.",

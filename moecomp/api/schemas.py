@@ -149,3 +149,34 @@ class ReadyPublic(BaseModel):
     broker: bool
     workers: int = Field(description="Workers alive now: a heartbeat within stale_after_s.")
     reasons: list[str] = Field(description="Why the service is not ready, in words; empty when it is.")
+
+
+class ArtifactReceived(BaseModel):
+    """How much of an artifact a worker's upload has delivered; ``artifact_id`` once it is recorded."""
+
+    offset: int = Field(description="Bytes received so far: the next chunk starts here.")
+    complete: bool
+    artifact_id: str | None = None
+    sha256: str | None = None
+
+
+class GpuPublic(BaseModel):
+    name: str
+    memory_bytes: int
+
+
+class WorkerPublic(BaseModel):
+    """A worker's main process as it reports itself: its host, GPUs (none on a CPU host), version, its jobs."""
+
+    name: str = Field(description="host:pid of the worker's main process.")
+    host: str | None
+    version: str | None
+    gpus: list[GpuPublic] | None = Field(description="Empty on a CPU-only host; null before its first report.")
+    started_at: datetime
+    beat_at: datetime
+    alive: bool = Field(description="Its last beat is younger than stale_after_s.")
+    jobs: list[str] = Field(description="Ids of the jobs it runs now (its current jobs; one per GPU at most).")
+
+
+class WorkersPublic(BaseModel):
+    items: list[WorkerPublic]

@@ -1,4 +1,5 @@
-"""``moecomp admin``: API keys and the database schema, straight on the database (no API needed)."""
+"""``moecomp admin``: API keys (teams'), worker credentials and admin keys, and the database schema, straight on
+the database (no API needed)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create = commands.add_parser("create-key", help="create a key for a team (created if missing); prints it once")
     create.add_argument("--team", required=True, help="team name")
     create.set_defaults(func=create_key)
-    revoke = commands.add_parser("revoke-key", help="revoke every key with this prefix (the 8 characters after mc_)")
+    for role, text in (("worker", "a worker credential (for hosts that run workers)"), ("admin", "an admin key")):
+        service = commands.add_parser(f"create-{role}-key", help=f"create {text}; prints it once")
+        service.add_argument("--label", required=True, help="who holds it: a host, a deployment, a person")
+        service.set_defaults(func=create_service_key, role=role)
+    revoke = commands.add_parser(
+        "revoke-key", help="revoke every key with this prefix (the 8 characters after mc_, mcw_ or mca_)"
+    )
     revoke.add_argument("prefix")
     revoke.set_defaults(func=revoke_key)
     migrate = commands.add_parser("migrate", help="bring the database schema up to date (alembic upgrade head)")
@@ -47,12 +54,26 @@ def create_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def revoke_key(args: argparse.Namespace) -> int:
-    from moecomp.persistence.keys import revoke_api_key  # noqa: PLC0415
+def create_service_key(args: argparse.Namespace) -> int:
+    from moecomp.persistence.service_keys import Role  # noqa: PLC0415
+    from moecomp.persistence.service_keys import create_service_key as create  # noqa: PLC0415
 
     db = _database(Settings())
     with db.session() as session:
-        count = revoke_api_key(session, args.prefix)
+        print(create(session, Role(args.role), args.label))
+    return 0
+
+
+def revoke_key(args: argparse.Namespace) -> int:
+    from moecomp.persistence.keys import revoke_api_key  # noqa: PLC0415
+    from moecomp.persistence.service_keys import revoke_service_key  # noqa: PLC0415
+
+    db = _database(Settings())
+    with db.session() as session:
+        if args.prefix.startswith(("mcw_", "mca_")):
+            count = revoke_service_key(session, args.prefix)
+        else:
+            count = revoke_api_key(session, args.prefix) + revoke_service_key(session, args.prefix)
     print(f"revoked {count} key(s)")
     return 0 if count else 1
 

@@ -49,10 +49,19 @@ def _owned(lease: Lease) -> ColumnElement[bool]:
     )
 
 
-def claim(session: Session, job_id: str, worker: str, stale_after_s: float, max_attempts: int) -> Lease | None:
+def claim(
+    session: Session,
+    job_id: str,
+    worker: str,
+    stale_after_s: float,
+    max_attempts: int,
+    host: str | None = None,
+    node: str | None = None,
+) -> Lease | None:
     """Atomically take a queued job (or a running one whose heartbeat went stale); None if not ours.
 
-    One UPDATE ... WHERE decides, so two deliveries of the same message cannot both win.
+    One UPDATE ... WHERE decides, so two deliveries of the same message cannot both win. ``host`` and ``node``
+    (the worker main process's registry name) say where it runs.
     """
     now = utcnow()
     stale = and_(Job.status == JobStatus.running, Job.heartbeat_at < now - timedelta(seconds=stale_after_s))
@@ -64,6 +73,8 @@ def claim(session: Session, job_id: str, worker: str, stale_after_s: float, max_
             status=JobStatus.running,
             attempts=Job.attempts + 1,
             worker=worker,
+            host=host,
+            node=node,
             heartbeat_at=now,
             started_at=func.coalesce(Job.started_at, now),
             progress=0.0,
@@ -263,3 +274,14 @@ def _log_reaped(session: Session, revived: list[str], failed: list[str]) -> None
         attempt = session.execute(select(Job.attempts).where(Job.id == job_id)).scalar_one()
         text = f"the worker was lost during attempt {attempt}; the job is queued again"
         append_event(session, job_id, "message", "worker", {"text": text}, level="warning")
+
+
+def holds(session: Session, lease: Lease) -> bool:
+    """Whether ``lease`` still owns its running job."""
+    return session.execute(select(Job.id).where(_owned(lease))).scalar_one_or_none() is not None
+
+
+def ended_by(session: Session, lease: Lease) -> bool:
+    """Whether the job ended under ``lease`` (its worker and attempt are the last to have held it)."""
+    ended = and_(Job.id == lease.job_id, Job.status.in_(FINAL), Job.worker == lease.worker)
+    return session.execute(select(Job.id).where(ended, Job.attempts == lease.attempt)).scalar_one_or_none() is not None

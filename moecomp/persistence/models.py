@@ -115,6 +115,8 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    host: Mapped[str | None] = mapped_column(String(200), default=None)  # the host of the attempt that ran it last
+    node: Mapped[str | None] = mapped_column(String(200), default=None)  # that worker's main process (workers.name)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -137,6 +139,20 @@ class JobEvent(Base):
     # Chosen by the writer for each event and kept across its retries: a retry whose first try committed (the
     # acknowledgement was lost) finds its event instead of writing it twice.
     dedup_key: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class ServiceKey(Base):
+    """A key that is no team's: a worker credential (role ``worker``) or an administrator's (role ``admin``)."""
+
+    __tablename__ = "service_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    role: Mapped[str] = mapped_column(String(16))  # worker | admin
+    label: Mapped[str] = mapped_column(String(100))  # who holds it: a host, a deployment, a person
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the whole key
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Artifact(Base):
@@ -175,3 +191,6 @@ class Worker(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid of the main process
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     beat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    host: Mapped[str | None] = mapped_column(String(200), default=None)
+    version: Mapped[str | None] = mapped_column(String(50), default=None)  # moecomp's version on that host
+    gpus: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)  # [{name, memory_bytes}]; [] on CPU

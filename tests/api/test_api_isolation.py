@@ -4,10 +4,16 @@ Callers: the owner's key, another team's key, a wrong key (the owner's prefix wi
 revoked key, each as a Bearer header and as the dashboard cookie, and no key at all. Only the owner sees
 its jobs; another team gets exactly what a missing id gets (so ids cannot be probed); a wrong, revoked or
 missing key gets 401, and the dashboard pages send it to the sign-in page (they read the cookie only).
+
+Keys of no team too: a worker credential and an admin key get 403 (saying which key the route needs) on every
+team route and the sign-in page on every dashboard page; the worker routes (/v1/worker/...) take only a worker
+credential and the admin routes (/v1/workers) only an admin key, both as a Bearer header only: a team key there
+gets 403, a cookie, a wrong, revoked or missing key 401.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,10 +27,12 @@ from sqlalchemy import select
 
 from moecomp.api.app import create_app
 from moecomp.api.dashboard.router import signed_in
-from moecomp.api.deps import COOKIE_NAME, get_team
+from moecomp.api.deps import COOKIE_NAME, NEEDS, WRONG_KIND, get_admin_key, get_team, get_worker_key
+from moecomp.persistence import jobs
 from moecomp.persistence.database import Database
 from moecomp.persistence.keys import create_api_key, revoke_api_key
 from moecomp.persistence.models import Job, JobStatus, Team, Upload
+from moecomp.persistence.service_keys import Role, create_service_key
 from moecomp.settings import Settings
 from tests.api.helpers import add_artifact, count, job_body, set_status
 from tests.api.test_api_events import add_events
@@ -39,8 +47,8 @@ UNAUTHORIZED = {"detail": "missing or invalid API key"}
 class World:
     """Team a's data (a finished job with events and an artifact, a queued job, an upload) and every key."""
 
-    keys: dict[str, str]  # owner, other, wrong, revoked
-    ids: dict[str, str]  # job, live, artifact, upload
+    keys: dict[str, str]  # owner, other, wrong, revoked, worker, admin
+    ids: dict[str, str]  # job, live, running, artifact, upload
     etags: dict[str, str] = field(default_factory=dict)  # what the owner was sent: job, listing, artifact
 
     def missing(self) -> dict[str, str]:
@@ -64,11 +72,17 @@ def world(client: TestClient, db: Database, settings: Settings) -> World:
     artifact = add_artifact(db, settings, job, CONTENT)
     set_status(db, job, JobStatus.succeeded)
     live = client.post("/v1/jobs", json=job_body(), headers=auth).json()["id"]
+    running = client.post("/v1/jobs", json=job_body(), headers=auth).json()["id"]
+    with db.session() as session:  # a worker's attempt holds it, as the worker routes need
+        assert jobs.claim(session, running, LEASE_WORKER, 30.0, 3) is not None
+        worker_key = create_service_key(session, Role.worker, "gpu-host-1")
+        admin_key = create_service_key(session, Role.admin, "ops")
     uploaded = client.post("/v1/models", content=model_tar(), headers=auth | TAR)
     assert uploaded.status_code == 201, uploaded.text
     upload = uploaded.json()["id"]
-    world = World({"owner": owner, "other": other, "wrong": owner[:-4] + "AAAA", "revoked": revoked}, {})
-    world.ids = {"job": job, "live": live, "artifact": artifact["id"], "upload": upload}
+    keys = {"owner": owner, "other": other, "wrong": owner[:-4] + "AAAA", "revoked": revoked}
+    world = World(keys | {"worker": worker_key, "admin": admin_key}, {})
+    world.ids = {"job": job, "live": live, "running": running, "artifact": artifact["id"], "upload": upload}
     for name, url in [("job", f"/v1/jobs/{job}"), ("listing", "/v1/jobs"), ("artifact", artifact_url(world.ids))]:
         world.etags[name] = client.get(url, headers=auth).headers.get("etag", '"none"')
     return world
@@ -80,8 +94,12 @@ def artifact_url(ids: dict[str, str]) -> str:
 
 # What an endpoint is to a caller of another team: OWNED names one of team a's things by id (another team
 # gets what a missing id gets); TEAM works on the caller's own team (it must not show team a's jobs);
-# PAGE is a dashboard page (signed in by cookie; OWNED_PAGE names an id); PUBLIC needs no key.
+# PAGE is a dashboard page (signed in by cookie; OWNED_PAGE names an id); PUBLIC needs no key; WORKER needs a
+# worker credential, ADMIN an admin key.
 OWNED, TEAM, PAGE, OWNED_PAGE, PUBLIC = "owned", "team", "page", "owned page", "public"
+WORKER, ADMIN = "worker", "admin"
+LEASE_WORKER = "gpu-host-1:4242"
+CHUNK_BODY = b"a log line\n"
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,7 @@ class Endpoint:
     json: Callable[[dict[str, str]], Any] | None = None
     content: bytes | None = None
     foreign: int = 404  # the status a missing id (and so another team's id) gets
+    served: int = 200  # WORKER / ADMIN: the status its rightful caller gets
     shows: Callable[[Response, World], bool] | None = None  # TEAM: does the answer reveal team a's jobs?
 
 
@@ -108,6 +127,24 @@ def _upload_job(ids: dict[str, str]) -> dict[str, Any]:
 
 JOB = "/v1/jobs/{job_id}"
 CONTENT_ROUTE = "/v1/artifacts/{artifact_id}/content"
+UPLOAD_CONTENT = "/v1/worker/uploads/{upload_id}/content"
+ATTEMPT = "/v1/worker/jobs/{job_id}/attempts/{attempt}"
+LEASE = {"X-Moecomp-Worker": LEASE_WORKER}
+CHUNK_HEADERS = LEASE | {
+    "X-Artifact-Kind": "log",
+    "X-Checksum-Sha256": hashlib.sha256(CHUNK_BODY).hexdigest(),
+    "Content-Range": f"bytes 0-{len(CHUNK_BODY) - 1}/{len(CHUNK_BODY)}",
+}
+
+
+def _attempt(ids: dict[str, str]) -> str:
+    return f"/v1/worker/jobs/{ids['running']}/attempts/1"
+
+
+def _upload_content(ids: dict[str, str]) -> str:
+    return f"/v1/worker/uploads/{ids['upload']}/content"
+
+
 ENDPOINTS = [
     Endpoint("list jobs", "GET", "/v1/jobs", lambda i: "/v1/jobs", TEAM, shows=_listed),
     Endpoint(
@@ -159,6 +196,35 @@ ENDPOINTS = [
         "upload a model", "POST", "/v1/models", lambda i: "/v1/models", TEAM, headers=lambda w: TAR, content=model_tar()
     ),
     Endpoint("methods", "GET", "/v1/methods", lambda i: "/v1/methods", TEAM),
+    Endpoint("worker: upload's bytes", "GET", UPLOAD_CONTENT, _upload_content, WORKER),
+    Endpoint("worker: upload's bytes HEAD", "HEAD", UPLOAD_CONTENT, _upload_content, WORKER),
+    Endpoint(
+        "worker: artifact offset",
+        "GET",
+        ATTEMPT + "/artifacts/{name}",
+        lambda i: _attempt(i) + "/artifacts/job.log",
+        WORKER,
+        headers=lambda w: LEASE,
+    ),
+    Endpoint(
+        "worker: artifact chunk",
+        "PUT",
+        ATTEMPT + "/artifacts/{name}",
+        lambda i: _attempt(i) + "/artifacts/job.log",
+        WORKER,
+        headers=lambda w: CHUNK_HEADERS,
+        content=CHUNK_BODY,
+    ),
+    Endpoint(
+        "worker: prune",
+        "POST",
+        ATTEMPT + "/prune",
+        lambda i: _attempt(i) + "/prune",
+        WORKER,
+        headers=lambda w: LEASE,
+        served=204,
+    ),
+    Endpoint("admin: workers", "GET", "/v1/workers", lambda i: "/v1/workers", ADMIN),
     # These two change the queued job, so they come last: cancel it, then delete it (an ended job).
     Endpoint("cancel", "POST", JOB + "/cancel", lambda i: f"/v1/jobs/{i['live']}/cancel", OWNED),
     Endpoint("delete", "DELETE", JOB, lambda i: f"/v1/jobs/{i['live']}", OWNED),
@@ -184,8 +250,13 @@ class Caller:
         return f"{self.key}-{self.via}" if self.key else "no-key"
 
 
-CALLERS = [Caller(key, via) for key in ("owner", "other", "wrong", "revoked") for via in ("bearer", "cookie")]
+CALLERS = [
+    Caller(key, via)
+    for key in ("owner", "other", "wrong", "revoked", "worker", "admin")
+    for via in ("bearer", "cookie")
+]
 CALLERS.append(Caller(None, "none"))
+TEAM_KEYS, SERVICE_KEYS = ("owner", "other"), ("worker", "admin")
 
 
 def call(client: TestClient, world: World, caller: Caller, endpoint: Endpoint, ids: dict[str, str]) -> Response:
@@ -222,8 +293,14 @@ def problems_with(client: TestClient, world: World, caller: Caller, endpoint: En
     response = call(client, world, caller, endpoint, world.ids)
     got = f"{endpoint.name} as {caller}: {response.status_code} {response.text[:200]}"
     page = endpoint.kind in (PAGE, OWNED_PAGE)
-    if endpoint.kind == PUBLIC:
+    if endpoint.kind in (WORKER, ADMIN):
+        ok = _service_route_ok(response, endpoint, caller)
+    elif endpoint.kind == PUBLIC:
         ok = response.status_code == 200
+    elif not page and caller.key in SERVICE_KEYS:  # a valid key of no team: refused, saying what is needed
+        ok = response.status_code == 403 and (
+            endpoint.method == "HEAD" or response.json() == {"detail": WRONG_KIND[Role(caller.key)]}
+        )
     elif page and (caller.via != "cookie" or caller.team is None):
         ok = response.status_code == 303 and response.headers["location"].startswith("/dashboard/login?next=")
     elif not page and caller.team is None:
@@ -240,6 +317,22 @@ def problems_with(client: TestClient, world: World, caller: Caller, endpoint: En
         ok = response.status_code == expected and anonymized(response, world.ids) == anonymized(answer, missing)
         got += f" vs a missing id's {answer.status_code} {answer.text[:200]}"
     return [] if ok else [got]
+
+
+def _service_route_ok(response: Response, endpoint: Endpoint, caller: Caller) -> bool:
+    """A worker or admin route: served to its own kind of key (as a Bearer header), 403 to another valid key
+    (as a Bearer header), 401 to everyone else; the refusals name the key the route needs."""
+    needs = NEEDS[Role(endpoint.kind)]
+    head = endpoint.method == "HEAD"
+    if caller.via == "bearer" and caller.key == endpoint.kind:
+        return response.status_code == endpoint.served
+    if caller.via == "bearer" and caller.key in TEAM_KEYS + SERVICE_KEYS:
+        return response.status_code == 403 and (head or needs in response.json()["detail"])
+    return (
+        response.status_code == 401
+        and response.headers["www-authenticate"] == "Bearer"
+        and (head or response.json() == {"detail": f"missing or invalid key: this route needs {needs}"})
+    )
 
 
 def snapshot(db: Database) -> tuple[dict[str, str], int, int]:
@@ -262,7 +355,8 @@ def test_isolation_matrix(client: TestClient, db: Database, world: World, caller
 
 
 def _needs_a_key(dependant: Any) -> bool:
-    return any(d.call in (get_team, signed_in) or _needs_a_key(d) for d in dependant.dependencies)
+    key_checks = (get_team, signed_in, get_worker_key, get_admin_key)
+    return any(d.call in key_checks or _needs_a_key(d) for d in dependant.dependencies)
 
 
 def test_the_matrix_covers_every_route_that_needs_a_key(client: TestClient) -> None:

@@ -38,3 +38,21 @@ def test_local_key_is_created_once_and_private(embedded):
     again, created_again = ensure_local_key(embedded)
     assert created and not created_again and key == again
     assert local_key_path(embedded).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("role", ["worker", "admin"])
+def test_create_then_revoke_a_service_key(embedded, capsys, role):
+    from moecomp.persistence.service_keys import key_kind, service_key  # noqa: PLC0415
+
+    assert main(["admin", f"create-{role}-key", "--label", "gpu-host-1"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key_kind(key) == role
+    db = Database(embedded.resolved_database_url)
+    with db.session() as s:
+        found = service_key(s, key)
+        assert (found.role, found.label) == (role, "gpu-host-1")
+        assert team_for_key(s, key) is None  # never a team's key
+    assert main(["admin", "revoke-key", "_".join(key.split("_")[:2])]) == 0  # mcw_<prefix> or mca_<prefix>
+    with db.session() as s:
+        assert service_key(s, key) is None
+    db.engine.dispose()
