@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from moecomp.assets import MODELS
@@ -44,6 +44,18 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Artifacts of jobs ended this long ago, and unused uploads, are removed; 0 keeps them."
     )
     allow_remote_code: bool = Field(False, description="Let model loading run code shipped with input models.")
+    api_url: str = Field(
+        "",
+        description="Workers on other hosts: the API's URL. Set, a worker fetches uploaded models from the API and "
+        "sends artifacts to it over HTTP (with worker_key) instead of sharing data_dir with it.",
+    )
+    worker_key: SecretStr = Field(
+        SecretStr(""), description="The worker credential (moecomp admin create-worker-key) used with api_url."
+    )
+    worker_host: str = Field("", description="The host name a worker reports and jobs record; empty: the machine's.")
+    transfer_chunk_bytes: int = Field(
+        32 * 1024**2, ge=1024, le=1024**3, description="Bytes per request when a worker sends an artifact to the API."
+    )
 
     @cached_property
     def resolved_database_url(self) -> str:

@@ -56,7 +56,8 @@ ERROR_CODES = (
     "message names the file and the space free), `out_of_memory`, `model_not_found`, `invalid_model` (its "
     "folder asks for remote code, which the server does not allow, or holds an unreadable config), `invalid_recipe`, "
     "`quality_gate` (the evaluation missed the gate; artifacts kept), `worker_lost` (its worker died too often), "
-    "`internal`."
+    "`api_unreachable` / `api_refused` (a worker on another host could not fetch its input from the API or send "
+    "an artifact to it), `internal`."
 )
 
 
@@ -77,6 +78,7 @@ class JobPublic(BaseModel):
     attempts: int
     error: ErrorPublic | None
     worker: str | None
+    host: str | None = Field(None, description="The host of the worker that ran (or runs) the job's last attempt.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -45,7 +45,7 @@ def celery_argv(args: argparse.Namespace, queue: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from moecomp.worker.app import make_celery  # noqa: PLC0415
-    from moecomp.worker.presence import Presence  # noqa: PLC0415
+    from moecomp.worker.presence import NODE_ENV, Presence  # noqa: PLC0415
     from moecomp.worker.reaper import start_reaper  # noqa: PLC0415
 
     # CUDA must not be initialised in the main process before the pool forks (a forked child could not
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     start_reaper(settings, app)
     presence = Presence(settings)  # /readyz and /metrics count this worker while it beats
+    os.environ[NODE_ENV] = presence.name  # the pool processes forked from here record it on their jobs
     presence.start_when_ready()
     try:
         app.worker_main(celery_argv(args, app.conf.task_default_queue))

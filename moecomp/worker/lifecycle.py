@@ -13,6 +13,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +21,15 @@ from moecomp.compression.context import Cancelled
 from moecomp.persistence import jobs
 from moecomp.persistence.database import Database
 from moecomp.persistence.jobs import Lease
-from moecomp.persistence.models import Artifact, Job, JobStatus, Upload, utcnow
+from moecomp.persistence.models import Job, JobStatus, Upload, utcnow
 from moecomp.settings import Settings
-from moecomp.worker import artifacts, tar_stream
 from moecomp.worker.db_retry import retrying
-from moecomp.worker.errors import LeaseLost, classify
+from moecomp.worker.errors import JobError, LeaseLost, classify
 from moecomp.worker.heartbeat import heartbeating
+from moecomp.worker.presence import NODE_ENV, host_name
 from moecomp.worker.reporter import JobReporter
 from moecomp.worker.runner import JobInput, JobOutput, parse_input, run_body
+from moecomp.worker.stores import Store, store_for
 
 log = logging.getLogger(__name__)
 Body = Callable[[JobInput, Path, JobReporter, str, Path], JobOutput]
@@ -63,7 +65,8 @@ def run_job_once(settings: Settings, job_id: str, body: Body = run_body) -> Leas
             if job.status == JobStatus.queued and job.cancel_requested:
                 jobs.fail_unclaimed(s, job_id, JobStatus.queued, "cancelled", "cancelled before it started")
                 return None
-            lease = jobs.claim(s, job_id, worker_name(), settings.stale_after_s, settings.max_attempts)
+            host, node = host_name(settings), os.environ.get(NODE_ENV)
+            lease = jobs.claim(s, job_id, worker_name(), settings.stale_after_s, settings.max_attempts, host, node)
         if lease is None:
             log.info("job %s is %s on %s: this delivery does nothing", job_id, job.status, job.worker)
             return None
@@ -84,7 +87,6 @@ def work_dir(settings: Settings, lease: Lease) -> Path:
 
 def _prepare(settings: Settings, db: Database, lease: Lease) -> tuple[Job, Upload | None]:
     job, upload = retrying(lambda: _read_request(db, lease))
-    artifacts.remove_other_attempts(settings.artifacts_dir, lease.job_id, lease.attempt)
     # A killed attempt never removed its working folder (the checkpoint being built, scratch): this one does.
     for earlier in range(1, lease.attempt):
         shutil.rmtree(work_dir(settings, Lease(lease.job_id, lease.worker, earlier)), ignore_errors=True)
@@ -111,25 +113,24 @@ class Attempt:
     lease: Lease
     reporter: JobReporter
     workdir: Path
-
-    @property
-    def artifact_dir(self) -> Path:
-        return artifacts.attempt_dir(self.settings.artifacts_dir, self.lease.job_id, self.lease.attempt)
+    store: Store  # where the job's input and artifacts live: the shared data folder or the API (stores.py)
 
 
 def _run_claimed(settings: Settings, db: Database, lease: Lease, body: Body) -> None:
     job, upload = _prepare(settings, db, lease)
     reporter = JobReporter(db, lease, _deadline(settings, job))
-    run = Attempt(settings, db, lease, reporter, work_dir(settings, lease))
-    try:
-        with heartbeating(db, lease, settings.heartbeat_s, on_lost=lambda: setattr(reporter, "lost", True)):
-            status, code, message = _attempt(run, job, upload, body)
-    finally:
-        shutil.rmtree(run.workdir, ignore_errors=True)
-    if reporter.lost:
-        log.warning("job %s attempt %d lost its lease; the newer attempt decides", lease.job_id, lease.attempt)
-        return
-    _finish(run, status, code, message)
+    store = store_for(settings, db, lease, reporter)
+    with closing(store):
+        run = Attempt(settings, db, lease, reporter, work_dir(settings, lease), store)
+        try:
+            with heartbeating(db, lease, settings.heartbeat_s, on_lost=lambda: setattr(reporter, "lost", True)):
+                status, code, message = _attempt(run, job, upload, body)
+        finally:
+            shutil.rmtree(run.workdir, ignore_errors=True)
+        if reporter.lost:
+            log.warning("job %s attempt %d lost its lease; the newer attempt decides", lease.job_id, lease.attempt)
+            return
+        _finish(run, status, code, message)
 
 
 def _attempt(run: Attempt, job: Job, upload: Upload | None, body: Body) -> tuple[JobStatus, str | None, str | None]:
@@ -139,10 +140,12 @@ def _attempt(run: Attempt, job: Job, upload: Upload | None, body: Body) -> tuple
         device = pick_device(run.settings.device)
         reporter.message("worker", f"attempt {run.lease.attempt} on {run.lease.worker}, device {device}")
         reporter.context().check_cancelled()
-        inp = parse_input(job, upload, run.settings)
+        run.store.prepare()  # the files of earlier attempts go
+        folder = run.store.upload_folder(upload) if upload is not None else None
+        inp = parse_input(job, upload, run.settings, folder)
         out = body(inp, run.workdir, reporter, device, run.settings.data_dir / "cache")
         reporter.begin_phase(0.9, 1.0, 1)
-        _write_outputs(run, out)
+        run.store.write(out)
         if out.gate_failures:
             return JobStatus.failed, "quality_gate", "; ".join(out.gate_failures)
         return JobStatus.succeeded, None, None
@@ -166,37 +169,7 @@ def _drop_outputs(run: Attempt) -> None:
     """Forget the attempt's artifacts: an incomplete set is of no use, and disk space is what is missing."""
     with run.db.session() as s:
         jobs.clear_artifacts(s, run.lease)
-    shutil.rmtree(run.artifact_dir, ignore_errors=True)
-
-
-def _record(run: Attempt, kind: str, written: artifacts.WrittenFile, name: str | None = None) -> None:
-    relpath = written.path.relative_to(run.settings.artifacts_dir).as_posix()
-    name, size, sha256 = name or written.path.name, written.size, written.sha256
-
-    def record() -> Artifact | None:
-        with run.db.session() as s:
-            return jobs.record_artifact(s, run.lease, kind=kind, name=name, relpath=relpath, size=size, sha256=sha256)
-
-    if retrying(record) is None:
-        raise LeaseLost()
-
-
-def _write_outputs(run: Attempt, out: JobOutput) -> None:
-    """Move the checkpoint folder into the attempt's artifact folder and index it as a tar (served from the folder,
-    never written: tar_stream), then copy the manifest, card and report beside it."""
-    folder = run.artifact_dir / "checkpoint"
-    files: list[tuple[str, Path]] = [("manifest", folder / "moecomp.json"), ("model_card", folder / "README.md")]
-    files += [("report_html" if p.suffix == ".html" else "report", p) for p in out.report_files]
-    total = 1 + len(files)
-    run.reporter.sink("progress", "artifacts", {"step": 0, "total": total})
-    artifacts.move_folder(out.checkpoint, folder)
-    index = tar_stream.write_index(folder, run.artifact_dir / f"checkpoint.tar{tar_stream.INDEX_SUFFIX}", "model")
-    _record(run, "checkpoint", index, name="checkpoint.tar")
-    run.reporter.sink("progress", "artifacts", {"step": 1, "total": total})
-    for i, (kind, src) in enumerate(files, 2):
-        if src.is_file():
-            _record(run, kind, artifacts.copy_file(src, run.artifact_dir / src.name))
-        run.reporter.sink("progress", "artifacts", {"step": i, "total": total})
+    run.store.drop()
 
 
 def _end(run: Attempt, status: JobStatus, code: str | None, message: str | None) -> bool:
@@ -209,11 +182,13 @@ def _finish(run: Attempt, status: JobStatus, code: str | None, message: str | No
     text = f"job {status.value}" + (f": {code}: {message}" if code else "")
     run.reporter.message("worker", text, level=level)
     try:
-        _record(run, "log", artifacts.write_bytes("\n".join(run.reporter.log).encode(), run.artifact_dir / "job.log"))
+        run.store.write_log("\n".join(run.reporter.log).encode())
     except LeaseLost:
         return
-    except OSError:  # no room even for the log (a full disk): the job still ends, with its events in the database
+    except (OSError, JobError):  # no room for the log, or the API unreachable: the job still ends, with its events
         log.exception("job %s: the log artifact could not be written", run.lease.job_id)
     retrying(lambda: _end(run, status, code, message))
-    # A zombie of an older attempt may have written files after this attempt began; one set remains.
-    artifacts.remove_other_attempts(run.settings.artifacts_dir, run.lease.job_id, run.lease.attempt)
+    try:
+        run.store.after_end()  # a zombie of an older attempt may have written files after this attempt began
+    except JobError:  # the API unreachable: the next attempt's or a retention sweep's business
+        log.exception("job %s: the files of older attempts could not be removed", run.lease.job_id)

@@ -21,6 +21,7 @@ from moecomp.persistence.database import Database
 from moecomp.persistence.models import utcnow
 from moecomp.settings import Settings
 from moecomp.worker.artifacts import remove_job_files
+from moecomp.worker.tar_stream import INDEX_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,13 @@ def sweep(settings: Settings, db: Database, now: datetime | None = None) -> Swep
 
 
 def sweep_safely(settings: Settings, db: Database) -> None:
-    """A sweep that only logs a failure: a database outage must not stop the reaper or the API start."""
+    """A sweep that only logs a failure: a database outage must not stop the reaper or the API start.
+
+    A worker on another host (settings.api_url) does not sweep: the files are the API host's, and marking rows
+    expired while the files stay would only break downloads. The API host sweeps its own store.
+    """
+    if settings.api_url:
+        return
     try:
         sweep(settings, db)
     except Exception:
@@ -85,4 +92,5 @@ def _remove_uploads(settings: Settings, db: Database, cutoff: datetime) -> list[
         with db.session() as s:
             retention.forget_upload(s, upload_id)
         shutil.rmtree(settings.uploads_dir / upload_id, ignore_errors=True)
+        (settings.uploads_dir / f"{upload_id}{INDEX_SUFFIX}").unlink(missing_ok=True)  # served to remote workers
     return upload_ids

@@ -44,8 +44,11 @@ class JobOutput:
     gate_failures: list[str] = field(default_factory=list)
 
 
-def model_reference(job: Job, upload: Upload | None, settings: Settings) -> tuple[str | Path, str | None]:
-    """The model reference compress() takes, from the job's stored ModelSource."""
+def model_reference(
+    job: Job, upload: Upload | None, settings: Settings, upload_folder: Path | None = None
+) -> tuple[str | Path, str | None]:
+    """The model reference compress() takes, from the job's stored ModelSource; an upload is read from
+    ``upload_folder`` where the worker fetched it (stores.py), else from the shared uploads folder."""
     source = job.model_source
     kind = source.get("kind")
     if kind == "hub":  # hub downloads fetch no code (sources.HUB_ALLOW_PATTERNS)
@@ -57,7 +60,7 @@ def model_reference(job: Job, upload: Upload | None, settings: Settings) -> tupl
     elif kind == "upload":
         if upload is None:
             raise JobError("model_not_found", f"upload {source.get('upload_id')} no longer exists")
-        folder = settings.uploads_dir / upload.relpath
+        folder = upload_folder or settings.uploads_dir / upload.relpath
     else:
         raise JobError("invalid_recipe", f"unknown model source kind {kind!r}")
     if not settings.allow_remote_code:
@@ -76,8 +79,8 @@ def refuse_remote_code(folder: Path) -> None:
         raise JobError("invalid_model", message)
 
 
-def parse_input(job: Job, upload: Upload | None, settings: Settings) -> JobInput:
-    model, revision = model_reference(job, upload, settings)
+def parse_input(job: Job, upload: Upload | None, settings: Settings, upload_folder: Path | None = None) -> JobInput:
+    model, revision = model_reference(job, upload, settings, upload_folder)
     try:
         recipe = Recipe.model_validate(job.recipe)
         evaluation = EvaluationSpec.model_validate(job.evaluation or {})

@@ -222,6 +222,7 @@ def job_public(job: Job) -> JobPublic:
         attempts=job.attempts,
         error=error,
         worker=job.worker,
+        host=job.host,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
