@@ -163,6 +163,8 @@ def slice_experts(layer: nn.Module, kept: list[int], layout: ModuleLayout) -> No
     """Keep only experts ``kept`` (current numbering of this layer) in the experts and the router."""
     experts = layer.get_submodule(layout.experts)
     router = layer.get_submodule(layout.router)
+    if sorted(kept) == list(range(_count(experts, layout))):
+        return  # every expert kept: the layer, group-limited routing included, stays as it is
     index = torch.tensor(sorted(kept), dtype=torch.long)
     for name in layout.expert_tensors:
         _slice_tensor(experts, name, index)

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from moecomp.compression.adapters import get_adapter
-from moecomp.compression.structure import Decisions, DroppedMLP, ModuleLayout, apply_decisions, expert_counts
+from moecomp.compression.structure import (
+    Decisions,
+    DroppedMLP,
+    ModuleLayout,
+    apply_decisions,
+    expert_counts,
+    slice_experts,
+)
 from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
 
 
@@ -80,6 +87,18 @@ def test_uniform_expert_count_is_written_to_the_config() -> None:
     router = model.model.layers[1].mlp.gate
     assert router.num_experts == 4 and router.num_group == 1 and router.e_score_correction_bias.shape == (4,)
     assert torch.isfinite(model(torch.randint(0, 128, (2, 9))).logits).all()
+
+
+def test_keeping_every_expert_leaves_group_limited_routing_alone() -> None:
+    """Remote code reshapes every MoE layer to its listed count, trimmed or not: an untrimmed layer keeps its
+    groups (resetting them would change its routing)."""
+    model = tiny_model("deepseek_v3")
+    family = get_adapter(model.config)
+    layer = model.model.layers[family.moe_layers(model.config)[0]]
+    slice_experts(layer, list(range(family.num_experts(model.config))), family.layout)
+    assert (layer.mlp.gate.num_group, layer.mlp.gate.topk_group) == (2, 1)
+    slice_experts(layer, [0, 1, 2, 3, 4, 5], family.layout)
+    assert (layer.mlp.gate.num_group, layer.mlp.gate.topk_group) == (1, 1)
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
