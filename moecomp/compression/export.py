@@ -41,10 +41,11 @@ INDEX_NAME = "model.safetensors.index.json"
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """What one source tensor becomes: its output name and, for fused tensors, the rows (axis 0) kept."""
+    """What one source tensor becomes: its output name and, for per-expert tensors, the experts kept (on ``axis``)."""
 
     out_name: str
     rows: list[int] | None = None
+    axis: int = 0
 
 
 @dataclass
@@ -111,10 +112,8 @@ def plan_tensor(name: str, decisions: Decisions, family: MoEFamily, new_index: d
         prefix = re.escape(f"{layout.layers}.{new_index[layer]}.")
         out = re.sub(rf"^({prefix}.*\.{leaf}\.){expert}\.", rf"\g<1>{kept.index(expert)}.", out, count=1)
         return TensorPlan(out)
-    fused = {f"{layout.experts}.{t}" for t in layout.expert_tensors} | {
-        f"{layout.router}.{t}" for t in layout.router_tensors
-    }
-    return TensorPlan(out, list(kept)) if rest in fused else TensorPlan(out)
+    axis = layout.per_expert_tensors().get(rest)
+    return TensorPlan(out) if axis is None else TensorPlan(out, list(kept), axis)
 
 
 def source_tensors(source_dir: Path) -> dict[str, Path]:
@@ -204,7 +203,7 @@ def write_tensors(
                     continue
                 tensor = handles[files[name]].get_tensor(name)
                 if plan.rows is not None:
-                    tensor = tensor.index_select(0, torch.tensor(plan.rows))  # [E, ...] -> [kept, ...]
+                    tensor = tensor.index_select(plan.axis, torch.tensor(plan.rows))  # E -> kept along axis
                 writer.add(plan.out_name, tensor)
             if layer >= 0:
                 ctx.progress("export", layer + 1, n_layers)

@@ -123,8 +123,9 @@ class SafetensorsSource:
         fused = parent.endswith("." + self.family.layout.experts) and leaf in FUSED_FROM
         if not fused or self.has(full):
             tensor = read(full)
-            if kept is not None and (fused or self._is_router_tensor(full)):
-                tensor = tensor[torch.tensor(kept)]
+            axis = 0 if fused else self._expert_axis(full)
+            if kept is not None and axis is not None:
+                tensor = tensor.index_select(axis, torch.tensor(kept))
             tensor = tensor.to(device=device, dtype=dtype, non_blocking=True)
             return tensor.pin_memory() if pin else tensor
         return self._fuse(parent, leaf, kept, read, device, dtype, pin)
@@ -157,9 +158,11 @@ class SafetensorsSource:
             raise ValueError(f"no experts to read under {parent}")
         return out
 
-    def _is_router_tensor(self, full: str) -> bool:
-        parent, _, leaf = full.rpartition(".")
-        return parent.endswith("." + self.family.layout.router) and leaf in self.family.layout.router_tensors
+    def _expert_axis(self, full: str) -> int | None:
+        """The expert axis of a per-expert tensor (router rows, correction biases); None for any other."""
+        layout = self.family.layout
+        rel = full.split(".", layout.layers.count(".") + 2)[-1]  # the path from the decoder layer
+        return layout.per_expert_tensors().get(rel)
 
     def _count_experts(self, experts_path: str) -> int:
         layer = int(experts_path.removeprefix(self.family.layout.layers + ".").split(".")[0])

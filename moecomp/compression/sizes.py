@@ -111,8 +111,8 @@ def _part(rel: str, family: MoEFamily, is_moe: bool) -> str:
         return SCOPE_PART[scope]
     if rel.startswith(layout.post_attention_norm + "."):
         return "moe_norm" if is_moe else "other"
-    if rel.startswith(layout.router + "."):
-        return "router"
+    if rel.startswith(layout.router + ".") or rel in dict(layout.expert_indexed):
+        return "router"  # routing tensors: the router's and any other indexed by expert (correction biases)
     return "dense_mlp" if rel.startswith(layout.mlp + ".") else "other"
 
 

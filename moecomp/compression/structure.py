@@ -89,7 +89,9 @@ class ModuleLayout:
 
     Per-expert tensors are fused 3-D parameters with the expert on axis 0 (transformers >= 5:
     ``gate_up_proj [E, 2I, H]``, ``down_proj [E, H, I]``); router tensors also have the expert on
-    axis 0 (``weight [E, H]``, DeepSeek's ``e_score_correction_bias [E]``).
+    axis 0 (``weight [E, H]``, DeepSeek's ``e_score_correction_bias [E]``). Any other tensor indexed
+    by expert is named in ``expert_indexed`` with its axis (ERNIE's ``moe_statics`` bias ``[1, E]``
+    under the router, MiniMax-M2's ``e_score_correction_bias [E]`` on the MoE block).
     """
 
     layers: str = "model.layers"  # from the *ForCausalLM root
@@ -100,6 +102,7 @@ class ModuleLayout:
     experts: str = "mlp.experts"
     expert_tensors: tuple[str, ...] = ("gate_up_proj", "down_proj")
     router_tensors: tuple[str, ...] = ("weight",)
+    expert_indexed: tuple[tuple[str, int], ...] = ()  # (path from the decoder layer, expert axis) of other tensors
     expert_count_attrs: tuple[str, ...] = ("num_experts",)  # set on the router and the experts module
     router_group_attrs: tuple[str, ...] = ()  # group-limited routing: reset to 1 group once experts are dropped
     num_experts_key: str = "num_experts"  # config key of the routed expert count
@@ -108,14 +111,24 @@ class ModuleLayout:
     config_dense_layers_key: str | None = None  # explicit dense layer list (Qwen "mlp_only_layers")
     config_sparse_step_key: str | None = None  # Qwen "decoder_sparse_step": set to 1 once the list is explicit
     config_dense_prefix_key: str | None = None  # DeepSeek "first_k_dense_replace"
+    # ERNIE: (start, end, interval) keys; MoE layers are start <= i <= end with (i + 1) % interval == 0
+    config_moe_range_keys: tuple[str, ...] = ()
+
+    def per_expert_tensors(self) -> dict[str, int]:
+        """Path from a decoder layer -> expert axis, for every tensor that has one row (slice) per expert."""
+        fused = {f"{self.experts}.{t}": 0 for t in self.expert_tensors}
+        router = {f"{self.router}.{t}": 0 for t in self.router_tensors}
+        return {**fused, **router, **dict(self.expert_indexed)}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModuleLayout:
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        def frozen(value: Any) -> Any:
+            return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+
+        return cls(**{k: frozen(v) for k, v in data.items()})
 
 
 class DroppedMLP(nn.Module):
@@ -146,12 +159,14 @@ def _set_module(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
-def _slice_tensor(module: nn.Module, name: str, index: torch.Tensor) -> None:
-    """Keep rows ``index`` (axis 0) of a parameter or buffer, preserving its kind."""
+def _slice_tensor(root: nn.Module, path: str, index: torch.Tensor, axis: int = 0) -> None:
+    """Keep slices ``index`` (along ``axis``) of a parameter or buffer, preserving its kind."""
+    parent, _, name = path.rpartition(".")
+    module = root.get_submodule(parent) if parent else root
     old = getattr(module, name, None)
     if old is None:
         return
-    new = old.detach().index_select(0, index.to(old.device))
+    new = old.detach().index_select(axis, index.to(old.device))
     if isinstance(old, nn.Parameter):
         setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
     else:
@@ -166,10 +181,8 @@ def slice_experts(layer: nn.Module, kept: list[int], layout: ModuleLayout) -> No
     if sorted(kept) == list(range(_count(experts, layout))):
         return  # every expert kept: the layer, group-limited routing included, stays as it is
     index = torch.tensor(sorted(kept), dtype=torch.long)
-    for name in layout.expert_tensors:
-        _slice_tensor(experts, name, index)
-    for name in layout.router_tensors:
-        _slice_tensor(router, name, index)
+    for path, axis in layout.per_expert_tensors().items():
+        _slice_tensor(layer, path, index, axis)
     for module in (experts, router):
         for attr in layout.expert_count_attrs:
             if hasattr(module, attr):
@@ -223,6 +236,29 @@ def _renumber_config(config: Any, kept: list[int], dense_flags: list[bool], layo
         setattr(config, layout.config_sparse_step_key, 1)  # the explicit list now says it all
     if layout.config_dense_prefix_key:
         setattr(config, layout.config_dense_prefix_key, len(dense))  # dense layers stay a prefix
+    if layout.config_moe_range_keys:
+        _set_moe_range(config, [i for i, flag in enumerate(dense_flags) if not flag], layout.config_moe_range_keys)
+
+
+def _set_moe_range(config: Any, sparse: list[int], keys: tuple[str, ...]) -> None:
+    """Express the remaining MoE layers as (start, end, interval); refuse a set no such range describes."""
+    start_key, end_key, interval_key = keys
+    n = config.num_hidden_layers
+    if not sparse:
+        setattr(config, start_key, n)
+        setattr(config, end_key, n)  # no layer index reaches start: no MoE layer
+        return
+    start, end = sparse[0], sparse[-1]
+    for interval in dict.fromkeys((getattr(config, interval_key, 1) or 1, 1)):
+        if sparse == [i for i in range(start, end + 1) if (i + 1) % interval == 0]:
+            setattr(config, start_key, start)
+            setattr(config, end_key, end)
+            setattr(config, interval_key, interval)
+            return
+    raise ValueError(
+        f"the remaining MoE layers {sparse} cannot be written as {start_key}/{end_key}/{interval_key}: "
+        "drop blocks that keep the MoE layers evenly spaced"
+    )
 
 
 def apply_decisions(model: nn.Module, decisions: Decisions, layout: ModuleLayout) -> None:

@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 
 from moecomp.compression.adapters import FAMILIES, UnsupportedModel, get_adapter
 from moecomp.compression.structure import decoder_layers, is_moe_layer
-from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
+from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_config, tiny_model
 
 
 def test_every_family_has_a_tiny_config() -> None:
@@ -46,13 +46,17 @@ def test_adapter_finds_the_parts(model_type: str) -> None:
 def test_dense_layers_follow_the_config() -> None:
     qwen = tiny_model("qwen2_moe")
     assert FAMILIES["qwen2_moe"].dense_layers(qwen.config) == {1}
-    deepseek = tiny_model("deepseek_v3")
-    assert FAMILIES["deepseek_v3"].dense_layers(deepseek.config) == {0}
+    for model_type in ("deepseek_v3", "deepseek_v2", "glm4_moe", "ernie4_5_moe"):
+        assert FAMILIES[model_type].dense_layers(tiny_model(model_type).config) == {0}
+    # ERNIE: MoE layers are start <= i <= end on the (i + 1) % interval grid
+    ernie = tiny_config("ernie4_5_moe", num_hidden_layers=8, moe_layer_end_index=6, moe_layer_interval=2)
+    assert FAMILIES["ernie4_5_moe"].moe_layers(ernie) == [1, 3, 5]
 
 
 def test_routing_kinds() -> None:
-    assert FAMILIES["deepseek_v3"].routing == "sigmoid"
-    assert {f.routing for name, f in FAMILIES.items() if name != "deepseek_v3"} == {"softmax"}
+    sigmoid = {"deepseek_v3", "glm4_moe", "minimax_m2"}  # sigmoid affinities with a correction bias
+    assert {name for name, f in FAMILIES.items() if f.routing == "sigmoid"} == sigmoid
+    assert {f.routing for name, f in FAMILIES.items() if name not in sigmoid} == {"softmax"}
 
 
 def test_unsupported_model_is_refused_with_the_supported_list() -> None:
@@ -69,3 +73,21 @@ def test_forward_runs_for_every_family() -> None:
     for model_type in FAMILY_CONFIGS:
         logits = tiny_model(model_type)(torch.randint(0, 128, (2, 7))).logits
         assert logits.shape == (2, 7, 128) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_gate_weights_are_the_routing_kinds_affinity_of_the_chosen_experts(model_type: str) -> None:
+    """The family's routing kind (what expert_drop scores: softmax or sigmoid of the router logits) is what the
+    stock router weighs its top-k experts by, up to one factor per token (renormalisation, routed scaling)."""
+    model = tiny_model(model_type)
+    family = get_adapter(model.config)
+    layer = decoder_layers(model, family.layout)[family.moe_layers(model.config)[0]]
+    seen = {}
+    layer.get_submodule(family.layout.router).register_forward_hook(lambda m, a, out: seen.update(out=out))
+    with torch.no_grad():
+        layer.get_submodule(family.layout.mlp)(torch.randn(1, 32, 64, generator=torch.Generator().manual_seed(0)))
+    logits, weights, index = seen["out"]  # [T, E], [T, k], [T, k]
+    z = logits.float()
+    affinity = (z.softmax(-1) if family.routing == "softmax" else z.sigmoid()).gather(1, index)  # [T, k]
+    ratio = weights.float() / affinity
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))

@@ -4,6 +4,7 @@ sub-layers compute exactly h + Attention(...), dropped blocks renumber the stack
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from moecomp.compression.structure import (
     expert_counts,
     slice_experts,
 )
-from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
+from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_config, tiny_model
 
 
 def test_decisions_json_round_trip_and_normalisation() -> None:
@@ -41,8 +42,13 @@ def test_layout_json_round_trip() -> None:
 
 
 def _router_logits(model, layer_idx: int, family, x: torch.Tensor) -> torch.Tensor:
-    router = model.get_submodule(family.layout.layers)[layer_idx].get_submodule(family.layout.router)
-    return router(x)[0]
+    """The router's logits [T, E] as the MoE block calls it (MiniMax-M2's router takes the block's bias)."""
+    layer = model.get_submodule(family.layout.layers)[layer_idx]
+    seen = {}
+    handle = layer.get_submodule(family.layout.router).register_forward_hook(lambda m, a, out: seen.update(z=out[0]))
+    layer.get_submodule(family.layout.mlp)(x.unsqueeze(0))  # [1, T, H]
+    handle.remove()
+    return seen["z"]
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
@@ -89,10 +95,11 @@ def test_uniform_expert_count_is_written_to_the_config() -> None:
     assert torch.isfinite(model(torch.randint(0, 128, (2, 9))).logits).all()
 
 
-def test_keeping_every_expert_leaves_group_limited_routing_alone() -> None:
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "glm4_moe", "deepseek_v2"])
+def test_keeping_every_expert_leaves_group_limited_routing_alone(model_type: str) -> None:
     """Remote code reshapes every MoE layer to its listed count, trimmed or not: an untrimmed layer keeps its
     groups (resetting them would change its routing)."""
-    model = tiny_model("deepseek_v3")
+    model = tiny_model(model_type)
     family = get_adapter(model.config)
     layer = model.model.layers[family.moe_layers(model.config)[0]]
     slice_experts(layer, list(range(family.num_experts(model.config))), family.layout)
@@ -152,9 +159,24 @@ def test_block_drop_keeps_dense_bookkeeping() -> None:
     deepseek = tiny_model("deepseek_v3")  # dense layer 0
     apply_decisions(deepseek, Decisions(dropped_blocks=[0], dropped_layers=[2]), get_adapter(deepseek.config).layout)
     assert deepseek.config.first_k_dense_replace == 0
+    ernie = tiny_model("ernie4_5_moe")  # dense layer 0, MoE layers 1..3
+    apply_decisions(ernie, Decisions(dropped_blocks=[0, 2], dropped_layers=[3]), get_adapter(ernie.config).layout)
+    config = ernie.config
+    assert (config.moe_layer_start_index, config.moe_layer_end_index, config.moe_layer_interval) == (0, 1, 1)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v3"])
+def test_block_drop_that_no_moe_range_can_express_is_refused() -> None:
+    """ERNIE with MoE every other layer: dropping one dense block leaves MoE layers no interval describes."""
+    ernie = tiny_model("ernie4_5_moe", num_hidden_layers=6, moe_layer_start_index=0, moe_layer_interval=2)
+    layout = get_adapter(ernie.config).layout
+    assert get_adapter(ernie.config).moe_layers(ernie.config) == [1, 3, 5]
+    with pytest.raises(ValueError, match=r"MoE layers \[0, 2, 3\] cannot be written as moe_layer_start_index"):
+        apply_decisions(copy.deepcopy(ernie), Decisions(dropped_blocks=[0, 4]), layout)
+    apply_decisions(ernie, Decisions(dropped_blocks=[0, 1]), layout)  # evenly spaced still: 1, 3
+    assert (ernie.config.moe_layer_start_index, ernie.config.moe_layer_interval) == (1, 2)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v3", "ernie4_5_moe", "minimax_m2"])
 def test_trimmed_config_plus_renumbered_decisions_rebuild_the_same_shapes(model_type: str) -> None:
     """What remote code does: build from the trimmed config on meta, apply the renumbered decisions."""
     from transformers import AutoModelForCausalLM
@@ -172,3 +194,36 @@ def test_trimmed_config_plus_renumbered_decisions_rebuild_the_same_shapes(model_
     apply_decisions(rebuilt, decisions.for_trimmed_model(n), family.layout)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == expected
+
+
+def _mask_router_logits(router: torch.nn.Module, dropped: list[int]) -> None:
+    """Make the stock router see -inf logits for ``dropped``: its one ``F.linear`` (the logits) is masked."""
+    forward, linear = router.forward, torch.nn.functional.linear
+
+    def masked_linear(*args: object, **kwargs: object) -> torch.Tensor:
+        logits = linear(*args, **kwargs)  # [T, E]
+        return logits.index_fill(-1, torch.tensor(dropped), float("-inf"))
+
+    def masked_forward(*args: object, **kwargs: object) -> object:
+        with mock.patch.object(torch.nn.functional, "linear", masked_linear):
+            return forward(*args, **kwargs)
+
+    router.forward = masked_forward
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_dropped_experts_equal_the_original_with_their_router_logits_masked(model_type: str) -> None:
+    """fp32, every routing kind: slicing experts away is the stock model never routing to them. Group-limited
+    routers run with one group here: a trimmed one routes plain top-k over the kept experts (see the adapters)."""
+    family = get_adapter(tiny_config(model_type))
+    model = tiny_model(model_type, **dict.fromkeys(family.layout.config_group_keys, 1))
+    masked = copy.deepcopy(model)
+    n, moe = family.num_experts(model.config), family.moe_layers(model.config)
+    kept = {layer: [e for e in range(n) if (e + layer) % 3 != 0] for layer in moe}
+    apply_decisions(model, Decisions(kept_experts=kept), family.layout)
+    for layer in moe:
+        router = masked.get_submodule(family.layout.layers)[layer].get_submodule(family.layout.router)
+        _mask_router_logits(router, [e for e in range(n) if e not in kept[layer]])
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, masked(ids).logits, rtol=1e-5, atol=1e-5)

@@ -54,6 +54,54 @@ FAMILY_CONFIGS: dict[str, dict] = {
         v_head_dim=16,
         num_key_value_heads=4,
     ),
+    "deepseek_v2": dict(
+        num_hidden_layers=4,
+        intermediate_size=48,
+        moe_intermediate_size=32,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        topk_method="group_limited_greedy",
+        n_group=2,
+        topk_group=1,
+        first_k_dense_replace=1,
+        q_lora_rank=None,  # V2-Lite: no query compression
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        num_key_value_heads=4,
+    ),
+    "glm4_moe": dict(
+        num_hidden_layers=4,
+        intermediate_size=48,
+        moe_intermediate_size=32,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=2,
+        topk_group=1,
+        first_k_dense_replace=1,
+        head_dim=16,
+        use_qk_norm=True,
+    ),
+    "minimax_m2": dict(
+        num_hidden_layers=3,
+        intermediate_size=32,
+        num_local_experts=6,
+        num_experts_per_tok=2,
+        head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "partial_rotary_factor": 0.5},
+    ),
+    "ernie4_5_moe": dict(
+        num_hidden_layers=4,
+        intermediate_size=48,
+        moe_intermediate_size=32,
+        moe_num_experts=6,
+        moe_k=2,
+        moe_num_shared_experts=1,
+        moe_layer_start_index=1,
+    ),
 }
 
 
@@ -76,4 +124,7 @@ def tiny_model(
         for name, buf in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 buf.normal_(0.0, 0.05)
+        for name, tensor in model.named_parameters():
+            if name.endswith("e_score_correction_bias"):  # ERNIE keeps its correction bias as a parameter
+                tensor.normal_(0.0, 0.05)
     return model.eval()

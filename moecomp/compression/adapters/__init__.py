@@ -4,11 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from moecomp.compression.adapters import deepseek_v3, mixtral, olmoe, qwen2_moe, qwen3_moe
+from moecomp.compression.adapters import (
+    deepseek_v2,
+    deepseek_v3,
+    ernie4_5_moe,
+    glm4_moe,
+    minimax_m2,
+    mixtral,
+    olmoe,
+    qwen2_moe,
+    qwen3_moe,
+)
 from moecomp.compression.adapters.family import DiskLayout, MoEFamily
 
 FAMILIES: dict[str, MoEFamily] = {
-    module.FAMILY.model_type: module.FAMILY for module in (mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3)
+    module.FAMILY.model_type: module.FAMILY
+    for module in (
+        mixtral,
+        qwen2_moe,
+        qwen3_moe,
+        olmoe,
+        deepseek_v3,
+        deepseek_v2,
+        glm4_moe,
+        minimax_m2,
+        ernie4_5_moe,
+    )
 }
 
 

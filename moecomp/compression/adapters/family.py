@@ -45,6 +45,14 @@ def first_k_dense_layers(config: Any) -> frozenset[int]:
     return frozenset(range(min(config.first_k_dense_replace or 0, config.num_hidden_layers)))
 
 
+def moe_range_dense_layers(config: Any) -> frozenset[int]:
+    """ERNIE: layers outside ``moe_layer_start_index..moe_layer_end_index`` or off the ``moe_layer_interval`` grid."""
+    interval = config.moe_layer_interval or 1
+    start, end = config.moe_layer_start_index, config.moe_layer_end_index
+    moe = {i for i in range(config.num_hidden_layers) if (i + 1) % interval == 0 and start <= i <= end}
+    return frozenset(set(range(config.num_hidden_layers)) - moe)
+
+
 @dataclass(frozen=True)
 class MoEFamily:
     model_type: str

@@ -4,11 +4,20 @@ score[l, e] = mean over calibration tokens t of softmax(router_l(x_t))[e]   (ove
 Keep the ``keep`` best experts of each MoE layer (layerwise), or the ``keep * n_moe_layers`` best
 across the model (global; per-layer counts may differ). Shared experts are never dropped.
 
-Sigmoid-routed families (DeepSeek-V3): score[l, e] = mean over t of sigmoid(router_l(x_t))[e]. The
-router there gives every expert an independent affinity s_e = sigmoid(w_e . x); the gate weights are
-these affinities renormalised over the selected experts, so s_e is the quantity the router itself
-ranks and normalises. A softmax over the logits would be a distribution the model never computes.
-(The correction bias only steers selection for load balance and is not part of the gate weight.)
+The affinity follows what each family's router normalises (``MoEFamily.routing``):
+
+- "softmax" (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V2, ERNIE 4.5): softmax over all experts, as above. The
+  gate weights are these probabilities of the selected experts (renormalised over them or not, times
+  DeepSeek-V2's ``routed_scaling_factor``); ERNIE's correction bias is added to them for selection only.
+- "sigmoid" (DeepSeek-V3, GLM-4.x MoE, MiniMax-M2): score[l, e] = mean over t of sigmoid(router_l(x_t))[e].
+  The router gives every expert an independent affinity s_e = sigmoid(w_e . x); the gate weights are
+  these affinities renormalised over the selected experts (times ``routed_scaling_factor``), so s_e is
+  the quantity the router itself ranks and normalises. A softmax over the logits would be a
+  distribution the model never computes. (The correction bias only steers selection for load balance
+  and is not part of the gate weight.)
+
+tests/compression/test_adapters.py checks each family's kind against its stock router (the gate weights are
+the kind's affinities of the chosen experts up to one factor per token).
 
 Global rule: every MoE layer first keeps its ``top_k`` best experts (a layer with fewer experts than
 the router picks could not route); the rest of the budget ``keep * n_moe_layers - top_k * n_moe_layers``

@@ -43,17 +43,21 @@ class StageRecord:
 
 
 def router_tensors(layer: nn.Module, family: Any) -> dict[str, torch.Tensor]:
-    """Copies of the router's tensors and of shared-expert gates (single-linear shared paths) of a layer."""
-    paths = (family.layout.router, *(f"{family.layout.mlp}.{p}" for p in family.shared_experts))
+    """Copies of a layer's routing tensors: the router's (its submodules too: ERNIE's ``moe_statics``), other
+    per-expert routing tensors (MiniMax-M2's correction bias on the MoE block) and shared-expert gates
+    (single-linear shared paths)."""
+    layout = family.layout
+    paths = ((layout.router, True), *((f"{layout.mlp}.{p}", False) for p in family.shared_experts))
     tensors: dict[str, torch.Tensor] = {}
-    for path in paths:
+    for path, whole in paths:
         try:
             module = layer.get_submodule(path)
         except AttributeError:  # a dense layer, or a dropped MoE sub-layer
             continue
-        if not list(module.children()):
+        if whole or not list(module.children()):
             tensors |= {f"{path}.{k}": v.detach().clone() for k, v in module.state_dict().items()}
-    return tensors
+    state = layer.state_dict()
+    return tensors | {path: state[path].detach().clone() for path, _ in layout.expert_indexed if path in state}
 
 
 def linear_names(info: LayerInfo, group: WeightGroup) -> list[str]:

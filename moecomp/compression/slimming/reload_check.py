@@ -40,11 +40,15 @@ def router_state(model: nn.Module, family: MoEFamily) -> dict[str, str]:
             module = mlp.get_submodule(path)
             if not list(module.children()):
                 names.append(f"{family.layout.layers}.{index}.{family.layout.mlp}.{path}")
+    tensors = {f"{name}.{k}": v for name in names for k, v in model.get_submodule(name).state_dict().items()}
+    state = model.state_dict()
+    for index in router_names(model, family):  # other per-expert routing tensors (MiniMax-M2's correction bias)
+        prefix = f"{family.layout.layers}.{index}."
+        tensors |= {prefix + p: state[prefix + p] for p, _ in family.layout.expert_indexed if prefix + p in state}
     digests: dict[str, str] = {}
-    for name in names:
-        for key, tensor in model.get_submodule(name).state_dict().items():
-            raw = tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-            digests[f"{name}.{key}"] = hashlib.sha256(raw).hexdigest()
+    for key, tensor in tensors.items():
+        raw = tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        digests[key] = hashlib.sha256(raw).hexdigest()
     return digests
 
 
