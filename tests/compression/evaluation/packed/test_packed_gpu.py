@@ -31,7 +31,14 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).abs().max() / want.float().abs().max())
 
 
-@pytest.mark.parametrize("tokens", [1, 8, 16, 2048])
+def test_dequantize_kernel_is_the_reference_exactly() -> None:
+    from moecomp.compression.evaluation.packed import triton_kernels
+
+    packed, scale = _layer(2 * INTERMEDIATE, HIDDEN, 2, torch.Generator(device="cuda").manual_seed(0))
+    assert torch.equal(triton_kernels.dequantize(packed, scale), reference.dequantize(packed, scale))
+
+
+@pytest.mark.parametrize("tokens", [1, 8, 16, 2048])  # 2048: the dense path (dequantize, grouped_mm)
 @pytest.mark.parametrize("projection", ["gate_up", "down"])
 def test_triton_kernel_is_the_reference_on_mixtral_sized_experts(tokens: int, projection: str) -> None:
     gen = torch.Generator(device="cuda").manual_seed(tokens)
