@@ -6,4 +6,5 @@ scripts/setup.sh
 scripts/services.sh
 [ -x scripts/install_chromium.sh ] && scripts/install_chromium.sh
 .venv/bin/ruff check moecomp tests benchmarks
+.venv/bin/ruff format --check moecomp tests benchmarks
 .venv/bin/python -m pytest -q "$@"
