@@ -39,3 +39,21 @@ def test_dockerfile_commands_parse_and_pin_torch():
         assert cmd is not None
         _parses(json.loads(cmd.group(1)))
         assert "torch==2.13.0" in text
+
+
+def test_the_worker_only_host_shares_no_volume_with_the_api_and_reaches_it_by_url():
+    compose = yaml.safe_load((ROOT / "docker-compose.worker.yml").read_text())
+    assert set(compose["services"]) == {"worker"}  # no database, broker or API of its own
+    worker = compose["services"]["worker"]
+    _parses(worker["command"])
+    env = worker["environment"]
+    assert env["MOECOMP_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert env["MOECOMP_BROKER_URL"].startswith("redis://")
+    assert env["MOECOMP_API_URL"].startswith("http://")
+    assert env["MOECOMP_WORKER_KEY"].startswith("${MOECOMP_WORKER_KEY:?")  # required, from the host's environment
+    assert not any(volume.startswith("data:") for volume in worker["volumes"])  # not the API's data volume
+    assert set(compose["volumes"]) == {"worker-data"}
+    main = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert worker["image"] == main["worker"]["image"] and worker["build"] == main["worker"]["build"]
+    for name, port in (("postgres", 5432), ("redis", 6379)):  # reachable from worker hosts where the operator says
+        assert main[name]["ports"] == [f"${{MOECOMP_PUBLISH_ADDR:-127.0.0.1}}:{port}:{port}"]
