@@ -279,7 +279,7 @@ def _compress(
 ) -> dict[str, Any]:  # fmt: skip
     started = time.perf_counter()
     ctx.progress("load", 0, 1)
-    model_dir = resolve_model(model, revision=revision)
+    model_dir = resolve_model(model, revision=revision, ctx=ctx)
     torch_dtype(dtype, model_dir)  # refuse an unknown dtype before any work
     if preflight:
         needs = planning.plan(model_dir, recipe, device=device, dtype=dtype)
