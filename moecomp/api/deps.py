@@ -140,11 +140,21 @@ def get_worker_key(
     return _service_key(session, bearer, Role.worker)
 
 
-def get_admin_key(
-    session: SessionDep, bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> ServiceKey:
-    return _service_key(session, bearer, Role.admin)
-
-
 WorkerKeyDep = Annotated[ServiceKey, Depends(get_worker_key)]
-AdminKeyDep = Annotated[ServiceKey, Depends(get_admin_key)]
+
+
+def get_fleet_viewer(session: SessionDep, key: KeyDep) -> Team | None:
+    """Who asks for the worker registry: a team (team key, Bearer or dashboard cookie: it sees its own jobs on
+    the workers), or None for an admin key (it sees every job). A worker credential gets 403; others 401."""
+    team = team_for_key(session, key) if key else None
+    if team is not None:
+        return team
+    other = service_key(session, key) if key else None
+    if other is not None and other.role == Role.admin:
+        return None
+    if other is not None:
+        raise Forbidden(WRONG_KIND[Role.worker])
+    raise Unauthorized()
+
+
+FleetViewerDep = Annotated[Team | None, Depends(get_fleet_viewer)]

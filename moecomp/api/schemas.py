@@ -177,7 +177,8 @@ class WorkerPublic(BaseModel):
     started_at: datetime
     beat_at: datetime
     alive: bool = Field(description="Its last beat is younger than stale_after_s.")
-    jobs: list[str] = Field(description="Ids of the jobs it runs now (its current jobs; one per GPU at most).")
+    running: int = Field(description="Jobs it runs now, of every team (one per GPU at most).")
+    jobs: list[str] = Field(description="Ids of the jobs it runs now: all for an admin key, the team's own for a team.")
 
 
 class WorkersPublic(BaseModel):

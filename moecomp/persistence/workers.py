@@ -53,12 +53,13 @@ def count_alive(session: Session, within_s: float) -> int:
     return session.execute(select(func.count()).select_from(Worker).where(Worker.beat_at >= cut)).scalar_one()
 
 
-def listing(session: Session, within_s: float) -> list[tuple[Worker, bool, list[str]]]:
-    """Every known worker, newest first: (row, alive (a beat within ``within_s``), ids of the jobs it runs)."""
+def listing(session: Session, within_s: float) -> list[tuple[Worker, bool, list[tuple[str, str]]]]:
+    """Every known worker, newest first: (row, alive (a beat within ``within_s``), (job id, team id) of each job
+    it runs)."""
     cut = utcnow() - timedelta(seconds=within_s)
     rows = list(session.scalars(select(Worker).order_by(Worker.started_at.desc(), Worker.name)))
-    running = session.execute(select(Job.node, Job.id).where(Job.status == JobStatus.running, Job.node.is_not(None)))
-    jobs: dict[str, list[str]] = {}
-    for node, job_id in running:
-        jobs.setdefault(node, []).append(job_id)
+    running = select(Job.node, Job.id, Job.team_id).where(Job.status == JobStatus.running, Job.node.is_not(None))
+    jobs: dict[str, list[tuple[str, str]]] = {}
+    for node, job_id, team_id in session.execute(running):
+        jobs.setdefault(node, []).append((job_id, team_id))
     return [(row, row.beat_at >= cut, sorted(jobs.get(row.name, []))) for row in rows]

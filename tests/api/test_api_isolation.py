@@ -7,8 +7,9 @@ missing key gets 401, and the dashboard pages send it to the sign-in page (they 
 
 Keys of no team too: a worker credential and an admin key get 403 (saying which key the route needs) on every
 team route and the sign-in page on every dashboard page; the worker routes (/v1/worker/...) take only a worker
-credential and the admin routes (/v1/workers) only an admin key, both as a Bearer header only: a team key there
-gets 403, a cookie, a wrong, revoked or missing key 401.
+credential, as a Bearer header only: a team key or an admin key there gets 403, a cookie, a wrong, revoked or
+missing key 401. The worker registry (/v1/workers) shows a team only its own jobs on the workers, an admin key
+all of them, and refuses a worker credential (403).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from sqlalchemy import select
 
 from moecomp.api.app import create_app
 from moecomp.api.dashboard.router import signed_in
-from moecomp.api.deps import COOKIE_NAME, NEEDS, WRONG_KIND, get_admin_key, get_team, get_worker_key
-from moecomp.persistence import jobs
+from moecomp.api.deps import COOKIE_NAME, NEEDS, WRONG_KIND, get_fleet_viewer, get_team, get_worker_key
+from moecomp.persistence import jobs, workers
 from moecomp.persistence.database import Database
 from moecomp.persistence.keys import create_api_key, revoke_api_key
 from moecomp.persistence.models import Job, JobStatus, Team, Upload
@@ -74,7 +75,8 @@ def world(client: TestClient, db: Database, settings: Settings) -> World:
     live = client.post("/v1/jobs", json=job_body(), headers=auth).json()["id"]
     running = client.post("/v1/jobs", json=job_body(), headers=auth).json()["id"]
     with db.session() as session:  # a worker's attempt holds it, as the worker routes need
-        assert jobs.claim(session, running, LEASE_WORKER, 30.0, 3) is not None
+        assert jobs.claim(session, running, LEASE_WORKER, 30.0, 3, node=NODE) is not None
+        workers.beat(session, NODE, workers.Report(host="gpu-host-1", version="0", gpus=[]))
         worker_key = create_service_key(session, Role.worker, "gpu-host-1")
         admin_key = create_service_key(session, Role.admin, "ops")
     uploaded = client.post("/v1/models", content=model_tar(), headers=auth | TAR)
@@ -95,10 +97,10 @@ def artifact_url(ids: dict[str, str]) -> str:
 # What an endpoint is to a caller of another team: OWNED names one of team a's things by id (another team
 # gets what a missing id gets); TEAM works on the caller's own team (it must not show team a's jobs);
 # PAGE is a dashboard page (signed in by cookie; OWNED_PAGE names an id); PUBLIC needs no key; WORKER needs a
-# worker credential, ADMIN an admin key.
-OWNED, TEAM, PAGE, OWNED_PAGE, PUBLIC = "owned", "team", "page", "owned page", "public"
-WORKER, ADMIN = "worker", "admin"
+# worker credential.
+OWNED, TEAM, PAGE, OWNED_PAGE, PUBLIC, WORKER = "owned", "team", "page", "owned page", "public", "worker"
 LEASE_WORKER = "gpu-host-1:4242"
+NODE = "gpu-host-1:4200"  # the worker main process whose pool process runs the running job
 CHUNK_BODY = b"a log line\n"
 
 
@@ -113,12 +115,18 @@ class Endpoint:
     json: Callable[[dict[str, str]], Any] | None = None
     content: bytes | None = None
     foreign: int = 404  # the status a missing id (and so another team's id) gets
-    served: int = 200  # WORKER / ADMIN: the status its rightful caller gets
+    served: int = 200  # WORKER: the status its rightful caller gets
+    admin_ok: bool = False  # TEAM: an admin key is served too (and shown everything)
     shows: Callable[[Response, World], bool] | None = None  # TEAM: does the answer reveal team a's jobs?
 
 
 def _listed(response: Response, world: World) -> bool:
     return bool({job["id"] for job in response.json()["items"]} & {world.ids["job"], world.ids["live"]})
+
+
+def _runs(response: Response, world: World) -> bool:
+    """Does the worker registry name team a's running job?"""
+    return any(world.ids["running"] in worker["jobs"] for worker in response.json()["items"])
 
 
 def _upload_job(ids: dict[str, str]) -> dict[str, Any]:
@@ -224,7 +232,7 @@ ENDPOINTS = [
         headers=lambda w: LEASE,
         served=204,
     ),
-    Endpoint("admin: workers", "GET", "/v1/workers", lambda i: "/v1/workers", ADMIN),
+    Endpoint("workers", "GET", "/v1/workers", lambda i: "/v1/workers", TEAM, shows=_runs, admin_ok=True),
     # These two change the queued job, so they come last: cancel it, then delete it (an ended job).
     Endpoint("cancel", "POST", JOB + "/cancel", lambda i: f"/v1/jobs/{i['live']}/cancel", OWNED),
     Endpoint("delete", "DELETE", JOB, lambda i: f"/v1/jobs/{i['live']}", OWNED),
@@ -232,6 +240,7 @@ ENDPOINTS = [
     Endpoint("new job page", "GET", "/dashboard/new", lambda i: "/dashboard/new", PAGE),
     Endpoint("job page", "GET", "/dashboard/jobs/{job_id}", lambda i: f"/dashboard/jobs/{i['job']}", OWNED_PAGE),
     Endpoint("compare page", "GET", "/dashboard/compare", lambda i: f"/dashboard/compare?model={i['job']}", OWNED_PAGE),
+    Endpoint("workers page", "GET", "/dashboard/workers", lambda i: "/dashboard/workers", PAGE),
     Endpoint("static file", "GET", "/dashboard/static/{path:path}", lambda i: "/dashboard/static/js/api.js", PUBLIC),
 ]
 
@@ -293,8 +302,10 @@ def problems_with(client: TestClient, world: World, caller: Caller, endpoint: En
     response = call(client, world, caller, endpoint, world.ids)
     got = f"{endpoint.name} as {caller}: {response.status_code} {response.text[:200]}"
     page = endpoint.kind in (PAGE, OWNED_PAGE)
-    if endpoint.kind in (WORKER, ADMIN):
+    if endpoint.kind == WORKER:
         ok = _service_route_ok(response, endpoint, caller)
+    elif endpoint.admin_ok and caller.key == "admin":
+        ok = _succeeded(response) and (endpoint.shows is None or endpoint.shows(response, world))
     elif endpoint.kind == PUBLIC:
         ok = response.status_code == 200
     elif not page and caller.key in SERVICE_KEYS:  # a valid key of no team: refused, saying what is needed
@@ -320,8 +331,8 @@ def problems_with(client: TestClient, world: World, caller: Caller, endpoint: En
 
 
 def _service_route_ok(response: Response, endpoint: Endpoint, caller: Caller) -> bool:
-    """A worker or admin route: served to its own kind of key (as a Bearer header), 403 to another valid key
-    (as a Bearer header), 401 to everyone else; the refusals name the key the route needs."""
+    """A worker route: served to a worker credential (as a Bearer header), 403 to another valid key (as a Bearer
+    header), 401 to everyone else; the refusals name the key the route needs."""
     needs = NEEDS[Role(endpoint.kind)]
     head = endpoint.method == "HEAD"
     if caller.via == "bearer" and caller.key == endpoint.kind:
@@ -355,7 +366,7 @@ def test_isolation_matrix(client: TestClient, db: Database, world: World, caller
 
 
 def _needs_a_key(dependant: Any) -> bool:
-    key_checks = (get_team, signed_in, get_worker_key, get_admin_key)
+    key_checks = (get_team, signed_in, get_worker_key, get_fleet_viewer)
     return any(d.call in key_checks or _needs_a_key(d) for d in dependant.dependencies)
 
 

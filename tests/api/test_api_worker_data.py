@@ -174,7 +174,7 @@ def test_bad_chunk_requests_get_a_422_naming_what_is_wrong(
 
 
 def test_the_registry_lists_each_workers_host_gpus_version_and_current_job(
-    client: TestClient, db: Database, auth: dict[str, str], lease: Lease
+    client: TestClient, db: Database, auth: dict[str, str], other_auth: dict[str, str], lease: Lease
 ) -> None:
     with db.session() as session:
         admin = create_service_key(session, Role.admin, "ops")
@@ -187,4 +187,10 @@ def test_the_registry_lists_each_workers_host_gpus_version_and_current_job(
     assert listed["gpu-host-2:300"]["gpus"] == gpus and listed["gpu-host-2:300"]["jobs"] == [lease.job_id]
     assert listed["cpu-host:9"]["gpus"] == [] and listed["cpu-host:9"]["jobs"] == []
     assert all(w["alive"] and w["version"] == "1.2.3" for w in listed.values())
+    assert listed["gpu-host-2:300"]["running"] == 1 and listed["cpu-host:9"]["running"] == 0
+    # A team sees its own job on the worker; another team sees that the worker is busy, not with what.
+    mine = {w["name"]: w for w in client.get("/v1/workers", headers=auth).json()["items"]}
+    theirs = {w["name"]: w for w in client.get("/v1/workers", headers=other_auth).json()["items"]}
+    assert mine["gpu-host-2:300"]["jobs"] == [lease.job_id]
+    assert (theirs["gpu-host-2:300"]["jobs"], theirs["gpu-host-2:300"]["running"]) == ([], 1)
     assert client.get(f"/v1/jobs/{lease.job_id}", headers=auth).json()["host"] == "gpu-host-2"  # which host runs it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from moecomp import __version__
 from tests.dashboard.conftest import MOECOMP, Service, _stop, sign_in
 from tests.worker.procs import free_port, service_env, wait_ready
 
@@ -41,3 +43,23 @@ def test_the_jobs_page_warns_when_jobs_wait_and_no_worker_lives(browser: Any, wo
         assert "no worker is alive" in banner.inner_text()
     finally:
         context.close()
+
+
+def test_the_workers_page_lists_the_worker_with_its_host_gpus_version_and_current_job(
+    page: Any, service: Service
+) -> None:
+    sign_in(page, service.key, "/dashboard/workers")
+    with service.client() as client:  # the registry as the page reads it: the embedded worker, on this host
+        [worker] = [w for w in client.get("/v1/workers").json()["items"] if w["alive"]]
+    row = page.wait_for_selector(f"tr[data-worker='{worker['name']}']")
+    text = row.inner_text()
+    assert worker["host"] == socket.gethostname() and worker["host"] in text
+    assert worker["version"] == __version__ and __version__ in text
+    assert worker["gpus"] == [] and "CPU only" in text  # this machine has no GPU
+    assert "alive" in text
+    # A running job of this team is named by its id, linked to its page, and no longer once it has ended.
+    job_id = service.submit([{"method": "expert_drop", "keep": 6}])
+    job_link = f"tr[data-worker='{worker['name']}'] a[href='/dashboard/jobs/{job_id}']"
+    assert page.wait_for_selector(job_link, timeout=240_000).inner_text() == job_id[:8]
+    service.wait_final(job_id)
+    page.wait_for_selector(job_link, state="detached", timeout=15_000)

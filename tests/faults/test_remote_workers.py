@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from moecomp import __version__
 from moecomp.persistence.database import Database
 from moecomp.persistence.service_keys import Role, create_service_key
 from tests.faults.service import Service, events_of, runs_started
@@ -33,11 +34,11 @@ EVALUATION = {"perplexity": ["bundled:heldout"], "seq_len": 64, "max_tokens": 51
 CHUNK = 64 * 1024  # small chunks: the checkpoint (~10 MB) goes in ~150 requests, slow enough to be caught
 
 
-def _worker_key(service: Service) -> str:
+def _service_key(service: Service, role: Role = Role.worker) -> str:
     db = Database(service.database_url)
     try:
         with db.session() as s:
-            return create_service_key(s, Role.worker, "remote hosts")
+            return create_service_key(s, role, "remote hosts")
     finally:
         db.engine.dispose()
 
@@ -91,7 +92,7 @@ def files_under(folder: Path) -> list[str]:
 def test_an_upload_and_a_local_model_run_on_two_remote_workers_and_download_from_the_api(
     service: Service, tiny_mixtral_dir: Path
 ) -> None:
-    key = _worker_key(service)
+    key = _service_key(service)
     service.start_api()
     api_data = service.tmp / "data"
     with service.client(timeout=60) as client:
@@ -105,6 +106,10 @@ def test_an_upload_and_a_local_model_run_on_two_remote_workers_and_download_from
         second = wait_job(client, local, lambda j: j["status"] in ("succeeded", "failed"), timeout=240)
         assert (second["status"], second["host"]) == ("succeeded", "host-b"), (second, service.logs())
         results = {job_id: served(client, job_id) for job_id in (uploaded, local)}
+        admin = {"Authorization": f"Bearer {_service_key(service, Role.admin)}"}
+        registry = {w["host"]: w for w in client.get("/v1/workers", headers=admin).json()["items"]}
+    assert registry["host-b"]["alive"] and registry["host-b"]["gpus"] == []  # this machine has no GPU
+    assert registry["host-a"]["version"] == registry["host-b"]["version"] == __version__
     for job_id, artifacts in results.items():
         assert {"checkpoint.tar", "moecomp.json", "README.md", "job.log"} <= set(artifacts), artifacts
         assert all(recorded == got for recorded, got in artifacts.values()), (job_id, artifacts)
@@ -128,7 +133,7 @@ def _uploading(part_dir: Path) -> bool:
 def test_a_remote_worker_killed_while_sending_an_artifact_leaves_one_succeeded_job_and_one_set(
     service: Service, tiny_mixtral_dir: Path
 ) -> None:
-    key = _worker_key(service)
+    key = _service_key(service)
     service.start_api()
     store = service.tmp / "data" / "artifacts"
     with service.client(timeout=60) as client:

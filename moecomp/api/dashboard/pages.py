@@ -14,6 +14,7 @@ NAV = (
     ("jobs", "/dashboard", "Jobs"),
     ("new", "/dashboard/new", "New job"),
     ("compare", "/dashboard/compare", "Compare"),
+    ("workers", "/dashboard/workers", "Workers"),
 )
 
 

@@ -127,6 +127,11 @@ def compare_page(request: Request, ok: SignedInDep) -> Response:
     return _page(render_page("compare", "Compare")) if ok else _to_login(request)
 
 
+@router.get("/workers", response_class=HTMLResponse)
+def workers_page(request: Request, ok: SignedInDep) -> Response:
+    return _page(render_page("workers", "Workers")) if ok else _to_login(request)
+
+
 @router.get("/new", response_class=HTMLResponse)
 def new_job_page(request: Request, ok: SignedInDep, settings: SettingsDep) -> Response:
     if not ok:

@@ -6,9 +6,11 @@ from sqlalchemy.orm import Session
 
 from moecomp.api.schemas import GpuPublic, WorkerPublic, WorkersPublic
 from moecomp.persistence import workers
+from moecomp.persistence.models import Team
 
 
-def list_workers(session: Session, stale_after_s: float) -> WorkersPublic:
+def list_workers(session: Session, stale_after_s: float, team: Team | None) -> WorkersPublic:
+    """Every worker; the ids of the jobs they run are those of ``team`` only (all of them for None: an admin)."""
     items = [
         WorkerPublic(
             name=row.name,
@@ -18,7 +20,8 @@ def list_workers(session: Session, stale_after_s: float) -> WorkersPublic:
             started_at=row.started_at,
             beat_at=row.beat_at,
             alive=alive,
-            jobs=jobs,
+            running=len(jobs),
+            jobs=[job_id for job_id, team_id in jobs if team is None or team_id == team.id],
         )
         for row, alive, jobs in workers.listing(session, stale_after_s)
     ]

@@ -83,6 +83,7 @@ export const getJob = (id) => getJSON(`/v1/jobs/${encodeURIComponent(id)}`);
 export const cancelJob = (id) => postJSON(`/v1/jobs/${encodeURIComponent(id)}/cancel`);
 export const listArtifacts = (id) => getJSON(`/v1/jobs/${encodeURIComponent(id)}/artifacts`);
 export const listMethods = () => getJSON("/v1/methods");
+export const listWorkers = () => getJSON("/v1/workers");
 
 export function listEvents(id, after = 0, limit = 500) {
   return getJSON(`/v1/jobs/${encodeURIComponent(id)}/events?after=${after}&limit=${limit}`);

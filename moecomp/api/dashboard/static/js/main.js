@@ -4,12 +4,14 @@ import { initCompare } from "./compare.js";
 import { initJob } from "./job.js";
 import { initJobs } from "./jobs.js";
 import { initNewJob } from "./newjob.js";
+import { initWorkers } from "./workers.js";
 
 const PAGES = {
   jobs: () => initJobs(document.querySelector("#jobs-page")),
   job: () => initJob(document.querySelector("#job-page")),
   compare: () => initCompare(document.querySelector("#compare-page")),
   new: () => initNewJob(document.querySelector("#new-page")),
+  workers: () => initWorkers(document.querySelector("#workers-page")),
 };
 
 const start = PAGES[document.body.dataset.page];
