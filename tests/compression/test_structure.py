@@ -4,6 +4,7 @@ sub-layers compute exactly h + Attention(...), dropped blocks renumber the stack
 from __future__ import annotations
 
 import copy
+import json
 from unittest import mock
 
 import pytest
@@ -36,9 +37,12 @@ def test_merge_intersects_and_discards_removed_layers() -> None:
     assert merged == Decisions(kept_experts={0: [1, 2]}, dropped_layers=[3], dropped_blocks=[1])
 
 
-def test_layout_json_round_trip() -> None:
-    layout = get_adapter(tiny_model("deepseek_v3").config).layout
-    assert ModuleLayout.from_json(layout.to_json()) == layout
+@pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
+def test_layout_json_round_trip(model_type: str) -> None:
+    """Remote code rebuilds the layout from JSON (nested pairs such as ``expert_indexed`` included)."""
+    layout = get_adapter(tiny_config(model_type)).layout
+    again = ModuleLayout.from_json(json.loads(json.dumps(layout.to_json())))
+    assert again == layout and hash(again) == hash(layout)
 
 
 def _router_logits(model, layer_idx: int, family, x: torch.Tensor) -> torch.Tensor:
