@@ -92,5 +92,5 @@ def _remove_uploads(settings: Settings, db: Database, cutoff: datetime) -> list[
         with db.session() as s:
             retention.forget_upload(s, upload_id)
         shutil.rmtree(settings.uploads_dir / upload_id, ignore_errors=True)
-        (settings.uploads_dir / f"{upload_id}{INDEX_SUFFIX}").unlink(missing_ok=True)  # served to remote workers
+        (settings.uploads_dir / f"{upload_id}.tar{INDEX_SUFFIX}").unlink(missing_ok=True)  # served to remote workers
     return upload_ids

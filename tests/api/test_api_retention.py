@@ -18,6 +18,7 @@ from moecomp.persistence.database import Database
 from moecomp.persistence.models import Artifact, Job, JobStatus, Upload, utcnow
 from moecomp.settings import Settings
 from moecomp.worker.retention import sweep
+from moecomp.worker.tar_stream import INDEX_SUFFIX
 from tests.api.helpers import add_artifact, job_body, set_status
 from tests.api.test_api_uploads import TAR, model_tar
 
@@ -118,7 +119,10 @@ def test_sweep_removes_old_uploads_no_job_needs(
             set_status(db, job_id, JobStatus.succeeded)
     swept = sweep(settings, db)
     assert swept.uploads == [old_unused]
-    assert sorted(p.name for p in settings.uploads_dir.iterdir()) == sorted([old_queued, old_used_lately, recent])
+    kept = [old_queued, old_used_lately, recent]
+    # Each upload with the index of its tar (served to workers on other hosts): the removed one's goes with it.
+    expected = kept + [f"{upload_id}.tar{INDEX_SUFFIX}" for upload_id in kept]
+    assert sorted(p.name for p in settings.uploads_dir.iterdir()) == sorted(expected)
     with db.session() as session:
         assert session.get(Upload, old_unused) is None
 

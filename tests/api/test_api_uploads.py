@@ -56,7 +56,8 @@ def test_upload_then_submit_a_job_on_it(
     upload = response.json()
     assert upload["bytes"] == len(body) and upload["sha256"] == hashlib.sha256(body).hexdigest()
     assert (settings.uploads_dir / upload["id"] / "tiny" / "config.json").read_bytes() == CONFIG
-    assert [p.name for p in settings.uploads_dir.iterdir()] == [upload["id"]]  # the temp file is gone
+    # The temp file is gone; the index of the upload's tar (served to workers on other hosts) is beside it.
+    assert sorted(p.name for p in settings.uploads_dir.iterdir()) == [upload["id"], f"{upload['id']}.tar.index.json"]
 
     source = {"kind": "upload", "upload_id": upload["id"]}
     job = {"model": source, "recipe": {"stages": [{"method": "expert_drop", "keep": 9}]}}

@@ -23,6 +23,8 @@ import pytest
 from moecomp import __version__
 from moecomp.persistence.database import Database
 from moecomp.persistence.service_keys import Role, create_service_key
+from moecomp.settings import Settings
+from moecomp.worker.remote import ApiClient
 from tests.faults.service import Service, events_of, runs_started
 from tests.faults.test_worker_kills import frozen, pgid_of
 from tests.worker.procs import kill_group, wait_job
@@ -162,3 +164,30 @@ def test_a_remote_worker_killed_while_sending_an_artifact_leaves_one_succeeded_j
     assert "checkpoint.tar" in artifacts
     # One set: the second attempt's files, exactly the recorded ones; the first attempt's part is gone.
     assert files_under(store / job_id) == sorted(f"2/{name}" for name in artifacts)
+
+
+@pytest.mark.parametrize("partial", ["resumed", "corrupt"])
+def test_a_fetch_resumes_a_partial_download_and_starts_over_from_a_corrupt_one(
+    service: Service, tiny_mixtral_dir: Path, tmp_path: Path, partial: str
+) -> None:
+    service.start_api()
+    with service.client(timeout=60) as client:
+        upload_id = upload(client, tiny_mixtral_dir)
+    settings = Settings(data_dir=tmp_path / "host-c", api_url=service.url, worker_key=_service_key(service))
+    remote = ApiClient(settings, sleep=lambda _s: None)
+    try:
+        url = f"/v1/worker/uploads/{upload_id}/content"
+        head = remote.http.get(url, headers={"Range": "bytes=0-99999"}).content  # as a dropped fetch left it
+        cache = settings.data_dir / "cache" / "uploads"
+        cache.mkdir(parents=True)
+        (cache / f"{upload_id}.tar.part").write_bytes(head if partial == "resumed" else b"\0" * len(head))
+        folder = remote.fetch_upload(upload_id)
+        assert remote.fetch_upload(upload_id) == folder  # cached: asked once per host
+    finally:
+        remote.close()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (folder / name).read_bytes() == (tiny_mixtral_dir / name).read_bytes()
+    assert sorted(p.name for p in cache.iterdir()) == [f".{upload_id}.lock", upload_id]  # no part left
+    ranges = [line for line in (service.tmp / "api.log").read_text().splitlines() if url in line and "GET" in line]
+    # The partial fetch, then the rest only (206) when the part was good; the whole tar again (200) when not.
+    assert ranges[1:] and ("206" in ranges[-1]) == (partial == "resumed"), ranges

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from moecomp.api.deps import SessionDep, SettingsDep, TeamDep
 from moecomp.api.responses import VALIDATION, refusals
 from moecomp.api.schemas import UploadPublic
-from moecomp.api.services import uploads
+from moecomp.api.services import uploads, worker_data
 from moecomp.persistence.models import new_id
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -39,4 +39,5 @@ async def upload_model(request: Request, session: SessionDep, settings: Settings
     tmp = settings.uploads_dir / f".incoming-{new_id()}.tar"
     size, sha256 = await uploads.receive(request.stream(), tmp, settings.upload_limit_bytes)
     upload = await run_in_threadpool(uploads.store_upload, session, settings, team, tmp, size, sha256)
+    await run_in_threadpool(worker_data.index_upload, settings, upload)  # served to workers on other hosts
     return UploadPublic(id=upload.id, bytes=upload.bytes, sha256=upload.sha256)

@@ -57,20 +57,33 @@ LEASE_LOST = "X-Moecomp-Lease"  # on a 409: the lease is gone (the worker stops)
 # -- out: an upload's bytes ------------------------------------------------------------------------------------
 
 
-def upload_tar(session: Session, settings: Settings, upload_id: str) -> tuple[TarView, str]:
-    """The tar of an upload's folder and its sha256 (indexed on first use); 404 for an unknown upload."""
-    upload = session.get(Upload, upload_id) if ID_RE.fullmatch(upload_id) else None
-    if upload is None:
-        raise NotFound("upload not found")
-    index = settings.uploads_dir / f"{upload.id}{tar_stream.INDEX_SUFFIX}"
+def index_upload(settings: Settings, upload: Upload) -> Path:
+    """Write the index of an upload's tar (one read of its files, to hash it) unless it exists; returns it.
+
+    Done when the upload is stored, so that a worker's first fetch of a large model does not wait for the hash; an
+    upload stored before this existed is indexed on its first fetch.
+    """
+    index = settings.uploads_dir / f"{upload.id}.tar{tar_stream.INDEX_SUFFIX}"
     if not index.is_file():
-        # A name of its own per request: two first fetches at once each write a whole index, the last rename wins.
-        tmp = index.with_name(f".{new_id()}{tar_stream.INDEX_SUFFIX}")
         folder = settings.uploads_dir / upload.relpath
         if not folder.is_dir():
             raise NotFound("the upload's files are missing on the server")
-        tar_stream.write_index(folder, tmp, UPLOAD_ARCNAME)
-        os.replace(tmp, index)
+        # A name of its own per call: two at once each write a whole index, the last rename wins.
+        tmp = index.with_name(f".{new_id()}{tar_stream.INDEX_SUFFIX}")
+        try:
+            tar_stream.write_index(folder, tmp, UPLOAD_ARCNAME)
+            os.replace(tmp, index)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return index
+
+
+def upload_tar(session: Session, settings: Settings, upload_id: str) -> tuple[TarView, str]:
+    """The tar of an upload's folder and its sha256; 404 for an unknown upload."""
+    upload = session.get(Upload, upload_id) if ID_RE.fullmatch(upload_id) else None
+    if upload is None:
+        raise NotFound("upload not found")
+    index = index_upload(settings, upload)
     try:
         return tar_stream.read_index(index), json.loads(index.read_text())["sha256"]
     except (OSError, ValueError, KeyError) as exc:
