@@ -33,7 +33,7 @@ class RunContext:
     should_cancel: Callable[[], bool] = _never
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def progress(self, stage: str, step: int, total: int, **data: Any) -> None:
+    def progress(self, stage: str, step: float, total: float, **data: Any) -> None:
         """Report that ``step`` of ``total`` units (usually layers, 1-based) of ``stage`` are done."""
         self.sink("progress", stage, {"step": step, "total": total, **data})
 

@@ -105,6 +105,7 @@ class SafetensorsSource:
 
     def _dequantized(self, name: str, read: Any, device: torch.device) -> torch.Tensor:
         """A quantized linear's weight s * q, by compressed-tensors' own decompressors (on ``device``)."""
+        assert self._packed_args is not None  # only quantized checkpoints hold quantized weights
         from moecomp.compression.slimming.dequant import PACKED_SUFFIXES, dequantize
 
         base = name.removesuffix(".weight")
@@ -201,7 +202,7 @@ def _packed_weight_args(config: PretrainedConfig) -> dict[str, Any] | None:
     """Bits, type and symmetry of a checkpoint's quantized weights (pack- or float-quantized, as slimming writes
     them); None for any other checkpoint."""
     quant = getattr(config, "quantization_config", None)
-    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
+    quant = quant.to_dict() if quant is not None and hasattr(quant, "to_dict") else quant
     if not quant or quant.get("format") not in ("pack-quantized", "float-quantized"):
         return None
     from moecomp.compression.slimming.dequant import weight_args_of  # compressed-tensors: only when quantized

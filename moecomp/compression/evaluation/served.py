@@ -50,7 +50,7 @@ def served_experts(model: PreTrainedModel, requested: str | None = None) -> str 
 @contextmanager
 def experts_implementation(model: PreTrainedModel, name: str | None) -> Iterator[str | None]:
     """Run with the experts implementation ``name`` where the model can switch; yields the one in force."""
-    current = getattr(model.config, "_experts_implementation", None)
+    current: Any = getattr(model.config, "_experts_implementation", None)  # None: transformers' default
     if name is None or name == current:
         yield current
         return

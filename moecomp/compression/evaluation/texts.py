@@ -7,12 +7,14 @@ dropped unless it would be the only one).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from moecomp.compression.data import read_documents
 
 
-def token_stream(documents: list[str], tokenizer, max_tokens: int) -> list[int]:
+def token_stream(documents: Iterable[str], tokenizer, max_tokens: int) -> list[int]:
     """Concatenated ids of ``documents`` (each + EOS), at most ``max_tokens`` of them."""
     eos = tokenizer.eos_token_id
     ids: list[int] = []

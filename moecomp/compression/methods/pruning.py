@@ -35,7 +35,7 @@ class _PruningConfig(StageConfig):
     )
     pattern: Pattern | None = Field(None, description="N:M semi-structured sparsity instead of `sparsity`.")
     scope: list[Scope] = Field(
-        default_factory=lambda: ["routed_experts"],
+        default_factory=lambda: list[Scope](["routed_experts"]),
         max_length=len(SCOPES),
         description="Which linears to prune: routed_experts (default), shared_experts, attention. Never the router.",
     )

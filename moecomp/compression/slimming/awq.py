@@ -165,7 +165,7 @@ def _moe_mappings(layer: nn.Module, family: MoEFamily, scope: list[Scope], prese
         for full in shared_mlps:
             down = Balance(_group(f"{full}.down_proj", scope="shared_experts"), True)
             pairs.append(Mapping(f"{full}.up_proj", Smoothed(f"{full}.up_proj"), (down,), None))
-    intermediate = layer.get_submodule(experts).down_proj.shape[-1]
+    intermediate = _group(experts, "down_proj").get(layer).shape[-1]
     up_rows = Smoothed(experts, "gate_up_proj", first_row=intermediate)  # fused [E, 2I, H]: gate, then up
     pairs.append(Mapping("experts.up_proj", up_rows, (Balance(_group(experts, "down_proj"), True),), None))
     return pairs
@@ -322,23 +322,24 @@ def search(
     w_mean = _weight_means(layer, quantized, sizes, batch)
     originals = [b.group.get(layer).detach().clone() for b in quantized]
     error = _error_function(pair, layer, stats, originals)
-    best = initial = best_s = None
-    for ratio, duo in grid(config.n_grid):
+
+    def evaluate(ratio: float, duo: bool) -> tuple[torch.Tensor, torch.Tensor]:
         s = _scales(x_mean, w_mean, ratio, duo)
         candidates = [
             _fake_quantized(config, w, s, sizes[b.group.name], dtype) for b, w in zip(quantized, originals, strict=True)
         ]
-        errors = error(candidates)
-        if best is None:
-            best, initial = errors.clone(), errors.clone()
-            best_s = s.clone()
-            continue
+        return s, error(candidates)
+
+    identity, *rest = grid(config.n_grid)
+    best_s, initial = evaluate(*identity)
+    best = initial.clone()
+    for ratio, duo in rest:
+        s, errors = evaluate(ratio, duo)
         better = errors < best
         best = torch.where(better, errors, best)
         best_s = torch.where(better.to(s.device)[:, None], s, best_s)
     for balance, original in zip(quantized, originals, strict=True):
         balance.group.set(layer, original)
-    assert best is not None and initial is not None and best_s is not None  # the grid has >= 2 points
     best_s[~seen.to(best_s.device)] = 1.0  # an expert without inputs is left as it is (llm-compressor skips it)
     return best_s, initial, best
 

@@ -53,7 +53,8 @@ def slim(
         stop = min(start + step, batch)
         hessians = stats.hessians(start, stop)  # [c, in, in] fp32, a fresh working buffer
         fallbacks += [start + b for b in identity_where_empty(hessians, counts[start:stop])]
-        quantized, _, rtn = quantize_weight(
+        # llm-compressor annotates two values; it returns three (weights, losses, RTN fallback flags)
+        quantized, _, rtn = quantize_weight(  # type: ignore[misc]
             weight[start:stop].to(torch.float32, copy=True),  # quantize_weight works in its input
             hessians,
             scale[start:stop],

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from llmcompressor.modifiers.modifier import Modifier
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from llmcompressor.modifiers.transform.awq import AWQMapping, AWQModifier
 from torch import nn
+from transformers import PreTrainedModel
 
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.lazy_checkpoint import checkpoint_structure
@@ -25,8 +27,9 @@ from moecomp.compression.slimming.llmcompressor_seam import (
     RoutedWandaModifier,
 )
 from moecomp.compression.slimming.targets import Target, pattern_of, patterns_by_in_features
+from moecomp.compression.structure import decoder_layers
 
-Builder = Callable[[object, nn.Module, MoEFamily, list[Target]], list[Modifier]]
+Builder = Callable[[Any, nn.Module, MoEFamily, list[Target]], list[Modifier]]
 
 
 def split_patterns(targets: list[Target]) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
@@ -46,7 +49,7 @@ def _quantize(config, model: nn.Module, family: MoEFamily, targets: list[Target]
     return [QuantizationModifier(config_groups=config_groups(config, *split_patterns(targets)))]
 
 
-def _awq(config: AWQConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+def _awq(config: AWQConfig, model: Any, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
     # offload_device left to llm-compressor: for MoE models it caches each smoothing parent's inputs on the host
     smoothing = AWQModifier(mappings=awq_mappings(model, family, config), n_grid=config.n_grid, duo_scaling=True)
     return [smoothing, *_quantize(config, model, family, targets)]
@@ -87,17 +90,17 @@ def _suffix(path: str) -> str:
     return "re:.*" + re.escape(path) + "$"
 
 
-def _moe_layers(model: nn.Module, family: MoEFamily) -> list[int]:
+def _moe_layers(model: PreTrainedModel, family: MoEFamily) -> list[int]:
     """The layers with an MoE sub-layer, less those a moecomp layer_drop removed (their config lists them)."""
     dropped = set(checkpoint_structure(model.config, family).dropped_layers)
     return [i for i in family.moe_layers(model.config) if i not in dropped]
 
 
-def _shared_balance(model: nn.Module, family: MoEFamily, preserve_routing: bool) -> list[str]:
+def _shared_balance(model: PreTrainedModel, family: MoEFamily, preserve_routing: bool) -> list[str]:
     """Shared-expert linears fed by the post-attention norm: their input projections, and a shared
     gate (a shared path that is a single linear) when routing is preserved."""
     layout = family.layout
-    first_moe = model.get_submodule(layout.layers)[_moe_layers(model, family)[0]]
+    first_moe = decoder_layers(model, layout)[_moe_layers(model, family)[0]]
     balance: list[str] = []
     for path in family.shared_experts:
         module = first_moe.get_submodule(f"{layout.mlp}.{path}")
@@ -109,7 +112,7 @@ def _shared_balance(model: nn.Module, family: MoEFamily, preserve_routing: bool)
     return balance
 
 
-def awq_mappings(model: nn.Module, family: MoEFamily, config: AWQConfig) -> list[AWQMapping]:
+def awq_mappings(model: PreTrainedModel, family: MoEFamily, config: AWQConfig) -> list[AWQMapping]:
     """AWQ smoothing pairs (smoothed layer -> layers that read its output).
 
     The post-attention norm feeds the router, the routed experts' gate/up projections and the shared
@@ -138,7 +141,7 @@ def _attention_mappings(model: nn.Module, family: MoEFamily) -> list[AWQMapping]
     """Smoothing pairs inside attention: q/k/v after the input norm and v -> o; or, for multi-head latent
     attention (DeepSeek), the down-projections after the input norm and each up-projection after its own
     norm (MLA has no v -> o pair: o_proj reads the attention output, not v_proj's)."""
-    attention = model.get_submodule(family.layout.layers)[0].get_submodule(family.layout.attention)
+    attention = decoder_layers(model, family.layout)[0].get_submodule(family.layout.attention)
     children = {name for name, _ in attention.named_children()}
     if "kv_a_proj_with_mqa" not in children:
         return [

@@ -43,7 +43,7 @@ from moecomp.compression.methods.quantization import FP8Config, group_sizes_used
 from moecomp.compression.slimming.llmcompressor_modifiers import BUILDERS, split_patterns
 from moecomp.compression.slimming.llmcompressor_seam import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
 from moecomp.compression.slimming.reload_check import checkpoint_bytes, router_state, verify_reload
-from moecomp.compression.slimming.targets import Target, find_targets, router_names
+from moecomp.compression.slimming.targets import Target, find_targets, linear, router_names
 
 SLIMMING_METHODS = ("gptq", "awq", "rtn", "fp8", "magnitude", "wanda", "sparsegpt")
 QUANTIZATION_METHODS = ("gptq", "awq", "rtn", "fp8")
@@ -105,7 +105,7 @@ def apply_magnitude(
     layers = sorted({t.layer for t in targets})
     for step, layer in enumerate(layers, start=1):
         for target in (t for t in targets if t.layer == layer):
-            weight = model.get_submodule(target.name).weight
+            weight = linear(model, target.name).weight
             mask = magnitude_mask(weight.to(device), config.target_sparsity, n, m).to(weight.device)
             weight.masked_fill_(mask, 0)
         ctx.progress(config.method, step, len(layers))
@@ -155,7 +155,7 @@ def _run_stage(
 
 def _pruning_report(model: nn.Module, config: PruningStage, family: MoEFamily) -> dict[str, Any]:
     targets = find_targets(model, family, config.scope)
-    per_module = {t.name: realized_sparsity(model.get_submodule(t.name).weight) for t in targets}
+    per_module = {t.name: realized_sparsity(linear(model, t.name).weight) for t in targets}
     return {
         "requested_sparsity": config.target_sparsity,
         "pattern": config.pattern,

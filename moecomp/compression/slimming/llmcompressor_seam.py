@@ -31,10 +31,12 @@ from llmcompressor.modifiers.pruning.wanda import WandaPruningModifier
 from llmcompressor.pipelines.cache import IntermediatesCache
 from pydantic import PrivateAttr
 from torch import nn
-from transformers.core_model_loading import WeightRenaming
+from transformers import PreTrainedModel
+from transformers.core_model_loading import WeightRenaming, WeightTransform
 
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.context import RunContext
+from moecomp.compression.structure import decoder_layers
 
 
 def _identity_hessian(hessian: torch.Tensor) -> torch.Tensor:
@@ -104,7 +106,7 @@ class SlimmingMonitor(Modifier):
     def attach(self, model: nn.Module, family: MoEFamily, routers: dict[int, str], ctx: RunContext) -> None:
         self._ctx = ctx
         self._routers = {layer: model.get_submodule(name) for layer, name in routers.items()}
-        layers = model.get_submodule(family.layout.layers)
+        layers = decoder_layers(model, family.layout)
         self._num_layers = len(layers)
         self._layer_of = {id(sub): index for index, layer in enumerate(layers) for sub in layer.modules()}
 
@@ -116,7 +118,7 @@ class SlimmingMonitor(Modifier):
             self.register_hook(router, self._counter(layer), "forward")
 
     def _counter(self, layer: int):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+        def hook(module: Any, args: Any, output: Any) -> None:  # a family's router (its own attributes)
             indices = _topk_indices(output)
             if indices is None:
                 return
@@ -166,11 +168,11 @@ def cpu_safe_pinning() -> Iterator[None]:
         yield
 
 
-def save_conversions(family: MoEFamily) -> list[WeightRenaming]:
+def save_conversions(family: MoEFamily) -> list[WeightTransform]:
     """Load-direction renamings (disk -> module) whose inverse transformers applies when saving."""
     disk = family.disk
     experts = family.layout.experts.rpartition(".")[2]
-    renames = [WeightRenaming(src, dst) for src, dst in disk.renames]
+    renames: list[WeightTransform] = [WeightRenaming(src, dst) for src, dst in disk.renames]
     for on_disk, in_memory in ((disk.gate, "gate_proj"), (disk.up, "up_proj"), (disk.down, "down_proj")):
         if on_disk != in_memory:
             renames.append(WeightRenaming(rf"\.{experts}\.(\d+)\.{on_disk}\.", rf".{experts}.\1.{in_memory}."))
@@ -178,7 +180,7 @@ def save_conversions(family: MoEFamily) -> list[WeightRenaming]:
 
 
 def run_oneshot(
-    model: nn.Module,
+    model: PreTrainedModel,
     tokenizer: Any,
     modifiers: list[Modifier],
     calib_ids: torch.Tensor | None,

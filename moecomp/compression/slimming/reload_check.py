@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from compressed_tensors.utils import get_execution_device
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.slimming.targets import router_names
+from moecomp.compression.structure import decoder_layers
 
 # A reloaded export is refused when any module of it, given the same input as the in-memory module of the same
 # name, answers more than MODULE_TOLERANCE apart (mean |difference| / mean |output|). Module by module the two
@@ -33,7 +34,7 @@ class ExportMismatch(RuntimeError):
 def router_state(model: nn.Module, family: MoEFamily) -> dict[str, str]:
     """sha256 of every router's (and shared-expert gate's) tensors: equal dicts mean bit-identical routers."""
     names = list(router_names(model, family).values())
-    layers = model.get_submodule(family.layout.layers)
+    layers = decoder_layers(model, family.layout)
     for index in router_names(model, family):
         mlp = layers[index].get_submodule(family.layout.mlp)
         for path in family.shared_experts:
@@ -67,7 +68,7 @@ def _first_tensor(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _probe_inputs(module: nn.Module, name: str, family: MoEFamily, config: Any) -> tuple:
+def _probe_inputs(module: Any, name: str, family: MoEFamily, config: Any) -> tuple:
     """Inputs for one module of the reloaded model: token ids, hidden states, or hidden states routed to
     every expert of a fused experts module in turn (top-1, weight 1)."""
     generator = torch.Generator().manual_seed(0)
@@ -93,7 +94,7 @@ def _module_error(expected_module: nn.Module, got_module: nn.Module, inputs: tup
     return relative_error(got, expected)
 
 
-def module_errors(model: nn.Module, reloaded: nn.Module, family: MoEFamily) -> dict[str, float]:
+def module_errors(model: PreTrainedModel, reloaded: nn.Module, family: MoEFamily) -> dict[str, float]:
     """Relative output error of every module of ``reloaded`` that holds weights of its own (fused experts
     as one module) against the module of the same name in ``model``."""
     errors: dict[str, float] = {}
@@ -106,7 +107,7 @@ def module_errors(model: nn.Module, reloaded: nn.Module, family: MoEFamily) -> d
 
 @torch.no_grad()
 def verify_reload(
-    out_dir: Path, model: nn.Module, family: MoEFamily, calib_ids: torch.Tensor, rows: int = 2, tokens: int = 128
+    out_dir: Path, model: PreTrainedModel, family: MoEFamily, calib_ids: torch.Tensor, rows: int = 2, tokens: int = 128
 ) -> dict:
     """Reload ``out_dir`` with plain transformers; every module must answer as the in-memory one does."""
     device = get_execution_device(model)

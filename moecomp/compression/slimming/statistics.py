@@ -108,7 +108,7 @@ def _linear_hook(stats: InputStats):
 def _experts_hook(stats: LayerStats, groups: dict[str, WeightGroup], all_experts: bool):
     gate_up_group, down_group = groups.get("gate_up_proj"), groups.get("down_proj")
 
-    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+    def hook(module: Any, args: tuple, output: Any) -> None:  # a family's experts module (its own attributes)
         hidden, top_k_index = args[0], args[1]  # every family calls experts(hidden [T, H], top_k_index [T, k], ...)
         experts = module.gate_up_proj.shape[0]
         hits = torch.bincount(top_k_index.reshape(-1), minlength=experts)[:experts]

@@ -20,11 +20,12 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from torch import nn
 
 from moecomp.compression.adapters import MoEFamily
+from moecomp.compression.structure import decoder_layers
 
 Scope = Literal["routed_experts", "shared_experts", "attention"]
 SCOPES: tuple[Scope, ...] = ("routed_experts", "shared_experts", "attention")
@@ -96,11 +97,15 @@ def patterns_by_in_features(targets: list[Target]) -> dict[int, list[str]]:
     return dict(grouped)
 
 
+def linear(model: nn.Module, name: str) -> nn.Linear:
+    """The target ``name``: a linear (llm-compressor's passes see experts linearized)."""
+    return cast(nn.Linear, model.get_submodule(name))
+
+
 def router_names(model: nn.Module, family: MoEFamily) -> dict[int, str]:
     """Decoder layer -> full name of its router module, for layers that have one."""
-    layers = model.get_submodule(family.layout.layers)
     names: dict[int, str] = {}
-    for index, layer in enumerate(layers):
+    for index, layer in enumerate(decoder_layers(model, family.layout)):
         try:
             layer.get_submodule(family.layout.router)
         except AttributeError:
