@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     if embedded:
         _prepare_embedded(settings)
     _reap_on_start(settings)
+    from moecomp.worker.retention import start_sweeper  # noqa: PLC0415
+
+    start_sweeper(settings)  # hourly: with workers on other hosts, no worker sweeps this host's files
     # The worker beside the API is kept running (a new one when it dies), and readiness requires it.
     supervisor = WorkerSupervisor(settings) if embedded and not args.no_worker else None
     if supervisor is not None:

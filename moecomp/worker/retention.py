@@ -5,7 +5,8 @@
 - the folders of deleted jobs (DELETE /v1/jobs/{id} removes them at once; this catches an interrupted one);
 - uploads older than the retention that no queued or running job reads and no kept job used since.
 
-It runs where the reaper runs: at worker start, every ``SWEEP_EVERY_S`` in each worker, and at API start.
+It runs where the reaper runs: at worker start, every ``SWEEP_EVERY_S`` in each worker, and at API start; and
+every ``SWEEP_EVERY_S`` in the API (``serve``), whose host alone holds the files once workers run on other hosts.
 Several sweeps at once are harmless: removing a removed folder does nothing, and rows are marked once.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -94,3 +96,19 @@ def _remove_uploads(settings: Settings, db: Database, cutoff: datetime) -> list[
         shutil.rmtree(settings.uploads_dir / upload_id, ignore_errors=True)
         (settings.uploads_dir / f"{upload_id}.tar{INDEX_SUFFIX}").unlink(missing_ok=True)  # served to remote workers
     return upload_ids
+
+
+def start_sweeper(settings: Settings, every_s: float = SWEEP_EVERY_S) -> threading.Event:
+    """Sweep every ``every_s`` in a daemon thread (the API's process); set the returned event to stop it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        db = Database(settings.resolved_database_url)
+        try:
+            while not stop.wait(every_s):
+                sweep_safely(settings, db)
+        finally:
+            db.engine.dispose()
+
+    threading.Thread(target=loop, name="moecomp-retention", daemon=True).start()
+    return stop

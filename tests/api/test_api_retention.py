@@ -6,6 +6,7 @@ Time is moved by writing finished_at / created_at in the database, as if the job
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from moecomp.cli.serve import _reap_on_start
 from moecomp.persistence.database import Database
 from moecomp.persistence.models import Artifact, Job, JobStatus, Upload, utcnow
 from moecomp.settings import Settings
-from moecomp.worker.retention import sweep
+from moecomp.worker.retention import start_sweeper, sweep, sweep_safely
 from moecomp.worker.tar_stream import INDEX_SUFFIX
 from tests.api.helpers import add_artifact, job_body, set_status
 from tests.api.test_api_uploads import TAR, model_tar
@@ -136,3 +137,27 @@ def test_sweep_at_serve_start_removes_what_an_interrupted_delete_left(
     stranger.mkdir()
     _reap_on_start(settings)  # what `moecomp serve` runs before it answers requests
     assert not Path(deleted["dir"]).exists() and stranger.is_dir()
+
+
+def test_the_apis_sweeper_expires_artifacts_on_its_own_host_and_a_remote_workers_sweep_does_nothing(
+    client: TestClient, auth: dict[str, str], db: Database, settings: Settings
+) -> None:
+    old = ended_job(client, auth, db, settings, days_ago=40)
+    remote = settings.model_copy(update={"api_url": "http://api.internal:8000", "data_dir": settings.data_dir / "w"})
+    sweep_safely(remote, db)  # a worker on another host: the files are not its own, nor are the rows to mark
+    with db.session() as session:
+        assert session.get(Artifact, old["id"]).expired_at is None and Path(old["dir"]).is_dir()
+    stop = start_sweeper(settings, every_s=0.1)  # what `moecomp serve` starts (hourly)
+    try:
+        deadline = time.monotonic() + 20
+        while not _expired(db, old["id"]):  # the files go first, then the row is marked
+            assert time.monotonic() < deadline, "the sweeper never expired the old artifacts"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+    assert not Path(old["dir"]).exists()
+
+
+def _expired(db: Database, artifact_id: str) -> bool:
+    with db.session() as session:
+        return session.get(Artifact, artifact_id).expired_at is not None
