@@ -42,6 +42,17 @@ REMOTE_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
+def config_dict(folder: Path) -> dict[str, Any]:
+    """``folder``'s config.json as a dict; ValueError saying why it cannot be read."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"config.json cannot be read: {exc.__class__.__name__}") from None
+    if not isinstance(config, dict):
+        raise ValueError("config.json is not a JSON object")
+    return config
+
+
 def remote_code_config(folder: Path) -> str | None:
     """The first config of ``folder`` that names remote code (``auto_map``), or None.
 

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from moecomp.api.app import create_app
 from moecomp.assets import MODELS
-from moecomp.compression.evaluation.loading import MANIFEST_NAME
+from moecomp.compression.manifest import MANIFEST_NAME
 from moecomp.compression.sources import HUB_ALLOW_PATTERNS
 from moecomp.persistence.database import Database
 from moecomp.persistence.models import Job, Upload

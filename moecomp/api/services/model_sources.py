@@ -8,7 +8,6 @@ artifacts); uploads must belong to the caller's team.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +19,7 @@ from moecomp.api.errors import Invalid
 from moecomp.api.schemas import HubSource, LocalSource, UploadSource
 from moecomp.compression.adapters import UnsupportedModel, get_adapter
 from moecomp.compression.recipe import Recipe
-from moecomp.compression.sources import remote_code_config
+from moecomp.compression.sources import config_dict, remote_code_config
 from moecomp.persistence.models import Team
 from moecomp.persistence.uploads import find_upload, upload_path
 from moecomp.settings import Settings
@@ -54,12 +53,9 @@ def _is_file(path: Path) -> bool:
 
 def _read_config(folder: Path, loc: tuple[str, ...]) -> dict[str, Any]:
     try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise Invalid(loc, f"config.json cannot be read: {exc.__class__.__name__}") from None
-    if not isinstance(config, dict):
-        raise Invalid(loc, "config.json is not a JSON object")
-    return config
+        return config_dict(folder)
+    except ValueError as exc:
+        raise Invalid(loc, str(exc)) from None
 
 
 def refuse_remote_code(folder: Path, loc: tuple[str, ...]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-MANIFEST_NAME = "moecomp.json"
+from moecomp.compression.manifest import MANIFEST_NAME
+from moecomp.compression.sources import config_dict
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
@@ -43,12 +44,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "config.json").read_text())
-
-
 def quantization_method(path: Path) -> str | None:
-    qc = read_config(path).get("quantization_config") or {}
+    qc = config_dict(path).get("quantization_config") or {}
     return qc.get("quant_method")
 
 

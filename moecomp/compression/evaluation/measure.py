@@ -18,13 +18,14 @@ from moecomp.compression.context import RunContext
 from moecomp.compression.evaluation import fidelity as fid
 from moecomp.compression.evaluation.cache import ResultCache, entry_key
 from moecomp.compression.evaluation.footprint import footprint
-from moecomp.compression.evaluation.loading import MANIFEST_NAME, LoadedModel, free, load_checkpoint, runtime_name
+from moecomp.compression.evaluation.loading import LoadedModel, free, load_checkpoint, runtime_name
 from moecomp.compression.evaluation.local_tasks import TASKS_DIR
 from moecomp.compression.evaluation.perplexity import perplexity
 from moecomp.compression.evaluation.served import measure_served
 from moecomp.compression.evaluation.spec import EvaluationSpec, SpeedSpec
 from moecomp.compression.evaluation.speed import measure_speed
 from moecomp.compression.evaluation.tasks import local_task_config, run_task
+from moecomp.compression.manifest import MANIFEST_NAME
 
 STAGE = "evaluate"
 

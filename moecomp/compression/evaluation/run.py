@@ -7,7 +7,6 @@ the device at a time, so evaluating needs the memory of the larger model, not of
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,11 @@ from moecomp.compression.context import RunContext
 from moecomp.compression.evaluation.cache import ResultCache
 from moecomp.compression.evaluation.compare import percent_of_original, speedups
 from moecomp.compression.evaluation.gate import check_gate
-from moecomp.compression.evaluation.loading import MANIFEST_NAME, model_identity, resolve_device
+from moecomp.compression.evaluation.loading import model_identity, resolve_device
 from moecomp.compression.evaluation.measure import STAGE, Measurer, Progress, plan
 from moecomp.compression.evaluation.schema import SCHEMA_VERSION, Report
 from moecomp.compression.evaluation.spec import EvaluationSpec
+from moecomp.compression.manifest import read_manifest
 
 
 def _measure(m: Measurer, steps: list[tuple[str, str]], progress: Progress, reference=None) -> dict[str, Any]:
@@ -47,11 +47,6 @@ def _measure(m: Measurer, steps: list[tuple[str, str]], progress: Progress, refe
     out["mean_accuracy"] = sum(accs) / len(accs) if accs else None
     out["runtime"], out["cached"] = m.runtime, m.cached
     return out
-
-
-def _read_manifest(candidate_dir: Path) -> dict[str, Any] | None:
-    path = candidate_dir / MANIFEST_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def evaluate(
@@ -97,7 +92,7 @@ def evaluate(
         "fidelity": fidelity,
         "relative": percent_of_original(candidate, baseline) if baseline else {},
         "speedup": speedups(candidate, baseline) if baseline else {},
-        "manifest": manifest if manifest is not None else _read_manifest(candidate_dir),
+        "manifest": manifest if manifest is not None else read_manifest(candidate_dir),
         "notes": sorted(set(notes), key=notes.index),
     }
     failures = check_gate(report, spec.gate)
