@@ -42,13 +42,13 @@ class CalibrationSourceError(ValueError):
 
 
 @dataclass(frozen=True)
-class HubSource:
+class HubDataset:
     dataset: str
     config: str | None
     split: str
 
 
-def parse_hub_source(source: str) -> HubSource:
+def parse_hub_source(source: str) -> HubDataset:
     """Parse ``hub:DATASET[:CONFIG]:SPLIT``; DATASET is a hub id (``name`` or ``org/name``), never a path."""
     parts = source.removeprefix("hub:").split(":")
     if len(parts) not in (2, 3) or not all(parts):
@@ -57,8 +57,8 @@ def parse_hub_source(source: str) -> HubSource:
     if not HUB_ID.match(parts[0]):
         raise CalibrationSourceError(f"hub source {source!r}: DATASET must be a hub id like 'org/name', not a path")
     if len(parts) == 2:
-        return HubSource(dataset=parts[0], config=None, split=parts[1])
-    return HubSource(dataset=parts[0], config=parts[1], split=parts[2])
+        return HubDataset(dataset=parts[0], config=None, split=parts[1])
+    return HubDataset(dataset=parts[0], config=parts[1], split=parts[2])
 
 
 def bundled_names() -> list[str]:

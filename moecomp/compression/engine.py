@@ -34,11 +34,11 @@ from moecomp.compression.structure import (
     slice_experts,
 )
 
-__all__ = ["LayerInfo", "Observer", "PassResult", "SelectContext", "Trimmer", "calibrate", "load_layer"]
+__all__ = ["LayerInfo", "Observer", "CalibrationResult", "SelectContext", "Trimmer", "calibrate", "load_layer"]
 
 
 @dataclass
-class PassResult:
+class CalibrationResult:
     decisions: Decisions  # taken in-pass by observers (original numbering)
     plan: Plan
     tokens: int
@@ -167,7 +167,7 @@ def calibrate(
     stage: str = "calibration",
     micro_batch: int | None = None,
     activations_on_device: bool | None = None,
-) -> PassResult:
+) -> CalibrationResult:
     """One streamed pass of ``ids`` [N, L] through the model with ``prior`` applied, feeding ``observers``.
 
     ``micro_batch`` (sequences) and ``activations_on_device`` default to the plan's choice.
@@ -186,7 +186,7 @@ def calibrate(
         in_pass = _run_layers(loader, ids, observers, plan, ctx, stage)
     finally:
         loader.close()
-    return PassResult(decisions=in_pass, plan=plan, tokens=ids.numel())
+    return CalibrationResult(decisions=in_pass, plan=plan, tokens=ids.numel())
 
 
 def _run_layers(

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from moecomp.compression.data import (
     CalibrationSourceError,
-    HubSource,
+    HubDataset,
     load_calibration,
     pack_documents,
     parse_hub_source,
@@ -76,10 +76,10 @@ def test_bad_local_sources_are_named(tmp_path):
 
 
 def test_hub_source_parse():
-    assert parse_hub_source("hub:wikitext:wikitext-2-raw-v1:train") == HubSource(
+    assert parse_hub_source("hub:wikitext:wikitext-2-raw-v1:train") == HubDataset(
         "wikitext", "wikitext-2-raw-v1", "train"
     )
-    assert parse_hub_source("hub:allenai/c4:validation") == HubSource("allenai/c4", None, "validation")
+    assert parse_hub_source("hub:allenai/c4:validation") == HubDataset("allenai/c4", None, "validation")
     for bad in ("hub:onlyname", "hub:a:b:c:d", "hub::train"):
         with pytest.raises(CalibrationSourceError, match="DATASET"):
             parse_hub_source(bad)
