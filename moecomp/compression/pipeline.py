@@ -32,6 +32,7 @@ from moecomp.compression import planning
 from moecomp.compression.adapters import get_adapter
 from moecomp.compression.context import RunContext
 from moecomp.compression.data import load_calibration
+from moecomp.compression.dtypes import DTYPES, parse_dtype
 from moecomp.compression.export import export_trimmed
 from moecomp.compression.lazy_checkpoint import checkpoint_structure, read_config
 from moecomp.compression.manifest import build_manifest, sha256_file, update_manifest, write_manifest
@@ -39,8 +40,6 @@ from moecomp.compression.methods.base import StageConfig
 from moecomp.compression.recipe import Recipe
 from moecomp.compression.sources import resolve_model
 from moecomp.compression.structure import Decisions
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass
@@ -98,13 +97,12 @@ def split_passes(stages: list[StageConfig]) -> list[tuple[str, list[StageConfig]
 
 def torch_dtype(dtype: str, model_dir: Path) -> torch.dtype:
     """``auto`` is the checkpoint's own dtype (bfloat16 when it does not say)."""
-    if dtype == "auto":
-        config = AutoConfig.from_pretrained(model_dir)
-        found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        return found if isinstance(found, torch.dtype) else DTYPES.get(str(found), torch.bfloat16)
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    parsed = parse_dtype(dtype)
+    if parsed != "auto":
+        return parsed
+    config = AutoConfig.from_pretrained(model_dir)
+    found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return found if isinstance(found, torch.dtype) else DTYPES.get(str(found), torch.bfloat16)
 
 
 def to_original(later: Decisions, earlier: Decisions, num_layers: int) -> Decisions:
@@ -281,6 +279,7 @@ def _compress(
     ctx.progress("load", 0, 1)
     model_dir = resolve_model(model, revision=revision, ctx=ctx)
     torch_dtype(dtype, model_dir)  # refuse an unknown dtype before any work
+    refuse_methods(model_dir, list(recipe.stages))
     if preflight:
         needs = planning.plan(model_dir, recipe, device=device, dtype=dtype)
         ctx.message("plan", needs.describe())
@@ -325,6 +324,12 @@ def run_passes(
         decisions, pending = result.decisions, result.pending
         current = current if defer else target
     return reports
+
+
+def refuse_methods(model_dir: Path, stages: list[StageConfig]) -> None:
+    """Refuse, before any work, a stage the model's family cannot run (the family's ``refused`` reasons)."""
+    family = get_adapter(read_config(model_dir))
+    family.check_methods([(s.family, s.method) for s in stages])  # type: ignore[attr-defined]
 
 
 def _pass_timing(family: str, stages: list[StageConfig], seconds: float, device: str) -> dict[str, Any]:

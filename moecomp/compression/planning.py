@@ -28,12 +28,12 @@ from typing import Any
 
 from moecomp.compression import activations
 from moecomp.compression.activations import HostMemoryError
+from moecomp.compression.dtypes import DTYPES
 from moecomp.compression.export import MAX_SHARD_BYTES
 from moecomp.compression.recipe import Recipe
 from moecomp.compression.sizes import Sizes, apply_stage, model_sizes, resaved
 
 GIB = 2**30
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 FIDELITY_ENTRY_BYTES = 12  # top-k log-probability and token id per compared token
 RESULTS_MARGIN = 2**20  # the cached JSON results
 
@@ -92,11 +92,11 @@ class Setting:
     samples: int
     seq_len: int
     device: str
-    dtype: str  # auto or a DTYPE_BYTES key
+    dtype: str  # auto or a dtypes.DTYPES key
 
     def compute_item(self, sizes: Sizes, float32_on_cpu: bool) -> int:
         if self.dtype != "auto":
-            return DTYPE_BYTES[self.dtype]
+            return DTYPES[self.dtype].itemsize
         return 4 if float32_on_cpu and not self.device.startswith("cuda") else sizes.item
 
     def activation_bytes(self, item: int) -> int:
@@ -127,7 +127,8 @@ def plan(model_dir: Path, recipe: Recipe, *, device: str = "cpu", dtype: str = "
             scratch[f"pass {i} ({kind})"] = sum(current.checkpoint().values())
         memory.extend(_pass_memory(i, kind, stages, before, current, setting))
     if evaluation is not None and not device.startswith("cuda"):
-        original = sizes.weights * DTYPE_BYTES.get(evaluation.dtype, sizes.item) // sizes.item
+        itemsize = DTYPES[evaluation.dtype].itemsize if evaluation.dtype in DTYPES else sizes.item
+        original = sizes.weights * itemsize // sizes.item
         fidelity = {"the original model": original, "fidelity reference": _fidelity(evaluation)}
         memory.append(Need("evaluation", fidelity))
     cache = {"fidelity reference": _fidelity(evaluation), "results": RESULTS_MARGIN} if evaluation is not None else {}

@@ -19,6 +19,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from moecomp.compression.dtypes import parse_dtype
 from moecomp.compression.manifest import MANIFEST_NAME
 from moecomp.compression.sources import config_dict
 
@@ -55,10 +56,7 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
     own = (path / MANIFEST_NAME).is_file()
     notes: list[str] = []
     kwargs: dict[str, Any] = {"trust_remote_code": own, "device_map": resolve_device(device)}
-    if dtype != "auto":
-        kwargs["dtype"] = getattr(torch, dtype)
-    else:
-        kwargs["dtype"] = "auto"
+    kwargs["dtype"] = parse_dtype(dtype)
     quant = quantization_method(path)
     if quant == "compressed-tensors" and kwargs["device_map"].startswith("cuda") and _packed_w4a16(path):
         from moecomp.compression.evaluation.packed.loader import load_packed

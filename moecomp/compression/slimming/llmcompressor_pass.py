@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from moecomp.compression.adapters import MoEFamily, get_adapter
 from moecomp.compression.context import RunContext
+from moecomp.compression.dtypes import parse_dtype
 from moecomp.compression.lazy_checkpoint import read_config
 from moecomp.compression.manifest import MANIFEST_NAME
 from moecomp.compression.methods.base import StageConfig
@@ -70,7 +71,7 @@ def compute_dtype(dtype: str, device: str) -> Any:
     """The dtype the pass computes in: as asked, else the checkpoint's on an accelerator and float32 on
     CPU (CPU kernels for bf16 matmuls and ``index_add_`` are 10-30x slower than for float32)."""
     if dtype != "auto":
-        return getattr(torch, dtype)
+        return parse_dtype(dtype)
     return "auto" if device.startswith("cuda") else torch.float32
 
 
@@ -82,7 +83,7 @@ def load_linearized(model_dir: Path, dtype: Any = "auto") -> tuple[PreTrainedMod
     """
     family = get_adapter(read_config(model_dir))
     own = (Path(model_dir) / MANIFEST_NAME).is_file()
-    torch_dtype: Any = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    torch_dtype: Any = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=own)
     model.eval()
     linearize_moe(model)
@@ -259,6 +260,7 @@ def run_slimming(
     """
     validate_stages(stages, device)
     source_dtype = read_config(Path(model_dir)).dtype or torch.float32
+    get_adapter(read_config(Path(model_dir))).check_methods([(s.family, s.method) for s in stages])  # type: ignore[attr-defined]
     model, family, tokenizer = load_linearized(Path(model_dir), compute_dtype(dtype, device))
     reports = slim_model(model, family, tokenizer, stages, calib_ids, device=device, ctx=ctx)
     if model.dtype != source_dtype and dtype == "auto":
