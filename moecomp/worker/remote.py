@@ -174,10 +174,14 @@ class ApiClient:
         answer = self._checked(self.http.get(url, headers=headers), url).json()
         offset, step = answer["offset"], self.settings.transfer_chunk_bytes
         while answer.get("artifact_id") is None:
+            offset = min(offset, max(0, body.size - 1))  # all there but not sealed (an answer lost): the last again
             end = min(body.size, offset + step) - 1
             span = f"bytes {offset}-{end}/{body.size}" if body.size else "bytes */0"
             chunk = headers | {"Content-Range": span, "Content-Type": "application/octet-stream"}
-            response = self._checked(self.http.put(url, content=body.chunks(offset, end), headers=chunk), url)
+            # The last chunk's answer waits for the API to hash the whole file (about 1 GB/s; allow far less).
+            timeout = self.http.timeout if end + 1 < body.size else httpx.Timeout(120.0 + body.size / 50e6, connect=10)
+            put = self.http.put(url, content=body.chunks(offset, end), headers=chunk, timeout=timeout)
+            response = self._checked(put, url)
             if response.status_code == 409:  # not where the API's part ends, or another request writes it
                 raise Retry(f"{url}: {response.text[:200]}")
             answer = response.json()

@@ -180,6 +180,10 @@ async def receive_chunk(settings: Settings, chunk: Chunk, body: AsyncIterator[by
             raise Conflict(
                 f"another request is writing {chunk.name}; ask its offset and resume", headers={"Retry-After": "1"}
             ) from None
+        if (folder / chunk.name).exists():  # sealed by a request this one repeats: its record answers
+            if os.fstat(fd).st_size == 0:  # made by this request's open: no part may stay behind
+                os.unlink(part)
+            raise Conflict(f"{chunk.name} is complete; ask its offset", headers={"Retry-After": "1"})
         size = os.fstat(fd).st_size
         if chunk.start > size:
             raise Conflict(f"{chunk.name} has {size} bytes so far: resume at offset {size}", headers=_offset(size))
@@ -219,17 +223,20 @@ def seal(session: Session, settings: Settings, chunk: Chunk) -> Artifact:
     part, dest = folder / f".{chunk.name}.part", folder / chunk.name
     digest = hashlib.sha256()
     with open(part, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a retry of the last chunk waits, then finds the file sealed
+        if dest.exists():
+            return _sealed_meanwhile(session, settings, chunk)
         while data := f.read(CHUNK):
             digest.update(data)
         os.fsync(f.fileno())
-    if digest.hexdigest() != chunk.sha256:
-        part.unlink(missing_ok=True)
-        raise Invalid(
-            ("header", "x-checksum-sha256"),
-            f"the {chunk.total} bytes received hash to {digest.hexdigest()}, not {chunk.sha256}; send the file "
-            "again from offset 0",
-        )
-    os.replace(part, dest)
+        if digest.hexdigest() != chunk.sha256:
+            part.unlink(missing_ok=True)
+            raise Invalid(
+                ("header", "x-checksum-sha256"),
+                f"the {chunk.total} bytes received hash to {digest.hexdigest()}, not {chunk.sha256}; send the file "
+                "again from offset 0",
+            )
+        os.replace(part, dest)
     relpath = dest.relative_to(settings.artifacts_dir).as_posix()
     row = jobs.record_artifact(
         session, chunk.lease, kind=chunk.kind, name=chunk.name, relpath=relpath, size=chunk.total, sha256=chunk.sha256
@@ -237,6 +244,13 @@ def seal(session: Session, settings: Settings, chunk: Chunk) -> Artifact:
     if row is None:
         check_lease(session, chunk.lease)  # raises: the lease was lost while the last chunk came in
     assert row is not None
+    return row
+
+
+def _sealed_meanwhile(session: Session, settings: Settings, chunk: Chunk) -> Artifact:
+    row = recorded(session, settings, chunk)
+    if row is None:
+        raise Conflict(f"{chunk.name} is being recorded; ask its offset", headers={"Retry-After": "1"})
     return row
 
 
