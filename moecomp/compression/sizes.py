@@ -22,7 +22,10 @@ from typing import Any
 from moecomp.compression.adapters import MoEFamily, get_adapter
 from moecomp.compression.lazy_checkpoint import INDEX_FILE, read_config
 from moecomp.compression.methods.base import StageConfig
-from moecomp.compression.methods.quantization import resolve_group_size
+from moecomp.compression.methods.block_drop import BlockDropConfig
+from moecomp.compression.methods.expert_drop import ExpertDropConfig
+from moecomp.compression.methods.layer_drop import LayerDropConfig
+from moecomp.compression.methods.quantization import FP8Config, QuantizationStage, resolve_group_size
 from moecomp.compression.sources import SIDE_FILES
 
 FLOATS = {"F32": 4, "BF16": 2, "F16": 2}
@@ -156,33 +159,32 @@ def _side_files(model_dir: Path) -> list[Path]:
 
 def apply_stage(sizes: Sizes, stage: StageConfig) -> Sizes:
     """The sizes after ``stage``, as its config says (see the module docstring)."""
-    method = stage.method  # type: ignore[attr-defined]
     layers = [dict(layer) for layer in sizes.layers]
     moe = list(sizes.moe)
-    if method == "expert_drop":
+    if isinstance(stage, ExpertDropConfig):
         for i, count in enumerate(moe):
-            if count > stage.keep and "routed_experts" in layers[i]:  # type: ignore[attr-defined]
-                layers[i]["routed_experts"] = layers[i]["routed_experts"].scaled(stage.keep / count)  # type: ignore[attr-defined]
-                moe[i] = stage.keep  # type: ignore[attr-defined]
-    elif method in ("layer_drop", "block_drop"):
-        sub = MOE_PARTS if method == "layer_drop" else None
+            if count > stage.keep and "routed_experts" in layers[i]:
+                layers[i]["routed_experts"] = layers[i]["routed_experts"].scaled(stage.keep / count)
+                moe[i] = stage.keep
+    elif isinstance(stage, LayerDropConfig | BlockDropConfig):
+        sub = MOE_PARTS if isinstance(stage, LayerDropConfig) else None
         candidates = [i for i in range(len(layers)) if moe[i] or (sub is None and layers[i])]
-        for i in sorted(candidates, key=lambda i: sizes.layer_bytes(i, sub))[: stage.drop]:  # type: ignore[attr-defined]
+        for i in sorted(candidates, key=lambda i: sizes.layer_bytes(i, sub))[: stage.drop]:
             layers[i] = {k: v for k, v in layers[i].items() if sub is not None and k not in sub}
             moe[i] = 0
-    elif hasattr(stage, "bits") or method == "fp8":
+    elif isinstance(stage, QuantizationStage):
         for layer in layers:
-            for part in stage.scope:  # type: ignore[attr-defined]
+            for part in stage.scope:
                 if part in layer:
                     layer[part] = _quantized(layer[part], stage, sizes.item)
     return replace(sizes, layers=layers, moe=moe)
 
 
-def _quantized(linear: Linear, stage: Any, item: int) -> Linear:
+def _quantized(linear: Linear, stage: QuantizationStage, item: int) -> Linear:
     """Packed weights and scales (one per group, in the checkpoint's dtype; fp8: float32 per channel); each weight
     becomes three tensors (packed, scale, shape)."""
     rest = linear.bytes - linear.numel * item + linear.tensors * (2 * HEADER_BYTES + 16)
-    if stage.method == "fp8":
+    if isinstance(stage, FP8Config):
         weights = linear.numel + 4 * linear.numel // linear.min_in
     else:
         group = resolve_group_size(linear.min_in, stage.group_size) or linear.min_in

@@ -1,14 +1,18 @@
 """What every recipe stage config shares."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 
 class StageConfig(BaseModel):
-    """Base of every stage config: unknown fields are an error, never silently ignored."""
+    """Base of every stage config: unknown fields are an error, never silently ignored. Each stage narrows
+    ``method`` to its own name (the recipe's discriminator) and says which pass ``family`` runs it."""
 
     model_config = ConfigDict(extra="forbid")
+
+    family: ClassVar[str]  # "trimming" or "slimming"
+    method: str
 
 
 # Upper bounds on the counts a request sets, far above any MoE model's shape, so that no request carries an

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 
+from moecomp.compression.methods.quantization import GPTQConfig
 from moecomp.compression.slimming.qparams import observe_scales, quantization_args
 from moecomp.compression.slimming.result import Slimmed
 from moecomp.compression.slimming.statistics import InputStats
@@ -40,7 +41,7 @@ def identity_where_empty(hessians: torch.Tensor, counts: torch.Tensor) -> list[i
 
 @torch.no_grad()
 def slim(
-    config: object, weight: torch.Tensor, stats: InputStats, group_size: int | None, scale_dtype: torch.dtype
+    config: GPTQConfig, weight: torch.Tensor, stats: InputStats, group_size: int | None, scale_dtype: torch.dtype
 ) -> Slimmed:
     args = quantization_args(config, group_size, actorder="static")  # llm-compressor's default for GPTQ
     scale, zero_point = observe_scales(weight, args, scale_dtype)  # from the original weights, as llm-compressor does
@@ -61,8 +62,8 @@ def slim(
             zero_point[start:stop],
             None,
             args,
-            blocksize=config.block_size,  # type: ignore[attr-defined]
-            percdamp=config.dampening_frac,  # type: ignore[attr-defined]
+            blocksize=config.block_size,
+            percdamp=config.dampening_frac,
         )
         out[start:stop] = quantized.to(weight.dtype)
         fallbacks += [start + b for b in rtn.nonzero().flatten().tolist()]

@@ -40,31 +40,31 @@ from moecomp.compression.methods.pruning import (
     magnitude_mask,
     realized_sparsity,
 )
-from moecomp.compression.methods.quantization import FP8Config, group_sizes_used, require_fp8
+from moecomp.compression.methods.quantization import FP8Config, QuantizationStage, group_sizes_used, require_fp8
 from moecomp.compression.slimming.llmcompressor_modifiers import BUILDERS, split_patterns
 from moecomp.compression.slimming.llmcompressor_seam import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
+from moecomp.compression.slimming.methods import METHODS
 from moecomp.compression.slimming.reload_check import checkpoint_bytes, router_state, verify_reload
 from moecomp.compression.slimming.targets import Target, find_targets, linear, router_names
 
-SLIMMING_METHODS = ("gptq", "awq", "rtn", "fp8", "magnitude", "wanda", "sparsegpt")
-QUANTIZATION_METHODS = ("gptq", "awq", "rtn", "fp8")
 DENSE_NOTE = (
     "pruned weights are stored dense (zeros included): unstructured and N:M sparsity save neither disk "
     "nor memory in this checkpoint format"
 )
 
 
-def validate_stages(stages: list[StageConfig], device: str) -> None:
-    """Pruning stages first, then at most one quantization stage; FP8 only on FP8 hardware."""
-    methods = [getattr(s, "method", None) for s in stages]
-    unknown = [m for m in methods if m not in SLIMMING_METHODS]
+def validate_stages(stages: list[StageConfig], device: str) -> list[PruningStage | QuantizationStage]:
+    """Pruning stages first, then at most one quantization stage; FP8 only on FP8 hardware. Returns them."""
+    methods = [s.method for s in stages]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"not slimming stages: {unknown}; slimming methods: {', '.join(SLIMMING_METHODS)}")
-    quant = [i for i, m in enumerate(methods) if m in QUANTIZATION_METHODS]
+        raise ValueError(f"not slimming stages: {unknown}; slimming methods: {', '.join(METHODS)}")
+    quant = [i for i, m in enumerate(methods) if METHODS[m].quantizes]
     if len(quant) > 1 or (quant and quant[0] != len(stages) - 1):
         raise ValueError("at most one quantization stage, and it must be the last slimming stage")
     if any(isinstance(s, FP8Config) for s in stages):
         require_fp8(device)
+    return [s for s in stages if isinstance(s, PruningStage | QuantizationStage)]
 
 
 def compute_dtype(dtype: str, device: str) -> Any:
@@ -117,16 +117,16 @@ def _run_stage(
     model: PreTrainedModel,
     family: MoEFamily,
     tokenizer: Any,
-    config: StageConfig,
+    config: PruningStage | QuantizationStage,
     calib_ids: torch.Tensor,
     *,
     device: str,
     ctx: RunContext,
 ) -> dict[str, Any]:
-    method = config.method  # type: ignore[attr-defined]
-    targets = find_targets(model, family, config.scope)  # type: ignore[attr-defined]
+    method = config.method
+    targets = find_targets(model, family, config.scope)
     if not targets:
-        raise ValueError(f"{method}: no linear layer matches scope {config.scope}")  # type: ignore[attr-defined]
+        raise ValueError(f"{method}: no linear layer matches scope {config.scope}")
     results: dict[str, Any] = {"targets": _scope_counts(targets), "tokens_per_expert": None, "fallbacks": []}
     if isinstance(config, MagnitudeConfig):
         apply_magnitude(model, config, targets, device=device, ctx=ctx)
@@ -147,10 +147,10 @@ def _run_stage(
         results["calibrate_all_experts"] = all_experts
     results["fallbacks"] = fallbacks(modifiers)
     if results["fallbacks"]:
-        kind = "round-to-nearest" if method in QUANTIZATION_METHODS else "magnitude pruning"
+        kind = "round-to-nearest" if METHODS[method].quantizes else "magnitude pruning"
         ctx.message(method, f"{len(results['fallbacks'])} linears saw no calibration token: {kind} used", "warning")
-    if method in QUANTIZATION_METHODS:
-        results["group_sizes"] = group_sizes_used(config, *split_patterns(targets))  # type: ignore[arg-type]
+    if isinstance(config, QuantizationStage):
+        results["group_sizes"] = group_sizes_used(config, *split_patterns(targets))
     return results
 
 
@@ -204,16 +204,15 @@ def slim_model(
     ctx: RunContext,
 ) -> list[dict[str, Any]]:
     """Apply the slimming stages to a linearized in-memory model (see :func:`load_linearized`)."""
-    validate_stages(stages, device)
     routers = router_state(model, family)
     reports: list[dict[str, Any]] = []
-    for config in stages:
-        method = config.method  # type: ignore[attr-defined]
+    for config in validate_stages(stages, device):
+        method = config.method
         ctx.message(method, f"{method}: {config.model_dump_json()}")
         start = time.perf_counter()
         results = _run_stage(model, family, tokenizer, config, calib_ids, device=device, ctx=ctx)
-        if method not in QUANTIZATION_METHODS:
-            results.update(_pruning_report(model, config, family))  # type: ignore[arg-type]
+        if isinstance(config, PruningStage):
+            results.update(_pruning_report(model, config, family))
         results["routers_unchanged"] = router_state(model, family) == routers
         seconds = round(time.perf_counter() - start, 3)
         reports.append({"method": method, "config": config.model_dump(mode="json"), "results": results})
@@ -260,14 +259,13 @@ def run_slimming(
     """
     validate_stages(stages, device)
     source_dtype = read_config(Path(model_dir)).dtype or torch.float32
-    get_adapter(read_config(Path(model_dir))).check_methods([(s.family, s.method) for s in stages])  # type: ignore[attr-defined]
     model, family, tokenizer = load_linearized(Path(model_dir), compute_dtype(dtype, device))
     reports = slim_model(model, family, tokenizer, stages, calib_ids, device=device, ctx=ctx)
     if model.dtype != source_dtype and dtype == "auto":
         # The checkpoint keeps the source's dtype whatever the pass computed in; llm-compressor's
         # offloading keeps its own copies of the weights, so it is removed before the cast.
         remove_dispatch(model).to(source_dtype)
-    quantized = any(r["method"] in QUANTIZATION_METHODS for r in reports)
+    quantized = any(METHODS[r["method"]].quantizes for r in reports)
     ctx.progress("export", 0, 1)
     check = export_slimmed(
         model, family, tokenizer, Path(out_dir), source_dir=Path(model_dir), quantized=quantized, check_ids=calib_ids

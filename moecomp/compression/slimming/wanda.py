@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from moecomp.compression.methods.pruning import WandaConfig
 from moecomp.compression.slimming.magnitude import lowest_mask
 from moecomp.compression.slimming.result import Slimmed
 from moecomp.compression.slimming.statistics import InputStats
@@ -16,7 +17,7 @@ from moecomp.compression.slimming.statistics import InputStats
 
 @torch.no_grad()
 def slim(
-    config: object, weight: torch.Tensor, stats: InputStats, group_size: int | None, scale_dtype: torch.dtype
+    config: WandaConfig, weight: torch.Tensor, stats: InputStats, group_size: int | None, scale_dtype: torch.dtype
 ) -> Slimmed:
     batch = weight.shape[0]
     norms = stats.entry_square_norms(batch)  # [B, in], a copy
@@ -24,6 +25,6 @@ def slim(
     empty = (counts == 0).nonzero().flatten().tolist()
     norms[empty] = 1.0
     score = weight.abs().float() * norms.sqrt()[:, None, :]  # [B, out, in]
-    n, m = config.n_m  # type: ignore[attr-defined]
-    mask = lowest_mask(score, config.target_sparsity, n, m, per_row=True)  # type: ignore[attr-defined]
+    n, m = config.n_m
+    mask = lowest_mask(score, config.target_sparsity, n, m, per_row=True)
     return Slimmed(weight.masked_fill(mask, 0), fallbacks=empty)
