@@ -71,7 +71,7 @@ def run_stage(
     micro_batch: int | None,
 ) -> tuple[Decisions, dict[str, Any]]:
     """All passes of one stage; each round sees the previous rounds' decisions applied."""
-    method = stage.method  # type: ignore[attr-defined]
+    method = stage.method
     trimmer = TRIMMERS[method]
     taken = Decisions()
     round_reports = []
