@@ -92,6 +92,11 @@ class ModuleLayout:
     axis 0 (``weight [E, H]``, DeepSeek's ``e_score_correction_bias [E]``). Any other tensor indexed
     by expert is named in ``expert_indexed`` with its axis (ERNIE's ``moe_statics`` bias ``[1, E]``
     under the router, MiniMax-M2's ``e_score_correction_bias [E]`` on the MoE block).
+
+    Routers return a tuple whose ``router_logits_output``-th item is the logits ``[T, E]`` (most families:
+    ``(logits, top-k weights, top-k indices)``; Llama 4: ``(scores, logits)``). ``moe_output_tuple``: the MoE
+    block returns ``(hidden, router_logits)`` and its decoder layer unpacks it (Llama 4), so a dropped MoE
+    must return a pair too.
     """
 
     layers: str = "model.layers"  # from the *ForCausalLM root
@@ -101,6 +106,8 @@ class ModuleLayout:
     router: str = "mlp.gate"
     experts: str = "mlp.experts"
     expert_tensors: tuple[str, ...] = ("gate_up_proj", "down_proj")
+    router_logits_output: int = 0  # which item of the router's output tuple is the logits [T, E]
+    moe_output_tuple: bool = False  # the MoE block returns (hidden, router_logits)
     router_tensors: tuple[str, ...] = ("weight",)
     expert_indexed: tuple[tuple[str, int], ...] = ()  # (path from the decoder layer, expert axis) of other tensors
     expert_count_attrs: tuple[str, ...] = ("num_experts",)  # set on the router and the experts module
@@ -113,6 +120,7 @@ class ModuleLayout:
     config_dense_prefix_key: str | None = None  # DeepSeek "first_k_dense_replace"
     # ERNIE: (start, end, interval) keys; MoE layers are start <= i <= end with (i + 1) % interval == 0
     config_moe_range_keys: tuple[str, ...] = ()
+    config_moe_layers_key: str | None = None  # explicit list of MoE layers (Llama 4 "moe_layers")
 
     def per_expert_tensors(self) -> dict[str, int]:
         """Path from a decoder layer -> expert axis, for every tensor that has one row (slice) per expert."""
@@ -132,10 +140,18 @@ class ModuleLayout:
 
 
 class DroppedMLP(nn.Module):
-    """Stands in for a removed MoE: contributes exactly zero to the residual stream."""
+    """Stands in for a removed MoE: contributes exactly zero to the residual stream.
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.zeros_like(hidden_states)
+    ``as_pair``: return ``(zeros, None)`` where the decoder layer unpacks the MoE's (hidden, router_logits).
+    """
+
+    def __init__(self, as_pair: bool = False) -> None:
+        super().__init__()
+        self.as_pair = as_pair
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        zeros = torch.zeros_like(hidden_states)
+        return (zeros, None) if self.as_pair else zeros
 
 
 def decoder_layers(model: nn.Module, layout: ModuleLayout) -> nn.ModuleList:
@@ -199,7 +215,7 @@ def _count(experts: nn.Module, layout: ModuleLayout) -> int:
 def drop_moe_sublayer(layer: nn.Module, layout: ModuleLayout) -> None:
     """Make the layer compute exactly h + Attention(Norm(h)): identity norm, zero MLP branch."""
     _set_module(layer, layout.post_attention_norm, nn.Identity())
-    _set_module(layer, layout.mlp, DroppedMLP())
+    _set_module(layer, layout.mlp, DroppedMLP(as_pair=layout.moe_output_tuple))
 
 
 def drop_blocks(model: nn.Module, blocks: list[int], layout: ModuleLayout) -> None:
@@ -236,8 +252,11 @@ def _renumber_config(config: Any, kept: list[int], dense_flags: list[bool], layo
         setattr(config, layout.config_sparse_step_key, 1)  # the explicit list now says it all
     if layout.config_dense_prefix_key:
         setattr(config, layout.config_dense_prefix_key, len(dense))  # dense layers stay a prefix
+    sparse = [i for i, flag in enumerate(dense_flags) if not flag]
+    if layout.config_moe_layers_key:
+        setattr(config, layout.config_moe_layers_key, sparse)
     if layout.config_moe_range_keys:
-        _set_moe_range(config, [i for i, flag in enumerate(dense_flags) if not flag], layout.config_moe_range_keys)
+        _set_moe_range(config, sparse, layout.config_moe_range_keys)
 
 
 def _set_moe_range(config: Any, sparse: list[int], keys: tuple[str, ...]) -> None:

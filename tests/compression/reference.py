@@ -32,16 +32,25 @@ def load_full(model_dir: Path) -> PreTrainedModel:
 def _moe_layers(model: PreTrainedModel) -> dict[int, torch.nn.Module]:
     family = get_adapter(model.config)
     layers = model.get_submodule(family.layout.layers)
-    return {i: layer for i, layer in enumerate(layers) if hasattr(layer.get_submodule("mlp"), "experts")}
+    return {i: layer for i, layer in enumerate(layers) if hasattr(layer.get_submodule(family.layout.mlp), "experts")}
+
+
+def _router_logits(router: torch.nn.Module, args: tuple) -> torch.Tensor:
+    """The router's logits [T, E] computed directly from its input: x W^T (+ b), whatever the router returns."""
+    x = args[0].reshape(-1, args[0].shape[-1])  # [T, H]
+    return F.linear(x.float(), router.weight.float(), getattr(router, "bias", None))
 
 
 @torch.no_grad()
 def router_means(model: PreTrainedModel, ids: torch.Tensor) -> dict[int, list[float]]:
-    """Mean over all tokens of softmax (sigmoid for DeepSeek) of the router logits, per layer (current numbering)."""
+    """Mean over all tokens of softmax (sigmoid for the sigmoid kinds) of the router logits, per layer (current
+    numbering); the logits are computed from the router's input and weight, not read from its output."""
     family = get_adapter(model.config)
     logits: dict[int, list[torch.Tensor]] = {}
     handles = [
-        layer.mlp.gate.register_forward_hook(lambda m, a, out, i=i: logits.setdefault(i, []).append(out[0]))
+        layer.get_submodule(family.layout.router).register_forward_hook(
+            lambda m, a, out, i=i: logits.setdefault(i, []).append(_router_logits(m, a))
+        )
         for i, layer in _moe_layers(model).items()
     ]
     model(ids)
@@ -58,15 +67,21 @@ def router_means(model: PreTrainedModel, ids: torch.Tensor) -> dict[int, list[fl
 @torch.no_grad()
 def layer_similarity(model: PreTrainedModel, ids: torch.Tensor) -> dict[str, dict[int, float]]:
     """Both layer-drop metrics per MoE layer, from hooks on post_attention_layernorm and mlp."""
+    layout = get_adapter(model.config).layout
     seen: dict[int, dict[str, torch.Tensor]] = {}
     handles = []
+
+    def on_moe(i: int, out: object) -> None:
+        y = out[0] if isinstance(out, tuple) else out  # Llama 4: (hidden [T, H], router logits)
+        seen[i]["y"] = y.reshape(seen[i]["x"].shape)
+
     for i, layer in _moe_layers(model).items():
         handles.append(
-            layer.post_attention_layernorm.register_forward_hook(
+            layer.get_submodule(layout.post_attention_norm).register_forward_hook(
                 lambda m, a, out, i=i: seen.setdefault(i, {}).update(x=a[0], n=out)
             )
         )
-        handles.append(layer.mlp.register_forward_hook(lambda m, a, out, i=i: seen[i].update(y=out)))
+        handles.append(layer.get_submodule(layout.mlp).register_forward_hook(lambda m, a, out, i=i: on_moe(i, out)))
     model(ids)
     for h in handles:
         h.remove()

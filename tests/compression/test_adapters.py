@@ -48,6 +48,11 @@ def test_dense_layers_follow_the_config() -> None:
     assert FAMILIES["qwen2_moe"].dense_layers(qwen.config) == {1}
     for model_type in ("deepseek_v3", "deepseek_v2", "glm4_moe", "ernie4_5_moe"):
         assert FAMILIES[model_type].dense_layers(tiny_model(model_type).config) == {0}
+    # Llama 4: the config's moe_layers (from interleave_moe_layer_step, or given)
+    assert FAMILIES["llama4_text"].moe_layers(tiny_config("llama4_text")) == [1, 3]
+    llama4 = tiny_config("llama4_text", num_hidden_layers=6, interleave_moe_layer_step=3)
+    assert FAMILIES["llama4_text"].moe_layers(llama4) == [2, 5]
+    assert FAMILIES["llama4_text"].moe_layers(tiny_config("llama4_text", moe_layers=[0, 2])) == [0, 2]
     # ERNIE: MoE layers are start <= i <= end on the (i + 1) % interval grid
     ernie = tiny_config("ernie4_5_moe", num_hidden_layers=8, moe_layer_end_index=6, moe_layer_interval=2)
     assert FAMILIES["ernie4_5_moe"].moe_layers(ernie) == [1, 3, 5]
@@ -56,7 +61,8 @@ def test_dense_layers_follow_the_config() -> None:
 def test_routing_kinds() -> None:
     sigmoid = {"deepseek_v3", "glm4_moe", "minimax_m2"}  # sigmoid affinities with a correction bias
     assert {name for name, f in FAMILIES.items() if f.routing == "sigmoid"} == sigmoid
-    assert {f.routing for name, f in FAMILIES.items() if name not in sigmoid} == {"softmax"}
+    assert {name for name, f in FAMILIES.items() if f.routing == "top1_sigmoid"} == {"llama4_text"}
+    assert {f.routing for name, f in FAMILIES.items() if name not in sigmoid | {"llama4_text"}} == {"softmax"}
 
 
 def test_unsupported_model_is_refused_with_the_supported_list() -> None:
@@ -86,8 +92,15 @@ def test_gate_weights_are_the_routing_kinds_affinity_of_the_chosen_experts(model
     layer.get_submodule(family.layout.router).register_forward_hook(lambda m, a, out: seen.update(out=out))
     with torch.no_grad():
         layer.get_submodule(family.layout.mlp)(torch.randn(1, 32, 64, generator=torch.Generator().manual_seed(0)))
-    logits, weights, index = seen["out"]  # [T, E], [T, k], [T, k]
-    z = logits.float()
+    out = seen["out"]
+    z = out[family.layout.router_logits_output].float()  # [T, E]
+    if len(out) == 3:  # (logits, top-k weights [T, k], top-k indices [T, k])
+        weights, index = out[1].float(), out[2]
+    else:  # Llama 4: (scores [T, E], zero off the chosen experts, logits)
+        index = out[0].float().topk(family.top_k(model.config), dim=-1).indices
+        weights = out[0].float().gather(1, index)
     affinity = (z.softmax(-1) if family.routing == "softmax" else z.sigmoid()).gather(1, index)  # [T, k]
-    ratio = weights.float() / affinity
+    ratio = weights / affinity
     torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
+    if family.routing == "top1_sigmoid":  # no normalisation at all: the weight is the affinity itself
+        torch.testing.assert_close(ratio, torch.ones_like(ratio))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from moecomp.compression.adapters import get_adapter
+from moecomp.compression.adapters import RefusedMethod, get_adapter
 from moecomp.compression.context import RunContext
 from moecomp.compression.methods.block_drop import BlockDropConfig
 from moecomp.compression.methods.layer_drop import LayerDropConfig
@@ -25,7 +25,7 @@ from moecomp.compression.slimming.run import run_streamed
 from moecomp.compression.slimming.verify import LAYER_TOLERANCE
 from moecomp.compression.structure import Decisions
 from tests.compression.dense_view import dequantized_view
-from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
+from tests.compression.tiny_moe import SLIMMING_FAMILIES, SLIMMING_REFUSED, tiny_model
 
 STAGES = {
     "rtn": RTNConfig(),
@@ -42,10 +42,10 @@ QUANTIZATION = ("rtn", "gptq", "awq")
 def sources(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")
     tokenizer = AutoTokenizer.from_pretrained(tiny_mixtral_dir)
-    for model_type in FAMILY_CONFIGS:
+    for model_type in SLIMMING_FAMILIES:
         tiny_model(model_type).save_pretrained(root / model_type)
         tokenizer.save_pretrained(root / model_type)
-    return {model_type: root / model_type for model_type in FAMILY_CONFIGS}
+    return {model_type: root / model_type for model_type in SLIMMING_FAMILIES}
 
 
 def _router_times_norm(model_dir: Path, layer: int) -> torch.Tensor:
@@ -59,7 +59,7 @@ def _router_times_norm(model_dir: Path, layer: int) -> torch.Tensor:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", STAGES)
-@pytest.mark.parametrize("model_type", FAMILY_CONFIGS)
+@pytest.mark.parametrize("model_type", SLIMMING_FAMILIES)
 def test_every_slimming_stage_on_every_family(sources: dict[str, Path], tmp_path: Path, model_type: str, method: str):
     """Every stage through the streamed pass (the default backend)."""
     source = sources[model_type]
@@ -90,6 +90,32 @@ def test_every_slimming_stage_on_every_family(sources: dict[str, Path], tmp_path
     if method == "awq":
         for layer in moe_layers:
             torch.testing.assert_close(_router_times_norm(tmp_path, layer), _router_times_norm(source, layer))
+
+
+@pytest.mark.parametrize("model_type", SLIMMING_REFUSED)
+def test_families_that_refuse_slimming_say_why_before_any_work(
+    tmp_path: Path, tiny_mixtral_dir: Path, model_type: str
+) -> None:
+    """compress() and the slimming passes refuse every slimming stage at once, with the adapter's reason; no
+    output folder is left; the same family's trimming still runs."""
+    source = tmp_path / "source"
+    tiny_model(model_type, vocab_size=8192).save_pretrained(source)  # the tokenizer's vocabulary
+    AutoTokenizer.from_pretrained(tiny_mixtral_dir).save_pretrained(source)
+    reason = dict(get_adapter(AutoConfig.from_pretrained(source)).refused)["slimming"]
+    calibration = CalibrationSpec(samples=2, seq_len=16, seed=0)
+    for method, stage in STAGES.items():
+        recipe = Recipe(stages=[LayerDropConfig(drop=1), stage], calibration=calibration)
+        with pytest.raises(RefusedMethod, match=f"{method} is not supported on {model_type}: ") as refused:
+            compress(source, recipe, tmp_path / "out", device="cpu")
+        assert reason in str(refused.value) and not (tmp_path / "out").exists()
+        with pytest.raises(RefusedMethod):
+            run_streamed(
+                source, [stage], torch.zeros(1, 8, dtype=torch.long), tmp_path / "streamed", prior=Decisions(),
+                device="cpu", dtype=torch.float32, save_dtype=torch.float32, ctx=RunContext(),
+            )  # fmt: skip
+        assert not (tmp_path / "streamed").exists()
+    recipe = Recipe(stages=[LayerDropConfig(drop=1)], calibration=calibration)
+    assert compress(source, recipe, tmp_path / "trimmed", device="cpu")["stages"][0]["method"] == "layer_drop"
 
 
 @pytest.mark.slow

@@ -49,7 +49,9 @@ def _router_logits(model, layer_idx: int, family, x: torch.Tensor) -> torch.Tens
     """The router's logits [T, E] as the MoE block calls it (MiniMax-M2's router takes the block's bias)."""
     layer = model.get_submodule(family.layout.layers)[layer_idx]
     seen = {}
-    handle = layer.get_submodule(family.layout.router).register_forward_hook(lambda m, a, out: seen.update(z=out[0]))
+    handle = layer.get_submodule(family.layout.router).register_forward_hook(
+        lambda m, a, out: seen.update(z=out[family.layout.router_logits_output])
+    )
     layer.get_submodule(family.layout.mlp)(x.unsqueeze(0))  # [1, T, H]
     handle.remove()
     return seen["z"]
@@ -180,7 +182,37 @@ def test_block_drop_that_no_moe_range_can_express_is_refused() -> None:
     assert (ernie.config.moe_layer_start_index, ernie.config.moe_layer_interval) == (1, 2)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v3", "ernie4_5_moe", "minimax_m2"])
+def test_block_drop_keeps_llama4_per_layer_lists_consistent() -> None:
+    """Llama 4: moe_layers, no_rope_layers and layer_types follow the kept blocks, so the stock model built from
+    the trimmed config is the trimmed model (same tensors, same logits; NoPE layers have no qk_norm)."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama4_text")  # MoE 1, 3; NoPE/full attention 1, 3; chunked rope 0, 2
+    apply_decisions(model, Decisions(dropped_blocks=[0]), get_adapter(model.config).layout)
+    config = model.config
+    assert config.num_hidden_layers == 3 and config.moe_layers == [0, 2]
+    assert config.no_rope_layers == [0, 1, 0]
+    assert config.layer_types == ["full_attention", "chunked_attention", "full_attention"]
+    stock = AutoModelForCausalLM.from_config(copy.deepcopy(config)).eval()
+    stock.load_state_dict(model.state_dict(), strict=True)
+    ids = torch.randint(0, 128, (2, 20), generator=torch.Generator().manual_seed(0))  # > attention_chunk_size
+    with torch.no_grad():
+        torch.testing.assert_close(stock(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_a_dropped_moe_that_returned_a_pair_still_returns_one() -> None:
+    """Llama 4's decoder layer unpacks (hidden, router_logits) from its MoE: the dropped MoE adds exactly 0."""
+    model = tiny_model("llama4_text")
+    layer = model.model.layers[1]
+    h = torch.randn(2, 5, 64)
+    kwargs = {"position_embeddings": model.model.rotary_emb(h, torch.arange(5)[None]), "attention_mask": None}
+    attention_only = h + layer.self_attn(layer.input_layernorm(h), **kwargs)[0]
+    apply_decisions(model, Decisions(dropped_layers=[1]), get_adapter(model.config).layout)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(h, **kwargs), attention_only, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "deepseek_v3", "ernie4_5_moe", "minimax_m2", "llama4_text"])
 def test_trimmed_config_plus_renumbered_decisions_rebuild_the_same_shapes(model_type: str) -> None:
     """What remote code does: build from the trimmed config on meta, apply the renumbered decisions."""
     from transformers import AutoModelForCausalLM

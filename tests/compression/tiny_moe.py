@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from moecomp.compression.adapters import FAMILIES
+
 COMMON = dict(
     vocab_size=128,
     hidden_size=64,
@@ -102,7 +104,23 @@ FAMILY_CONFIGS: dict[str, dict] = {
         moe_num_shared_experts=1,
         moe_layer_start_index=1,
     ),
+    "llama4_text": dict(
+        num_hidden_layers=4,
+        intermediate_size=32,
+        intermediate_size_mlp=48,
+        num_local_experts=6,
+        num_experts_per_tok=1,
+        interleave_moe_layer_step=2,  # MoE layers 1 and 3
+        no_rope_layer_interval=2,  # NoPE (full attention) layers 1 and 3, chunked rope layers 0 and 2
+        attention_chunk_size=8,
+        floor_scale=4,  # NoPE attention temperature tuning within these short sequences
+        head_dim=16,
+    ),
 }
+
+# the families whose adapters refuse slimming up front (their refusal is tested in test_slimming_families.py)
+SLIMMING_REFUSED = sorted(t for t in FAMILY_CONFIGS if "slimming" in dict(FAMILIES[t].refused))
+SLIMMING_FAMILIES = [t for t in FAMILY_CONFIGS if t not in SLIMMING_REFUSED]
 
 
 def tiny_config(model_type: str, **overrides: object) -> PretrainedConfig:

@@ -9,13 +9,14 @@ from moecomp.compression.adapters import (
     deepseek_v3,
     ernie4_5_moe,
     glm4_moe,
+    llama4,
     minimax_m2,
     mixtral,
     olmoe,
     qwen2_moe,
     qwen3_moe,
 )
-from moecomp.compression.adapters.family import DiskLayout, MoEFamily
+from moecomp.compression.adapters.family import DiskLayout, MoEFamily, RefusedMethod
 
 FAMILIES: dict[str, MoEFamily] = {
     module.FAMILY.model_type: module.FAMILY
@@ -29,6 +30,7 @@ FAMILIES: dict[str, MoEFamily] = {
         glm4_moe,
         minimax_m2,
         ernie4_5_moe,
+        llama4,
     )
 }
 
@@ -47,4 +49,4 @@ def get_adapter(config: Any) -> MoEFamily:
     return family
 
 
-__all__ = ["FAMILIES", "DiskLayout", "MoEFamily", "UnsupportedModel", "get_adapter"]
+__all__ = ["FAMILIES", "DiskLayout", "MoEFamily", "RefusedMethod", "UnsupportedModel", "get_adapter"]

@@ -6,7 +6,7 @@ Family names never appear in ``if``s elsewhere: code asks a :class:`MoEFamily` (
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,11 +53,22 @@ def moe_range_dense_layers(config: Any) -> frozenset[int]:
     return frozenset(set(range(config.num_hidden_layers)) - moe)
 
 
+def listed_moe_dense_layers(config: Any) -> frozenset[int]:
+    """Llama 4: every layer not in ``moe_layers`` (the config derives it from ``interleave_moe_layer_step``)."""
+    return frozenset(set(range(config.num_hidden_layers)) - set(config.moe_layers))
+
+
+class RefusedMethod(ValueError):
+    """A method the family cannot run (or its checkpoint cannot express), refused before any work."""
+
+
 @dataclass(frozen=True)
 class MoEFamily:
     model_type: str
     top_k_key: str  # config key of the experts each token is routed to
-    routing: Literal["softmax", "sigmoid"]
+    # what the router weighs the chosen experts by (expert_drop's docstring): softmax over all experts, sigmoid
+    # affinities renormalised over the chosen ones, or the chosen experts' own sigmoid (Llama 4, top-1)
+    routing: Literal["softmax", "sigmoid", "top1_sigmoid"]
     shared_experts: tuple[str, ...]  # module paths under the MoE block: always kept
     dense_layers: Callable[[Any], frozenset[int]]  # layers whose MLP is dense (never trimmed as MoE)
     layout: ModuleLayout
@@ -67,12 +78,22 @@ class MoEFamily:
     rotary_emb: str = "model.rotary_emb"
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
+    # (method name or stage family, reason): what this family refuses up front, e.g. ("slimming", "...")
+    refused: tuple[tuple[str, str], ...] = ()
 
     def num_experts(self, config: Any) -> int:
         return int(getattr(config, self.layout.num_experts_key))
 
     def top_k(self, config: Any) -> int:
         return int(getattr(config, self.top_k_key))
+
+    def check_methods(self, stages: Sequence[Any]) -> None:
+        """Refuse recipe stages (their ``method`` or stage ``family``) this family cannot run, with the reason."""
+        reasons = dict(self.refused)
+        for stage in stages:
+            reason = reasons.get(stage.method) or reasons.get(stage.family)
+            if reason:
+                raise RefusedMethod(f"{stage.method} is not supported on {self.model_type}: {reason}")
 
     def moe_layers(self, config: Any) -> list[int]:
         """Original indices of the layers with routed experts."""

@@ -16,6 +16,12 @@ The affinity follows what each family's router normalises (``MoEFamily.routing``
   distribution the model never computes. (The correction bias only steers selection for load balance
   and is not part of the gate weight.)
 
+- "top1_sigmoid" (Llama 4): score[l, e] = mean over t of sigmoid(router_l(x_t))[e], as for "sigmoid", but
+  the router does not normalise at all: the chosen expert's (top-1; top-k alike) gate weight is its own
+  sigmoid(w_e . x), which scales the expert's input, and the other experts get sigmoid(-inf) = 0. So s_e is
+  exactly the weight the model would give expert e were it chosen; the router's first output (the scattered
+  top-k scores) is not the affinity, its second (``ModuleLayout.router_logits_output``) is the logits.
+
 tests/compression/test_adapters.py checks each family's kind against its stock router (the gate weights are
 the kind's affinities of the chosen experts up to one factor per token).
 
@@ -57,7 +63,7 @@ class ExpertDropConfig(StageConfig):
 def score(logits: torch.Tensor, routing: str) -> torch.Tensor:
     """Sum over tokens of the router affinity: [T, E] logits -> [E] (float32)."""
     logits = logits.float()
-    probs = logits.softmax(dim=-1) if routing == "softmax" else logits.sigmoid()  # [T, E]
+    probs = logits.softmax(dim=-1) if routing == "softmax" else logits.sigmoid()  # [T, E]; both sigmoid kinds
     return probs.sum(dim=0)
 
 
@@ -77,7 +83,8 @@ class ExpertScores(Observer):
         router = layer.get_submodule(info.family.layout.router)
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            logits = output[0] if isinstance(output, tuple) else output  # [T, E]
+            logits = output[info.family.layout.router_logits_output] if isinstance(output, tuple) else output
+            logits = logits.reshape(-1, logits.shape[-1])  # [T, E]
             total = score(logits, info.family.routing).double()
             self.sums[info.index] = self.sums.get(info.index, 0) + total
             self.tokens[info.index] = self.tokens.get(info.index, 0) + logits.shape[0]

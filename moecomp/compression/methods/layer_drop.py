@@ -61,6 +61,7 @@ class LayerSimilarity(Observer):
 
         def on_moe(module: nn.Module, args: Any, output: Any) -> None:
             y = output[0] if isinstance(output, tuple) else output
+            y = y.reshape(seen["x"].shape)  # Llama 4's MoE returns its tokens flattened, [T, H]
             for metric, value in score(seen["x"], seen["normed"], y).items():
                 self.sums[metric][info.index] = self.sums[metric].get(info.index, 0.0) + value.double()
             self.tokens[info.index] = self.tokens.get(info.index, 0) + y.shape[:-1].numel()

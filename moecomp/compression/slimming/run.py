@@ -89,6 +89,7 @@ def run_streamed(
     if any(isinstance(stage, FP8Config) for stage in stages):
         require_fp8(device)  # before any work: an FP8 checkpoint is for FP8 hardware
     source = SafetensorsSource(model_dir)
+    source.family.check_methods(stages)
     n_layers = source.config.num_hidden_layers
     new_index = {old: new for new, old in enumerate(prior.kept_blocks(n_layers))}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from moecomp.compression.slimming import awq
 from moecomp.compression.slimming.groups import WeightGroup
 from moecomp.compression.slimming.statistics import InputStats
 from moecomp.compression.structure import decoder_layers, is_moe_layer
-from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
+from tests.compression.tiny_moe import SLIMMING_FAMILIES, tiny_model
 
 
 def test_grid_is_llm_compressors() -> None:
@@ -74,7 +74,7 @@ def test_scales_follow_llm_compressors_formula() -> None:
 
 
 @pytest.mark.parametrize("preserve_routing", [True, False])
-@pytest.mark.parametrize("model_type", FAMILY_CONFIGS)
+@pytest.mark.parametrize("model_type", SLIMMING_FAMILIES)
 @torch.no_grad()
 def test_applying_any_scales_leaves_the_model_computing_the_same(model_type: str, preserve_routing: bool) -> None:
     """Every pair of every layer, each with random s: divided out of the smoothed module, multiplied into its
