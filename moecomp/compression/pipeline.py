@@ -37,6 +37,7 @@ from moecomp.compression.export import export_trimmed
 from moecomp.compression.lazy_checkpoint import checkpoint_structure, read_config
 from moecomp.compression.manifest import build_manifest, sha256_file, update_manifest, write_manifest
 from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.model_card import write_model_card
 from moecomp.compression.recipe import Recipe
 from moecomp.compression.sources import resolve_model
 from moecomp.compression.structure import Decisions
@@ -295,6 +296,7 @@ def _compress(
     timings["total"] = round(time.perf_counter() - started, 3)
     # The last pass wrote the manifest before its own reports and times existed: complete them.
     manifest = update_manifest(out_dir, stages=reports, timings=timings)
+    write_model_card(out_dir, manifest)
     ctx.metrics("compress", {"seconds": timings["total"], "loading": manifest["output"]["loading"]})
     return manifest
 

@@ -16,6 +16,7 @@ from moecomp.compression.evaluation.gate import check_gate
 from moecomp.compression.evaluation.report import write_report
 from moecomp.compression.evaluation.run import evaluate
 from moecomp.compression.evaluation.spec import EvaluationSpec
+from moecomp.compression.model_card import write_model_card
 from moecomp.compression.pipeline import compress
 from moecomp.compression.planning import check, plan
 from moecomp.compression.recipe import Recipe
@@ -23,7 +24,6 @@ from moecomp.compression.sources import remote_code_config, resolve_model
 from moecomp.persistence.models import Job, Upload
 from moecomp.settings import Settings
 from moecomp.worker.errors import JobError
-from moecomp.worker.model_card import write_model_card
 from moecomp.worker.reporter import JobReporter
 
 
@@ -109,7 +109,8 @@ def run_body(inp: JobInput, workdir: Path, reporter: JobReporter, device: str, c
         ctx.check_cancelled()
         reporter.begin_phase(compress_end, 0.9, 1)  # evaluate() reports one stage, step by step
         _evaluate(inp, out, workdir, reporter, device, cache_dir)
-    write_model_card(checkpoint, inp.model, inp.revision, inp.recipe, out.report)
+    if out.report is not None:  # compress() wrote the card; now with the evaluation's figures
+        write_model_card(checkpoint, manifest, out.report)
     return out
 
 

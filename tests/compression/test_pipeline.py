@@ -195,3 +195,20 @@ def test_slimming_after_a_remote_code_trim_is_refused_clearly(tiny_mixtral_dir, 
     with pytest.raises(ValueError, match="not supported yet; put the slimming stages first"):
         compress(tiny_mixtral_dir, recipe, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_compress_writes_the_model_card_of_its_manifest(compressed, fixture):
+    """The library writes the card (the CLI and the service leave the same one), shapes read by the family's
+    adapter: after global expert drop to 6 and a layer drop, the trimmed checkpoint's own figures."""
+    done, _ = compressed
+    manifest, out, _, _ = done[f"{fixture}-layer_drop2_then_expert_drop6"]
+    card = (out / "README.md").read_text()
+    assert card.startswith(f"# Compressed {manifest['source']['model'].rsplit('/', 1)[-1]}")
+    assert f"Made by moecomp from `{manifest['source']['model']}`." in card
+    for stage in manifest["recipe"]["stages"]:
+        assert f"- `{json.dumps(stage)}`" in card
+    top_k = json.loads((out / "config.json").read_text())["num_experts_per_tok"]  # both fixtures' key
+    assert "| routed experts per MoE layer | 6 |" in card and f"| experts per token | {top_k} |" in card
+    assert "No evaluation was run." in card
+    assert "README.md" not in manifest["files"]  # a summary of the manifest, written after it

@@ -66,7 +66,8 @@ def test_empty_recipe_runs_for_real_and_records_verified_artifacts(settings, db,
     assert {"checkpoint", "manifest", "model_card", "report", "report_html", "log"} <= set(kinds)
     for artifact in kinds.values():
         assert served_size_and_sha256(settings.artifacts_dir / artifact.relpath) == (artifact.bytes, artifact.sha256)
-    assert "num_local_experts" in (settings.artifacts_dir / kinds["model_card"].relpath).read_text()
+    card = (settings.artifacts_dir / kinds["model_card"].relpath).read_text()
+    assert "| routed experts per MoE layer | 8 |" in card and "No evaluation was run." not in card
     with db.session() as s:
         kinds_seen = {e.kind for e in s.query(JobEvent).filter_by(job_id=job_id)}
     assert {"message", "progress"} <= kinds_seen
