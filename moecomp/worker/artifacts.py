@@ -142,14 +142,6 @@ def move_folder(src: Path, dest: Path) -> Path:
     return dest
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def attempt_dir(artifacts_dir: Path, job_id: str, attempt: int) -> Path:
     return artifacts_dir / job_id / str(attempt)
 

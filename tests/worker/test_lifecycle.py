@@ -11,9 +11,9 @@ from pathlib import Path
 
 from sqlalchemy import update
 
+from moecomp.compression.manifest import sha256_file
 from moecomp.persistence.models import Artifact, Job, JobEvent, JobStatus
 from moecomp.worker import tar_stream
-from moecomp.worker.artifacts import sha256_file
 from moecomp.worker.lifecycle import run_job_once
 from moecomp.worker.runner import JobInput, JobOutput
 from tests.worker.helpers import get_job
