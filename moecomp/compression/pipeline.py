@@ -331,7 +331,7 @@ def run_passes(
 def refuse_methods(model_dir: Path, stages: list[StageConfig]) -> None:
     """Refuse, before any work, a stage the model's family cannot run (the family's ``refused`` reasons)."""
     family = get_adapter(read_config(model_dir))
-    family.check_methods([(s.family, s.method) for s in stages])  # type: ignore[attr-defined]
+    family.check_methods(stages)
 
 
 def _pass_timing(family: str, stages: list[StageConfig], seconds: float, device: str) -> dict[str, Any]:
