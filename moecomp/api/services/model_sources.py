@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from moecomp.api.errors import Invalid
 from moecomp.api.schemas import HubSource, LocalSource, UploadSource
 from moecomp.compression.adapters import UnsupportedModel, get_adapter
+from moecomp.compression.methods.base import ModelShape, ShapeError
 from moecomp.compression.recipe import Recipe
 from moecomp.compression.sources import config_dict, remote_code_config
 from moecomp.persistence.models import Team
@@ -114,17 +115,7 @@ def resolve_source(
     return ResolvedSource(source.model_dump(), source.id, None)
 
 
-@dataclass
-class _Shape:
-    """What the stages so far leave of the model: upper bounds where a stage's choice is not known yet."""
-
-    experts: int
-    top_k: int
-    moe_layers: int
-    blocks: int
-
-
-def _shape(config: dict[str, Any]) -> _Shape | None:
+def _shape(config: dict[str, Any]) -> ModelShape | None:
     """The model's shape from its config through the family table; None where the config lacks a key."""
     namespace = SimpleNamespace(**config)
     try:
@@ -132,7 +123,7 @@ def _shape(config: dict[str, Any]) -> _Shape | None:
     except UnsupportedModel as exc:
         raise Invalid(LOC, str(exc), config.get("model_type")) from None
     try:
-        return _Shape(
+        return ModelShape(
             family.num_experts(namespace),
             family.top_k(namespace),
             len(family.moe_layers(namespace)),
@@ -140,33 +131,6 @@ def _shape(config: dict[str, Any]) -> _Shape | None:
         )
     except (AttributeError, TypeError, ValueError):  # an odd config: the worker reports what is wrong
         return None
-
-
-def _check_stage(stage: Any, shape: _Shape, loc: tuple[str | int, ...]) -> None:
-    """The engine's own bounds (methods/*.select), checked before any work is queued."""
-    method = getattr(stage, "method", "")
-    if method == "expert_drop":
-        if not shape.top_k <= stage.keep < shape.experts:
-            raise Invalid(
-                (*loc, "keep"),
-                f"keep={stage.keep} must be at least the router's top-k ({shape.top_k}) "
-                f"and below the experts per MoE layer ({shape.experts})",
-                stage.keep,
-            )
-        shape.experts = stage.keep
-    elif method == "layer_drop":
-        if stage.drop >= shape.moe_layers:
-            raise Invalid(
-                (*loc, "drop"), f"drop={stage.drop} must be below the MoE layers ({shape.moe_layers})", stage.drop
-            )
-        shape.moe_layers -= stage.drop
-    elif method == "block_drop":
-        if stage.drop >= shape.blocks:
-            raise Invalid(
-                (*loc, "drop"), f"drop={stage.drop} must be below the decoder blocks ({shape.blocks})", stage.drop
-            )
-        shape.blocks -= stage.drop
-        shape.moe_layers = min(shape.moe_layers, shape.blocks)  # the dropped blocks may all have been dense
 
 
 def check_recipe_fits(recipe: Recipe, config: dict[str, Any]) -> None:
@@ -177,4 +141,7 @@ def check_recipe_fits(recipe: Recipe, config: dict[str, Any]) -> None:
     if shape is None:
         return
     for i, stage in enumerate(recipe.stages):
-        _check_stage(stage, shape, ("body", "recipe", "stages", i))
+        try:
+            stage.check(shape)  # each stage's own bounds (methods/*.py), walked in order
+        except ShapeError as exc:
+            raise Invalid(("body", "recipe", "stages", i, exc.field), str(exc), exc.value) from None

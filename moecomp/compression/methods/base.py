@@ -1,8 +1,27 @@
 """What every recipe stage config shares."""
 
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+
+@dataclass
+class ModelShape:
+    """What the stages so far leave of a model: upper bounds where a stage's choice is not known yet."""
+
+    experts: int  # routed experts per MoE layer
+    top_k: int
+    moe_layers: int
+    blocks: int  # decoder blocks
+
+
+class ShapeError(ValueError):
+    """A stage asks for more than the model has: ``field`` of the stage, its ``value``, and why."""
+
+    def __init__(self, field: str, value: Any, message: str) -> None:
+        super().__init__(message)
+        self.field, self.value = field, value
 
 
 class StageConfig(BaseModel):
@@ -13,6 +32,10 @@ class StageConfig(BaseModel):
 
     family: ClassVar[str]  # "trimming" or "slimming"
     method: str
+
+    def check(self, shape: ModelShape) -> None:
+        """Refuse (ShapeError) what this stage asks beyond ``shape``, before any work, and leave in ``shape``
+        what the model is after it. The engine's own bounds (each method's select) say the same at run time."""
 
 
 # Upper bounds on the counts a request sets, far above any MoE model's shape, so that no request carries an

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from moecomp.compression.methods.base import MAX_BLOCKS, StageConfig
+from moecomp.compression.methods.base import MAX_BLOCKS, ModelShape, ShapeError, StageConfig
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
 from moecomp.compression.structure import Decisions
 
@@ -36,6 +36,12 @@ class BlockDropConfig(StageConfig):
         if self.iterative and self.mode == "consecutive":
             raise ValueError("block_drop.iterative is only defined for mode 'discrete'")
         return self
+
+    def check(self, shape: ModelShape) -> None:
+        if self.drop >= shape.blocks:
+            raise ShapeError("drop", self.drop, f"drop={self.drop} must be below the decoder blocks ({shape.blocks})")
+        shape.blocks -= self.drop
+        shape.moe_layers = min(shape.moe_layers, shape.blocks)  # the dropped blocks may all have been dense
 
 
 def score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

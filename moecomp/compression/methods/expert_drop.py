@@ -41,7 +41,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from moecomp.compression.methods.base import MAX_EXPERTS, StageConfig
+from moecomp.compression.methods.base import MAX_EXPERTS, ModelShape, ShapeError, StageConfig
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
 from moecomp.compression.structure import Decisions
 
@@ -58,6 +58,15 @@ class ExpertDropConfig(StageConfig):
         if self.iterative and self.mode == "global":
             raise ValueError("expert_drop.iterative needs mode 'layerwise' (a global budget needs every score first)")
         return self
+
+    def check(self, shape: ModelShape) -> None:
+        if not shape.top_k <= self.keep < shape.experts:
+            message = (
+                f"keep={self.keep} must be at least the router's top-k ({shape.top_k}) "
+                f"and below the experts per MoE layer ({shape.experts})"
+            )
+            raise ShapeError("keep", self.keep, message)
+        shape.experts = self.keep
 
 
 def score(logits: torch.Tensor, routing: str) -> torch.Tensor:

@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from moecomp.compression.methods.base import MAX_BLOCKS, StageConfig
+from moecomp.compression.methods.base import MAX_BLOCKS, ModelShape, ShapeError, StageConfig
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
 from moecomp.compression.structure import Decisions
 
@@ -31,6 +31,11 @@ class LayerDropConfig(StageConfig):
     drop: int = Field(8, ge=1, le=MAX_BLOCKS, description="Number of MoE sub-layers to remove.")
     metric: Literal["residual", "moe_only"] = "residual"
     iterative: bool = Field(False, description="Re-score after each drop instead of one pass.")
+
+    def check(self, shape: ModelShape) -> None:
+        if self.drop >= shape.moe_layers:
+            raise ShapeError("drop", self.drop, f"drop={self.drop} must be below the MoE layers ({shape.moe_layers})")
+        shape.moe_layers -= self.drop
 
 
 def score(x: torch.Tensor, normed: torch.Tensor, moe_out: torch.Tensor) -> dict[str, torch.Tensor]:

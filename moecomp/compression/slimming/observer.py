@@ -138,6 +138,7 @@ class SlimmingObserver(Observer):
         widths = {g.name: g.get(layer).shape[-1] for g in groups}
         sizes = {g.name: group_size_for(stage, g, widths) if method.quantizes else None for g in groups}
         if method.smooths:
+            assert isinstance(self.stats, awq.AWQStats)  # attach() gathered AWQ's statistics for this stage
             errors = awq.smooth(layer, info.family, stage, info.is_moe, self.stats, sizes, self.dtype)
             for name, (initial, best) in errors.items():
                 total = record.smoothing.setdefault(name, [0.0, 0.0])
