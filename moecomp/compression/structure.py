@@ -101,7 +101,12 @@ class ModuleLayout:
 
     layers: str = "model.layers"  # from the *ForCausalLM root
     attention: str = "self_attn"  # the rest relative to a decoder layer
+    # other token mixers a layer may hold instead of ``attention`` (Qwen3-Next's gated-DeltaNet "linear_attn",
+    # as its config's layer_types says); block drop renumbers whichever the layer has
+    token_mixers: tuple[str, ...] = ()
+    layer_indexed: tuple[str, ...] = ()  # other modules whose layer_idx follows block drop (DeepSeek-V3.2's indexer)
     post_attention_norm: str = "post_attention_layernorm"
+    norm_weight_offset: float = 0.0  # the decoder norms scale by (offset + weight): 1.0 for Qwen3-Next's (1 + w)
     mlp: str = "mlp"
     router: str = "mlp.gate"
     experts: str = "mlp.experts"
@@ -225,13 +230,21 @@ def drop_blocks(model: nn.Module, blocks: list[int], layout: ModuleLayout) -> No
     kept = [i for i in range(len(layers)) if i not in dropped]
     remaining = [layers[i] for i in kept]
     for new_idx, layer in enumerate(remaining):
-        attention: Any = layer.get_submodule(layout.attention)
-        if hasattr(attention, "layer_idx"):
-            attention.layer_idx = new_idx  # the KV cache is indexed by position in the stack
+        for path in (layout.attention, *layout.token_mixers, *layout.layer_indexed):
+            mixer: Any = _submodule_or_none(layer, path)
+            if hasattr(mixer, "layer_idx"):
+                mixer.layer_idx = new_idx  # the KV (or recurrent) cache is indexed by position in the stack
     _set_module(model, layout.layers, nn.ModuleList(remaining))
     config = getattr(model, "config", None)
     if config is not None:
         _renumber_config(config, kept, [_is_dense(layer, layout) for layer in remaining], layout)
+
+
+def _submodule_or_none(root: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def _is_dense(layer: nn.Module, layout: ModuleLayout) -> bool:

@@ -37,7 +37,9 @@ def test_adapter_finds_the_parts(model_type: str) -> None:
             assert getattr(router, name).shape[0] == n_experts
         for path in family.shared_experts:
             assert layer.get_submodule(layout.mlp).get_submodule(path) is not None
-        layer.get_submodule(layout.attention)
+        mixers = [p for p in (layout.attention, *layout.token_mixers) if hasattr(layer, p.split(".")[0])]
+        assert len(mixers) == 1  # full attention, or (hybrid families) the layer type's other mixer
+        layer.get_submodule(mixers[0])
         layer.get_submodule(layout.post_attention_norm)
     for path in (family.embed_tokens, family.rotary_emb, family.final_norm, family.lm_head, family.base_model):
         model.get_submodule(path)

@@ -49,12 +49,13 @@ def sources(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: Path) ->
 
 
 def _router_times_norm(model_dir: Path, layer: int) -> torch.Tensor:
-    """W_router * g_norm: the router's logits are (W * g) @ x_hat, so AWQ's fold must leave this product alone."""
+    """W_router * g_norm: the router's logits are (W * g) @ x_hat, so AWQ's fold must leave this product alone
+    (g = offset + weight where the norm scales by 1 + weight, as Qwen3-Next's)."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     layout = get_adapter(model.config).layout
     block = model.get_submodule(layout.layers)[layer]
     router = block.get_submodule(layout.router).weight
-    return router.float() * block.get_submodule(layout.post_attention_norm).weight.float()
+    return router.float() * (layout.norm_weight_offset + block.get_submodule(layout.post_attention_norm).weight.float())
 
 
 @pytest.mark.slow

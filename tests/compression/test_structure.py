@@ -124,21 +124,23 @@ def test_dropped_moe_sublayer_computes_h_plus_attention(model_type: str) -> None
     assert isinstance(layer.get_submodule(family.layout.mlp), DroppedMLP)
     assert not any(True for _ in layer.get_submodule(family.layout.post_attention_norm).parameters())
 
-    captured = {}
-    handle = layer.register_forward_pre_hook(lambda m, a, k: captured.update(h=a[0], kw=k), with_kwargs=True)
-    hook_out = layer.register_forward_hook(lambda m, a, out: captured.update(out=out))
-    model(torch.randint(0, 128, (2, 9)))
-    handle.remove()
-    hook_out.remove()
-    h, kw = captured["h"], captured["kw"]
-    attn, _ = layer.self_attn(
-        hidden_states=layer.input_layernorm(h),
-        position_embeddings=kw["position_embeddings"],
-        attention_mask=kw.get("attention_mask"),
-        position_ids=kw.get("position_ids"),
+    # the layer's token mixer: attention, or (hybrid families) the mixer its layer type has
+    mixer = next(
+        layer.get_submodule(p) for p in (family.layout.attention, *family.layout.token_mixers) if hasattr(layer, p)
     )
+    captured = {}
+    handles = [
+        layer.register_forward_pre_hook(
+            lambda m, a, k: captured.update(h=a[0] if a else k["hidden_states"]), with_kwargs=True
+        ),
+        layer.register_forward_hook(lambda m, a, out: captured.update(out=out)),
+        mixer.register_forward_hook(lambda m, a, out: captured.update(mixed=out[0] if isinstance(out, tuple) else out)),
+    ]
+    model(torch.randint(0, 128, (2, 9)))
+    for handle in handles:
+        handle.remove()
     out = captured["out"][0] if isinstance(captured["out"], tuple) else captured["out"]
-    torch.testing.assert_close(out, h + attn, rtol=0, atol=0)
+    torch.testing.assert_close(out, captured["h"] + captured["mixed"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
@@ -147,12 +149,15 @@ def test_dropped_blocks_renumber_attention_and_config(model_type: str) -> None:
     family = get_adapter(model.config)
     n = model.config.num_hidden_layers
     original = [model.model.layers[i] for i in range(n)]
+    original_types = getattr(model.config, "layer_types", None)
     apply_decisions(model, Decisions(dropped_blocks=[1]), family.layout)
     assert model.config.num_hidden_layers == n - 1
     assert list(model.model.layers) == [original[i] for i in range(n) if i != 1]
-    assert [layer.self_attn.layer_idx for layer in model.model.layers] == list(range(n - 1))
+    mixers = (family.layout.attention, *family.layout.token_mixers)  # hybrid layers: whichever mixer each has
+    indices = [getattr(layer, p).layer_idx for layer in model.model.layers for p in mixers if hasattr(layer, p)]
+    assert indices == list(range(n - 1))
     layer_types = getattr(model.config, "layer_types", None)
-    assert layer_types is None or len(layer_types) == n - 1
+    assert layer_types is None or layer_types == [original_types[i] for i in range(n) if i != 1]
     ids = torch.randint(0, 128, (1, 6))
     out = model.generate(ids, max_new_tokens=3, do_sample=False)  # exercises the KV cache
     assert out.shape == (1, 9)

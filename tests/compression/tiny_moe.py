@@ -116,6 +116,36 @@ FAMILY_CONFIGS: dict[str, dict] = {
         floor_scale=4,  # NoPE attention temperature tuning within these short sequences
         head_dim=16,
     ),
+    "qwen3_next": dict(
+        num_hidden_layers=4,
+        intermediate_size=48,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        num_experts=6,
+        num_experts_per_tok=2,
+        mlp_only_layers=[2],
+        full_attention_interval=2,  # gated DeltaNet layers 0 and 2, full attention 1 and 3
+        head_dim=16,
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    ),
+    "qwen3_5_moe_text": dict(
+        num_hidden_layers=4,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        num_experts=6,
+        num_experts_per_tok=2,
+        full_attention_interval=2,
+        head_dim=16,
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=16,
+        linear_value_head_dim=16,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    ),
 }
 
 # the families whose adapters refuse slimming up front (their refusal is tested in test_slimming_families.py)

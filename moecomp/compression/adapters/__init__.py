@@ -14,7 +14,9 @@ from moecomp.compression.adapters import (
     mixtral,
     olmoe,
     qwen2_moe,
+    qwen3_5_moe,
     qwen3_moe,
+    qwen3_next,
 )
 from moecomp.compression.adapters.family import DiskLayout, MoEFamily, RefusedMethod
 
@@ -31,6 +33,8 @@ FAMILIES: dict[str, MoEFamily] = {
         minimax_m2,
         ernie4_5_moe,
         llama4,
+        qwen3_next,
+        qwen3_5_moe,
     )
 }
 

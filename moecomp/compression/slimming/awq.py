@@ -61,6 +61,7 @@ class Smoothed:
     module: str
     param: str = "weight"
     first_row: int = 0
+    offset: float = 0.0  # a norm that scales by (offset + weight) (ModuleLayout.norm_weight_offset)
 
 
 @dataclass(frozen=True)
@@ -122,19 +123,24 @@ def _children(layer: nn.Module, path: str) -> dict[str, nn.Module]:
         return {}
 
 
-def _attention_mappings(layer: nn.Module, attention: str) -> list[Mapping]:
+def _attention_mappings(layer: nn.Module, attention: str, offset: float = 0.0) -> list[Mapping]:
     """llm-compressor's pairs inside attention: input norm -> q, k, v and v -> o (when v's output is o's input);
     for multi-head latent attention, input norm -> the down-projections and each latent norm -> its up-projection."""
     names = _children(layer, attention)
+    if not names:  # a hybrid family's other mixer (Qwen3-Next's gated DeltaNet): outside the attention scope
+        return []
     lin = lambda name: Balance(_group(f"{attention}.{name}", scope="attention"), True)  # noqa: E731
     if "kv_a_proj_with_mqa" in names:
         query = "q_a_proj" if "q_a_proj" in names else "q_proj"
-        pairs = [Mapping(INPUT_NORM, Smoothed(INPUT_NORM), (lin(query), lin("kv_a_proj_with_mqa")), attention)]
+        pairs = [
+            Mapping(INPUT_NORM, Smoothed(INPUT_NORM, offset=offset), (lin(query), lin("kv_a_proj_with_mqa")), attention)
+        ]
         for norm, up in (("q_a_layernorm", "q_b_proj"), ("kv_a_layernorm", "kv_b_proj")):
             if norm in names:
                 pairs.append(Mapping(f"{attention}.{norm}", Smoothed(f"{attention}.{norm}"), (lin(up),), None))
         return pairs
-    pairs = [Mapping(INPUT_NORM, Smoothed(INPUT_NORM), (lin("q_proj"), lin("k_proj"), lin("v_proj")), attention)]
+    qkv = (lin("q_proj"), lin("k_proj"), lin("v_proj"))
+    pairs = [Mapping(INPUT_NORM, Smoothed(INPUT_NORM, offset=offset), qkv, attention)]
     v, o = names["v_proj"], names["o_proj"]
     if v.out_features == o.in_features:  # llm-compressor skips v -> o under grouped-query attention
         pairs.append(Mapping("v_proj", Smoothed(f"{attention}.v_proj"), (lin("o_proj"),), None))
@@ -160,7 +166,8 @@ def _moe_mappings(layer: nn.Module, family: MoEFamily, scope: list[Scope], prese
             balances.append(Balance(_group(full), False))
     experts = layout.experts
     balances.append(Balance(_group(experts, "gate_up_proj"), True))
-    pairs = [Mapping(layout.post_attention_norm, Smoothed(layout.post_attention_norm), tuple(balances), layout.mlp)]
+    norm = Smoothed(layout.post_attention_norm, offset=layout.norm_weight_offset)
+    pairs = [Mapping(layout.post_attention_norm, norm, tuple(balances), layout.mlp)]
     if "shared_experts" in scope:
         for full in shared_mlps:
             down = Balance(_group(f"{full}.down_proj", scope="shared_experts"), True)
@@ -175,7 +182,8 @@ def layer_mappings(layer: nn.Module, family: MoEFamily, config: Any, is_moe: boo
     """The smoothing pairs of one decoder layer, in llm-compressor's order (each has a quantized balance: the
     routed experts, the attention linears or a shared expert's down projection)."""
     scope = list(config.scope)
-    pairs = _attention_mappings(layer, family.layout.attention) if "attention" in scope else []
+    layout = family.layout
+    pairs = _attention_mappings(layer, layout.attention, layout.norm_weight_offset) if "attention" in scope else []
     if is_moe:
         pairs += _moe_mappings(layer, family, scope, config.preserve_routing)
     return pairs
@@ -349,8 +357,9 @@ def apply(pair: Mapping, layer: nn.Module, s: torch.Tensor) -> None:
     smoothed = pair.smoothed
     module = layer.get_submodule(smoothed.module)
     weight = getattr(module, smoothed.param)
-    if weight.ndim == 1:  # a norm
-        weight.data.copy_((weight.float() / s[0]).to(weight.dtype))
+    if weight.ndim == 1:  # a norm: (offset + w) / s, stored back as a weight
+        offset = smoothed.offset
+        weight.data.copy_(((offset + weight.float()) / s[0] - offset).to(weight.dtype))
     elif weight.ndim == 3:  # fused experts: expert e's rows by s_e
         rows = weight.data[:, smoothed.first_row :]
         rows.copy_((rows.float() / s[:, :, None]).to(weight.dtype))
