@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from moecomp.settings import Settings
+
+if TYPE_CHECKING:
+    from moecomp.persistence.database import Database
 
 LOCAL_TEAM = "local"
 
@@ -37,7 +41,7 @@ def migrate_database(settings: Settings) -> None:
     upgrade(settings.resolved_database_url)
 
 
-def _database(settings: Settings):  # type: ignore[no-untyped-def]
+def _database(settings: Settings) -> Database:
     from moecomp.persistence.database import Database  # noqa: PLC0415
 
     if not settings.database_url:  # embedded: the database may not exist yet

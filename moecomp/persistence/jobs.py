@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from moecomp.persistence.database import changed_rows
 from moecomp.persistence.models import Artifact, Job, JobEvent, JobStatus, utcnow
 
 FINAL = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
@@ -90,9 +91,9 @@ def claim(
 
 def heartbeat(session: Session, lease: Lease) -> bool:
     """Prove the lease holder is alive; False means the job is no longer ours (re-queued or final)."""
-    result = session.execute(update(Job).where(_owned(lease)).values(heartbeat_at=utcnow()))
+    changed = changed_rows(session, update(Job).where(_owned(lease)).values(heartbeat_at=utcnow()))
     session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return changed == 1
 
 
 def cancel_requested(session: Session, job_id: str) -> bool:
@@ -103,9 +104,9 @@ def set_progress(session: Session, lease: Lease, progress: float, stage: str | N
     values: dict[str, Any] = {"progress": max(0.0, min(1.0, progress)), "heartbeat_at": utcnow()}
     if stage is not None:
         values["stage"] = stage
-    result = session.execute(update(Job).where(_owned(lease)).values(**values))
+    changed = changed_rows(session, update(Job).where(_owned(lease)).values(**values))
     session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return changed == 1
 
 
 def append_event(
@@ -178,9 +179,9 @@ def finish(
     values["error_message"] = error_message
     if status == JobStatus.succeeded:
         values["progress"] = 1.0
-    result = session.execute(update(Job).where(_owned(lease)).values(**values))
+    changed = changed_rows(session, update(Job).where(_owned(lease)).values(**values))
     session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return changed == 1
 
 
 def mark_unsent(session: Session, job_id: str) -> None:
@@ -202,9 +203,9 @@ def fail_unclaimed(session: Session, job_id: str, from_status: JobStatus, code: 
             finished_at=utcnow(),
         )
     )
-    result = session.execute(stmt)
+    changed = changed_rows(session, stmt)
     session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return changed == 1
 
 
 def reap_stale(

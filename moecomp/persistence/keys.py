@@ -14,6 +14,7 @@ import secrets
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
+from moecomp.persistence.database import changed_rows
 from moecomp.persistence.models import ApiKey, Team, utcnow
 
 KEY_RE = re.compile(r"^mc_([a-z0-9]{8})_([A-Za-z0-9_-]{20,128})$")
@@ -68,8 +69,8 @@ def team_for_key(session: Session, key: str | None) -> Team | None:
 def revoke_api_key(session: Session, prefix: str) -> int:
     """Revoke every live key with this prefix (``mc_<prefix>_...`` or the bare 8 characters); returns how many."""
     prefix = prefix.removeprefix("mc_").split("_", 1)[0]
-    result = session.execute(
-        update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+    changed = changed_rows(
+        session, update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
     )
     session.commit()
-    return result.rowcount or 0
+    return changed

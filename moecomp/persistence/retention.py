@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from moecomp.persistence.database import changed_rows
 from moecomp.persistence.jobs import FINAL
 from moecomp.persistence.models import Artifact, Job, JobStatus, Upload
 
@@ -30,7 +31,7 @@ def expiring_jobs(session: Session, cutoff: datetime) -> list[str]:
 def mark_expired(session: Session, job_id: str, now: datetime) -> int:
     """Record that the job's artifact files are gone (the rows stay: a download answers 410)."""
     stmt = update(Artifact).where(Artifact.job_id == job_id, Artifact.expired_at.is_(None)).values(expired_at=now)
-    count = session.execute(stmt).rowcount  # type: ignore[attr-defined]
+    count = changed_rows(session, stmt)
     session.commit()
     return count
 

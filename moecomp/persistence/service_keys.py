@@ -16,6 +16,7 @@ from enum import StrEnum
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from moecomp.persistence.database import changed_rows
 from moecomp.persistence.keys import KEY_RE, hash_key
 from moecomp.persistence.models import ServiceKey, utcnow
 
@@ -69,6 +70,6 @@ def revoke_service_key(session: Session, prefix: str) -> int:
     """Revoke every live service key with this prefix (``mcw_<prefix>_...`` or the bare 8 characters)."""
     prefix = re.sub(r"^mc[wa]_", "", prefix).split("_", 1)[0]
     stmt = update(ServiceKey).where(ServiceKey.prefix == prefix, ServiceKey.revoked_at.is_(None))
-    result = session.execute(stmt.values(revoked_at=utcnow()))
+    changed = changed_rows(session, stmt.values(revoked_at=utcnow()))
     session.commit()
-    return result.rowcount or 0  # type: ignore[attr-defined]
+    return changed

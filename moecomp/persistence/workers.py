@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from moecomp.persistence.database import changed_rows
 from moecomp.persistence.models import Job, JobStatus, Worker, utcnow
 
 FORGET_AFTER = timedelta(days=1)  # rows of workers silent this long are deleted (their names never come back)
@@ -32,7 +33,7 @@ def beat(session: Session, name: str, report: Report | None = None) -> None:
     """Say that worker ``name`` is alive now, and what it runs on (its row is created on the first beat)."""
     now = utcnow()
     said = {} if report is None else {"host": report.host, "version": report.version, "gpus": report.gpus}
-    if session.execute(update(Worker).where(Worker.name == name).values(beat_at=now, **said)).rowcount == 0:  # type: ignore[attr-defined]
+    if changed_rows(session, update(Worker).where(Worker.name == name).values(beat_at=now, **said)) == 0:
         session.add(Worker(name=name, started_at=now, beat_at=now, **said))
     session.execute(delete(Worker).where(Worker.beat_at < now - FORGET_AFTER))
     try:
@@ -61,5 +62,6 @@ def listing(session: Session, within_s: float) -> list[tuple[Worker, bool, list[
     running = select(Job.node, Job.id, Job.team_id).where(Job.status == JobStatus.running, Job.node.is_not(None))
     jobs: dict[str, list[tuple[str, str]]] = {}
     for node, job_id, team_id in session.execute(running):
-        jobs.setdefault(node, []).append((job_id, team_id))
+        if node is not None:  # the query keeps only running jobs with a node
+            jobs.setdefault(node, []).append((job_id, team_id))
     return [(row, row.beat_at >= cut, sorted(jobs.get(row.name, []))) for row in rows]

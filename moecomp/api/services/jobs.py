@@ -24,6 +24,7 @@ from moecomp.api.schemas import ErrorPublic, JobCreate, JobPublic
 from moecomp.api.services import limits
 from moecomp.api.services.model_sources import check_recipe_fits, resolve_source
 from moecomp.api.services.text_sources import check_text_sources
+from moecomp.persistence.database import changed_rows
 from moecomp.persistence.jobs import FINAL, append_event, mark_unsent
 from moecomp.persistence.models import Artifact, Job, JobStatus, Team, utcnow
 from moecomp.settings import Settings
@@ -160,7 +161,8 @@ def cancel_job(session: Session, team: Team, job_id: str) -> Job:
     """queued -> cancelled now; running -> cancel_requested (the worker stops between layers); final -> 409."""
     job = get_job(session, team, job_id)
     # Conditional updates: the worker may claim or finish the job between our read and our write.
-    stopped = session.execute(
+    stopped = changed_rows(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.status == JobStatus.queued)
         .values(
@@ -169,13 +171,10 @@ def cancel_job(session: Session, team: Team, job_id: str) -> Job:
             finished_at=utcnow(),
             error_code="cancelled",
             error_message="cancelled before it started",
-        )
-    ).rowcount
-    flagged = (
-        stopped
-        or session.execute(
-            update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True)
-        ).rowcount
+        ),
+    )
+    flagged = stopped or changed_rows(
+        session, update(Job).where(Job.id == job.id, Job.status == JobStatus.running).values(cancel_requested=True)
     )
     session.commit()
     if stopped:  # no worker will ever write this job's events: say what happened here
@@ -193,11 +192,12 @@ def delete_job(session: Session, settings: Settings, team: Team, job_id: str) ->
     """
     job = get_job(session, team, job_id)
     # Conditional: a worker may claim a queued job between our read and our write; a final job stays final.
-    ended = session.execute(
+    ended = changed_rows(
+        session,
         update(Job)
         .where(Job.id == job.id, Job.status.in_(FINAL), Job.deleted_at.is_(None))
-        .values(deleted_at=utcnow(), idempotency_key=None)
-    ).rowcount
+        .values(deleted_at=utcnow(), idempotency_key=None),
+    )
     if not ended:
         session.rollback()
         session.refresh(job)
