@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from moecomp.settings import Settings
 
@@ -43,6 +44,17 @@ def celery_argv(args: argparse.Namespace, queue: str) -> list[str]:
     return argv + ([f"--hostname={args.hostname}"] if args.hostname else [])
 
 
+def _api_refusal(settings: Settings) -> str | None:
+    """A worker on another host: why the API refuses its credential, if it does (remote.ApiClient.refusal)."""
+    from moecomp.worker.remote import ApiClient  # noqa: PLC0415
+
+    client = ApiClient(settings)
+    try:
+        return client.refusal()
+    finally:
+        client.close()
+
+
 def run(args: argparse.Namespace) -> int:
     from moecomp.worker.app import make_celery  # noqa: PLC0415
     from moecomp.worker.presence import NODE_ENV, Presence  # noqa: PLC0415
@@ -52,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     # use it): torch then answers is_available()/device_count() through NVML, without touching CUDA.
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     settings = Settings()
+    if settings.api_url and (refused := _api_refusal(settings)):
+        print(f"moecomp worker: {refused}", file=sys.stderr)
+        return 2
     if not settings.database_url:  # embedded: the worker may start before `serve` created the database
         from moecomp.cli.admin import migrate_database  # noqa: PLC0415
 

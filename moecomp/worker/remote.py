@@ -119,6 +119,21 @@ class ApiClient:
             raise JobError("api_refused", f"{what}: the API answered {response.status_code} {response.text[:500]}")
         return response
 
+    def refusal(self) -> str | None:
+        """Why the API refuses this worker's credential (None: accepted, or the API not reachable yet).
+
+        Asked at worker start, so that a wrong or revoked credential stops the worker at once instead of failing
+        every job it takes with ``api_refused``.
+        """
+        try:
+            response = self.http.head(f"/v1/worker/uploads/{'0' * 32}/content")  # 404 once the key is accepted
+        except httpx.TransportError:
+            return None
+        if response.status_code in (401, 403):
+            detail = self.http.get(f"/v1/worker/uploads/{'0' * 32}/content").json().get("detail")
+            return f"the API at {self.settings.api_url} refuses MOECOMP_WORKER_KEY: {detail}"
+        return None
+
     # -- fetch ---------------------------------------------------------------------------------------------------
 
     def fetch_upload(self, upload_id: str) -> Path:

@@ -191,3 +191,16 @@ def test_a_fetch_resumes_a_partial_download_and_starts_over_from_a_corrupt_one(
     ranges = [line for line in (service.tmp / "api.log").read_text().splitlines() if url in line and "GET" in line]
     # The partial fetch, then the rest only (206) when the part was good; the whole tar again (200) when not.
     assert ranges[1:] and ("206" in ranges[-1]) == (partial == "resumed"), ranges
+
+
+@pytest.mark.parametrize("key", ["wrong", "team"])
+def test_a_worker_whose_credential_the_api_refuses_stops_at_once_saying_why(service: Service, key: str) -> None:
+    service.start_api()
+    credential = service.key if key == "team" else "mcw_00000000_" + "A" * 43
+    worker = remote_worker(service, f"host-{key}", credential)
+    assert worker.wait(60) == 2  # before any job: it would fail every one it took
+    said = {
+        "wrong": "missing or invalid key: this route needs a worker credential",
+        "team": "a team API key cannot call this route; it needs a worker credential",
+    }
+    assert f"refuses MOECOMP_WORKER_KEY: {said[key]}" in (service.tmp / f"host-{key}.log").read_text()
