@@ -63,3 +63,6 @@ def test_the_workers_page_lists_the_worker_with_its_host_gpus_version_and_curren
     assert page.wait_for_selector(job_link, timeout=240_000).inner_text() == job_id[:8]
     service.wait_final(job_id)
     page.wait_for_selector(job_link, state="detached", timeout=15_000)
+    page.goto(f"/dashboard/jobs/{job_id}")  # the job says which host ran it
+    host = page.wait_for_selector("dt:text-is('Host') + dd")
+    assert host.inner_text() == worker["host"]

@@ -30,7 +30,8 @@ function describeJob(target, job) {
   const rows = [
     ["Model", modelKey(job.model)], ["Created", formatTime(job.created_at)],
     ["Started", formatTime(job.started_at)], ["Finished", formatTime(job.finished_at)],
-    ["Duration", formatDuration(jobDuration(job))], ["Attempts", job.attempts], ["Worker", job.worker ?? "—"],
+    ["Duration", formatDuration(jobDuration(job))], ["Attempts", job.attempts], ["Host", job.host ?? "—"],
+    ["Worker", job.worker ?? "—"],
   ];
   target.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]));
 }
