@@ -194,3 +194,17 @@ def test_the_registry_lists_each_workers_host_gpus_version_and_current_job(
     assert mine["gpu-host-2:300"]["jobs"] == [lease.job_id]
     assert (theirs["gpu-host-2:300"]["jobs"], theirs["gpu-host-2:300"]["running"]) == ([], 1)
     assert client.get(f"/v1/jobs/{lease.job_id}", headers=auth).json()["host"] == "gpu-host-2"  # which host runs it
+
+
+def test_a_prune_without_keep_own_drops_the_attempts_own_files(
+    client: TestClient, settings: Settings, worker_auth: dict[str, str], lease: Lease
+) -> None:
+    """What a worker on another host does when its job fails with disk_full: the incomplete set goes."""
+    assert put(client, worker_auth, lease, 0, 4095).status_code == 200
+    folder = settings.artifacts_dir / lease.job_id / str(lease.attempt)
+    assert [p.name for p in folder.iterdir()] == [".report.json.part"]
+    prune_url = f"/v1/worker/jobs/{lease.job_id}/attempts/{lease.attempt}/prune"
+    headers = worker_auth | {"X-Moecomp-Worker": lease.worker}
+    assert client.post(prune_url, headers=headers).status_code == 204 and folder.is_dir()  # keep_own by default
+    assert client.post(prune_url, params={"keep_own": "false"}, headers=headers).status_code == 204
+    assert not folder.exists()

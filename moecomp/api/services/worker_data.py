@@ -20,12 +20,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
 
 from moecomp.api.errors import Conflict, Invalid, NotFound, PayloadTooLarge
 from moecomp.api.services.artifacts import MEDIA_TYPES
@@ -201,12 +203,15 @@ async def receive_chunk(settings: Settings, chunk: Chunk, body: AsyncIterator[by
 async def _copy(body: AsyncIterator[bytes], fd: int, want: int) -> int:
     """Write the body to ``fd`` (never past ``want`` bytes); returns how many bytes the body had, up to want + 1."""
     got = 0
-    async for data in body:
-        if keep := data[: max(0, want - got)]:
-            os.write(fd, keep)
-        got += len(data)
-        if got > want:
-            break
+    try:
+        async for data in body:
+            if keep := data[: max(0, want - got)]:
+                os.write(fd, keep)
+            got += len(data)
+            if got > want:
+                break
+    except ClientDisconnect:  # the worker died or its connection dropped: what arrived stays, to resume from
+        pass
     return got
 
 
@@ -222,7 +227,11 @@ def seal(session: Session, settings: Settings, chunk: Chunk) -> Artifact:
     folder = attempt_folder(settings, chunk.lease)
     part, dest = folder / f".{chunk.name}.part", folder / chunk.name
     digest = hashlib.sha256()
-    with open(part, "rb") as f:
+    try:
+        f = open(part, "rb")  # noqa: SIM115  (closed by the with below)
+    except FileNotFoundError:  # a retry of the last chunk sealed it first
+        return _sealed_meanwhile(session, settings, chunk)
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # a retry of the last chunk waits, then finds the file sealed
         if dest.exists():
             return _sealed_meanwhile(session, settings, chunk)
@@ -264,5 +273,4 @@ def prune(session: Session, settings: Settings, lease: Lease, keep_own: bool) ->
         check_lease(session, lease)
     files.remove_other_attempts(settings.artifacts_dir, lease.job_id, lease.attempt)
     if not keep_own:
-        for path in attempt_folder(settings, lease).glob("*"):
-            path.unlink(missing_ok=True) if not path.is_dir() else None
+        shutil.rmtree(attempt_folder(settings, lease), ignore_errors=True)
