@@ -50,7 +50,7 @@ class _Catcher(nn.Module):
 def build_skeleton(source: WeightSource, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The model on ``meta`` with a real embedding and rotary embedding on ``device``."""
     config: PretrainedConfig = source.config
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = source.family.attn_implementation
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()

@@ -329,8 +329,11 @@ def run_passes(
 
 
 def refuse_methods(model_dir: Path, stages: list[StageConfig]) -> None:
-    """Refuse, before any work, a stage the model's family cannot run (the family's ``refused`` reasons)."""
-    family = get_adapter(read_config(model_dir))
+    """Refuse, before any work, a stage the model's family cannot run (the family's ``refused`` reasons), or a
+    checkpoint stored in a quantization the family refuses (``refused_quantizations``)."""
+    config = read_config(model_dir)
+    family = get_adapter(config)
+    family.check_checkpoint(config)
     family.check_methods(stages)
 
 

@@ -106,6 +106,9 @@ class ModuleLayout:
     token_mixers: tuple[str, ...] = ()
     layer_indexed: tuple[str, ...] = ()  # other modules whose layer_idx follows block drop (DeepSeek-V3.2's indexer)
     post_attention_norm: str = "post_attention_layernorm"
+    # (norm, linear) paths from the decoder layer: linears that read a norm's output besides the usual ones
+    # (DeepSeek-V3.2's indexer reads the input norm and q_a_layernorm); AWQ scales them with the norm
+    norm_readers: tuple[tuple[str, str], ...] = ()
     norm_weight_offset: float = 0.0  # the decoder norms scale by (offset + weight): 1.0 for Qwen3-Next's (1 + w)
     mlp: str = "mlp"
     router: str = "mlp.gate"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from moecomp.assets import TEXTS
 from moecomp.compression.adapters import get_adapter
@@ -25,7 +25,8 @@ def shakespeare_ids(model_dir: Path, n: int = 4, seq_len: int = 128) -> torch.Te
 
 
 def load_full(model_dir: Path) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    attn = get_adapter(AutoConfig.from_pretrained(model_dir)).attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
     return model.eval()
 
 

@@ -48,8 +48,11 @@ def test_adapter_finds_the_parts(model_type: str) -> None:
 def test_dense_layers_follow_the_config() -> None:
     qwen = tiny_model("qwen2_moe")
     assert FAMILIES["qwen2_moe"].dense_layers(qwen.config) == {1}
-    for model_type in ("deepseek_v3", "deepseek_v2", "glm4_moe", "ernie4_5_moe"):
+    for model_type in ("deepseek_v3", "deepseek_v2", "deepseek_v32", "glm4_moe", "ernie4_5_moe"):
         assert FAMILIES[model_type].dense_layers(tiny_model(model_type).config) == {0}
+    # DeepSeek-V3.2: mlp_layer_types, derived from first_k_dense_replace when not given
+    v32 = tiny_config("deepseek_v32", mlp_layer_types=["sparse", "dense", "sparse", "sparse"])
+    assert FAMILIES["deepseek_v32"].dense_layers(v32) == {1}
     # Llama 4: the config's moe_layers (from interleave_moe_layer_step, or given)
     assert FAMILIES["llama4_text"].moe_layers(tiny_config("llama4_text")) == [1, 3]
     llama4 = tiny_config("llama4_text", num_hidden_layers=6, interleave_moe_layer_step=3)
@@ -61,7 +64,7 @@ def test_dense_layers_follow_the_config() -> None:
 
 
 def test_routing_kinds() -> None:
-    sigmoid = {"deepseek_v3", "glm4_moe", "minimax_m2"}  # sigmoid affinities with a correction bias
+    sigmoid = {"deepseek_v3", "deepseek_v32", "glm4_moe", "minimax_m2"}  # sigmoid affinities, correction bias
     assert {name for name, f in FAMILIES.items() if f.routing == "sigmoid"} == sigmoid
     assert {name for name, f in FAMILIES.items() if f.routing == "top1_sigmoid"} == {"llama4_text"}
     assert {f.routing for name, f in FAMILIES.items() if name not in sigmoid | {"llama4_text"}} == {"softmax"}

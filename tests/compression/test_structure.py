@@ -205,6 +205,30 @@ def test_block_drop_keeps_llama4_per_layer_lists_consistent() -> None:
         torch.testing.assert_close(stock(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("model_type", ["qwen3_next", "qwen3_5_moe_text", "deepseek_v32", "gpt_oss"])
+def test_block_drop_is_what_the_stock_config_describes_on_per_layer_families(model_type: str) -> None:
+    """Per-layer lists (layer_types, mlp_layer_types) and cache indices (hybrid mixers, V3.2's indexer) follow the
+    kept blocks: the stock model built from the trimmed config is the trimmed model, with and without a cache."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(model_type)
+    family = get_adapter(model.config)
+    types = {key: list(getattr(model.config, key)) for key in family.layout.config_layer_lists}
+    apply_decisions(model, Decisions(dropped_blocks=[0]), family.layout)
+    assert {key: getattr(model.config, key) for key in types} == {key: v[1:] for key, v in types.items()}
+    for i, layer in enumerate(model.model.layers):
+        for path in (family.layout.attention, *family.layout.token_mixers, *family.layout.layer_indexed):
+            if hasattr(layer, path.split(".")[0]):
+                assert layer.get_submodule(path).layer_idx == i
+    stock = AutoModelForCausalLM.from_config(copy.deepcopy(model.config)).eval()
+    stock.load_state_dict(model.state_dict(), strict=True)
+    ids = torch.randint(0, 128, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(stock(ids).logits, model(ids).logits, rtol=0, atol=0)
+    generated = stock.generate(ids, max_new_tokens=4, do_sample=False)
+    torch.testing.assert_close(generated, model.generate(ids, max_new_tokens=4, do_sample=False))
+
+
 def test_a_dropped_moe_that_returned_a_pair_still_returns_one() -> None:
     """Llama 4's decoder layer unpacks (hidden, router_logits) from its MoE: the dropped MoE adds exactly 0."""
     model = tiny_model("llama4_text")

@@ -132,6 +132,36 @@ FAMILY_CONFIGS: dict[str, dict] = {
         linear_num_key_heads=2,
         linear_num_value_heads=4,
     ),
+    "deepseek_v32": dict(
+        num_hidden_layers=4,
+        intermediate_size=48,
+        moe_intermediate_size=32,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        n_group=2,
+        topk_group=1,
+        first_k_dense_replace=1,
+        q_lora_rank=32,
+        kv_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=16,
+        head_dim=8,
+        num_key_value_heads=4,
+        index_topk=8,  # below the sequence length: the indexer's choice of keys matters
+        index_head_dim=16,
+        index_n_heads=2,
+    ),
+    "gpt_oss": dict(
+        num_hidden_layers=4,
+        intermediate_size=32,
+        num_local_experts=6,
+        num_experts_per_tok=2,
+        head_dim=16,
+        sliding_window=8,  # layer_types alternate sliding (window 8) and full attention
+        rope_parameters={"rope_type": "default", "rope_theta": 150000.0},
+    ),
     "qwen3_5_moe_text": dict(
         num_hidden_layers=4,
         moe_intermediate_size=32,
@@ -156,7 +186,7 @@ SLIMMING_FAMILIES = [t for t in FAMILY_CONFIGS if t not in SLIMMING_REFUSED]
 def tiny_config(model_type: str, **overrides: object) -> PretrainedConfig:
     kwargs = {**COMMON, **FAMILY_CONFIGS[model_type], **overrides}
     config = AutoConfig.for_model(model_type, **kwargs)
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = FAMILIES[config.model_type].attn_implementation
     return config
 
 

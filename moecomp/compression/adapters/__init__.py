@@ -7,8 +7,10 @@ from typing import Any
 from moecomp.compression.adapters import (
     deepseek_v2,
     deepseek_v3,
+    deepseek_v32,
     ernie4_5_moe,
     glm4_moe,
+    gpt_oss,
     llama4,
     minimax_m2,
     mixtral,
@@ -35,6 +37,8 @@ FAMILIES: dict[str, MoEFamily] = {
         llama4,
         qwen3_next,
         qwen3_5_moe,
+        deepseek_v32,
+        gpt_oss,
     )
 }
 

@@ -78,8 +78,11 @@ class MoEFamily:
     rotary_emb: str = "model.rotary_emb"
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
+    attn_implementation: str = "sdpa"  # what calibration runs ("eager" where sdpa cannot: gpt-oss's sinks)
     # (method name or stage family, reason): what this family refuses up front, e.g. ("slimming", "...")
     refused: tuple[tuple[str, str], ...] = ()
+    # (quant_method, reason): checkpoints stored so (gpt-oss's mxfp4 experts) are refused for every method
+    refused_quantizations: tuple[tuple[str, str], ...] = ()
 
     def num_experts(self, config: Any) -> int:
         return int(getattr(config, self.layout.num_experts_key))
@@ -94,6 +97,14 @@ class MoEFamily:
             reason = reasons.get(stage.method) or reasons.get(stage.family)
             if reason:
                 raise RefusedMethod(f"{stage.method} is not supported on {self.model_type}: {reason}")
+
+    def check_checkpoint(self, config: Any) -> None:
+        """Refuse a checkpoint whose quantization (``quantization_config.quant_method``) the family names."""
+        quant = getattr(config, "quantization_config", None)
+        method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+        reason = dict(self.refused_quantizations).get(str(method))
+        if reason:
+            raise RefusedMethod(f"this {self.model_type} checkpoint is {method}-quantized: {reason}")
 
     def moe_layers(self, config: Any) -> list[int]:
         """Original indices of the layers with routed experts."""

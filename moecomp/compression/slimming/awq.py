@@ -40,6 +40,7 @@ from moecomp.compression.slimming import rtn
 from moecomp.compression.slimming.groups import WeightGroup, layer_groups
 from moecomp.compression.slimming.statistics import InputStats, LayerStats, attach_statistics
 from moecomp.compression.slimming.targets import Scope
+from moecomp.compression.structure import ModuleLayout
 
 INPUT_NORM = "input_layernorm"
 # float32 working memory of one step over a batch of weights: steps run over a few experts at a time, so the search
@@ -123,24 +124,30 @@ def _children(layer: nn.Module, path: str) -> dict[str, nn.Module]:
         return {}
 
 
-def _attention_mappings(layer: nn.Module, attention: str, offset: float = 0.0) -> list[Mapping]:
+def _attention_mappings(layer: nn.Module, layout: ModuleLayout) -> list[Mapping]:
     """llm-compressor's pairs inside attention: input norm -> q, k, v and v -> o (when v's output is o's input);
-    for multi-head latent attention, input norm -> the down-projections and each latent norm -> its up-projection."""
+    for multi-head latent attention, input norm -> the down-projections and each latent norm -> its up-projection.
+    Other linears that read a norm (``layout.norm_readers``: DeepSeek-V3.2's indexer) absorb the input norm's s
+    too (the attention run measures them); a latent norm they read is not smoothed (its pair is one linear's)."""
+    attention, offset = layout.attention, layout.norm_weight_offset
     names = _children(layer, attention)
     if not names:  # a hybrid family's other mixer (Qwen3-Next's gated DeltaNet): outside the attention scope
         return []
     lin = lambda name: Balance(_group(f"{attention}.{name}", scope="attention"), True)  # noqa: E731
+    readers: dict[str, list[Balance]] = {}
+    for norm, path in layout.norm_readers:
+        readers.setdefault(norm, []).append(Balance(_group(path, scope="attention"), True))
+    input_norm = Smoothed(INPUT_NORM, offset=offset)
     if "kv_a_proj_with_mqa" in names:
         query = "q_a_proj" if "q_a_proj" in names else "q_proj"
-        pairs = [
-            Mapping(INPUT_NORM, Smoothed(INPUT_NORM, offset=offset), (lin(query), lin("kv_a_proj_with_mqa")), attention)
-        ]
+        down = (lin(query), lin("kv_a_proj_with_mqa"), *readers.get(INPUT_NORM, []))
+        pairs = [Mapping(INPUT_NORM, input_norm, down, attention)]
         for norm, up in (("q_a_layernorm", "q_b_proj"), ("kv_a_layernorm", "kv_b_proj")):
-            if norm in names:
+            if norm in names and f"{attention}.{norm}" not in readers:
                 pairs.append(Mapping(f"{attention}.{norm}", Smoothed(f"{attention}.{norm}"), (lin(up),), None))
         return pairs
-    qkv = (lin("q_proj"), lin("k_proj"), lin("v_proj"))
-    pairs = [Mapping(INPUT_NORM, Smoothed(INPUT_NORM, offset=offset), qkv, attention)]
+    qkv = (lin("q_proj"), lin("k_proj"), lin("v_proj"), *readers.get(INPUT_NORM, []))
+    pairs = [Mapping(INPUT_NORM, input_norm, qkv, attention)]
     v, o = names["v_proj"], names["o_proj"]
     if v.out_features == o.in_features:  # llm-compressor skips v -> o under grouped-query attention
         pairs.append(Mapping("v_proj", Smoothed(f"{attention}.v_proj"), (lin("o_proj"),), None))
@@ -183,7 +190,7 @@ def layer_mappings(layer: nn.Module, family: MoEFamily, config: Any, is_moe: boo
     routed experts, the attention linears or a shared expert's down projection)."""
     scope = list(config.scope)
     layout = family.layout
-    pairs = _attention_mappings(layer, layout.attention, layout.norm_weight_offset) if "attention" in scope else []
+    pairs = _attention_mappings(layer, layout) if "attention" in scope else []
     if is_moe:
         pairs += _moe_mappings(layer, family, scope, config.preserve_routing)
     return pairs
