@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from moecomp.compression.adapters import FAMILIES, UnsupportedModel, get_adapter
+from moecomp.compression.adapters import FAMILIES, RefusedMethod, UnsupportedModel, get_adapter
 from moecomp.compression.structure import decoder_layers, is_moe_layer
 from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_config, tiny_model
 
@@ -109,3 +109,13 @@ def test_gate_weights_are_the_routing_kinds_affinity_of_the_chosen_experts(model
     torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
     if family.routing == "top1_sigmoid":  # no normalisation at all: the weight is the affinity itself
         torch.testing.assert_close(ratio, torch.ones_like(ratio))
+
+
+def test_a_method_on_one_backend_can_be_refused() -> None:
+    """Qwen3-Next's norms scale by (1 + weight): llm-compressor's AWQ (norm weight / s) is refused, moecomp's runs."""
+    from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig
+
+    family = FAMILIES["qwen3_next"]
+    with pytest.raises(RefusedMethod, match=r"awq is not supported on qwen3_next: llm-compressor's AWQ divides"):
+        family.check_methods([GPTQConfig(), AWQConfig(backend="llmcompressor")])
+    family.check_methods([AWQConfig(), GPTQConfig(backend="llmcompressor")])

@@ -7,6 +7,7 @@ checkpoint (``Qwen3_5MoeForConditionalGeneration``) is not this family.
 """
 
 from moecomp.compression.adapters.family import MoEFamily, no_dense_layers
+from moecomp.compression.adapters.qwen3_next import LLMCOMPRESSOR_AWQ_REFUSED
 from moecomp.compression.structure import ModuleLayout
 
 FAMILY = MoEFamily(
@@ -21,4 +22,5 @@ FAMILY = MoEFamily(
         num_experts_key="num_experts",
         config_layer_lists=("layer_types",),
     ),
+    refused=(("awq:llmcompressor", LLMCOMPRESSOR_AWQ_REFUSED),),
 )

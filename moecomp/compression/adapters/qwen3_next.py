@@ -10,6 +10,11 @@ over all experts, top-k renormalised when ``norm_topk_prob``; ``shared_expert`` 
 from moecomp.compression.adapters.family import MoEFamily, qwen_dense_layers
 from moecomp.compression.structure import ModuleLayout
 
+LLMCOMPRESSOR_AWQ_REFUSED = (
+    "llm-compressor's AWQ divides a norm's weight by its scales, but this family's norms scale by (1 + weight), so "
+    "the result would not be the model; use the default backend (moecomp), which folds the scales into 1 + weight"
+)
+
 FAMILY = MoEFamily(
     model_type="qwen3_next",
     top_k_key="num_experts_per_tok",
@@ -24,4 +29,5 @@ FAMILY = MoEFamily(
         config_dense_layers_key="mlp_only_layers",
         config_sparse_step_key="decoder_sparse_step",
     ),
+    refused=(("awq:llmcompressor", LLMCOMPRESSOR_AWQ_REFUSED),),
 )
