@@ -75,12 +75,12 @@ PassRunner = Callable[[PassJob], PassResult]
 
 def pass_kind(stage: StageConfig) -> str:
     """The runner of a stage: its family's, or llm-compressor's for slimming the streamed pass does not run."""
-    family = stage.family  # type: ignore[attr-defined]
+    family = stage.family
     if family != "slimming":
         return family  # no slimming import: it pulls in llm-compressor, seconds per worker process
     from moecomp.compression.slimming.methods import METHODS
 
-    native = stage.method in METHODS and getattr(stage, "backend", "moecomp") == "moecomp"  # type: ignore[attr-defined]
+    native = stage.method in METHODS and getattr(stage, "backend", "moecomp") == "moecomp"
     return family if native else "slimming_llmcompressor"
 
 
@@ -339,7 +339,7 @@ def refuse_methods(model_dir: Path, stages: list[StageConfig]) -> None:
 
 def _pass_timing(family: str, stages: list[StageConfig], seconds: float, device: str) -> dict[str, Any]:
     """Wall time of a pass and, on CUDA, its peak device memory (then reset for the next pass)."""
-    timing = {"family": family, "methods": [s.method for s in stages], "seconds": round(seconds, 3)}  # type: ignore[attr-defined]
+    timing = {"family": family, "methods": [s.method for s in stages], "seconds": round(seconds, 3)}
     if device.startswith("cuda") and torch.cuda.is_available():
         timing["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         torch.cuda.reset_peak_memory_stats(device)

@@ -97,14 +97,14 @@ def run_streamed(
     _copy_outside_layers(model_dir, writer, source.family)
     observer = SlimmingObserver(list(stages), writer, new_index, save_dtype, sequences=calib_ids.shape[0])
     for stage in stages:
-        ctx.message(stage.method, f"{stage.method}: {stage.model_dump_json()}")  # type: ignore[attr-defined]
-    name = "+".join(stage.method for stage in stages)  # type: ignore[attr-defined]
+        ctx.message(stage.method, f"{stage.method}: {stage.model_dump_json()}")
+    name = "+".join(stage.method for stage in stages)
     calibrate(source, calib_ids, [observer], prior=prior, device=device, dtype=dtype, ctx=ctx, stage=name)
     writer.close()
-    quantizer = next((s for s in stages if METHODS[s.method].quantizes), None)  # type: ignore[attr-defined]
+    quantizer = next((s for s in stages if METHODS[s.method].quantizes), None)
     quant = None
     if quantizer is not None:
-        actorder = METHODS[quantizer.method].actorder  # type: ignore[attr-defined]
+        actorder = METHODS[quantizer.method].actorder
         quant = quantization_config(quantizer, observer.linears, _ignored(source, new_index, prior), actorder)
     config = _config(model_dir, out_dir, prior, quant)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -119,7 +119,7 @@ def run_streamed(
 
 
 def _report(stage: StageConfig, record: StageRecord, check: dict[str, Any], calib_ids: torch.Tensor) -> dict:
-    method = METHODS[stage.method]  # type: ignore[attr-defined]
+    method = METHODS[stage.method]
     results: dict[str, Any] = {
         "targets": record.targets,
         "tokens_per_expert": record.tokens_per_expert or None,
@@ -144,7 +144,7 @@ def _report(stage: StageConfig, record: StageRecord, check: dict[str, Any], cali
         results["preserve_routing"] = stage.preserve_routing  # type: ignore[attr-defined]
         results["error_reduction"] = {k: round(b / max(a, 1e-30), 4) for k, (a, b) in record.smoothing.items()}
     return {
-        "method": stage.method,  # type: ignore[attr-defined]
+        "method": stage.method,
         "config": stage.model_dump(mode="json"),
         "results": results,
         "seconds": round(record.seconds, 3),
