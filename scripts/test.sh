@@ -7,4 +7,5 @@ scripts/services.sh
 [ -x scripts/install_chromium.sh ] && scripts/install_chromium.sh
 .venv/bin/ruff check moecomp tests benchmarks
 .venv/bin/ruff format --check moecomp tests benchmarks
+.venv/bin/mypy moecomp
 .venv/bin/python -m pytest -q "$@"
