@@ -7,13 +7,13 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # shipped in the package: any install can migrate
 
 
 def alembic_config(url: str) -> Config:
-    """An Alembic config for ``url`` using the repository's alembic.ini and migrations/."""
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    """An Alembic config for ``url`` with the package's migrations (no alembic.ini needed)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["url"] = url
     cfg.attributes["embedded"] = True
     return cfg
