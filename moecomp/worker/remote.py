@@ -29,6 +29,7 @@ from moecomp.persistence.jobs import Lease
 from moecomp.settings import Settings
 from moecomp.worker.artifacts import CHUNK
 from moecomp.worker.errors import JobError, LeaseLost
+from moecomp.worker.tar_stream import FileView
 
 T = TypeVar("T")
 LEASE_LOST = "X-Moecomp-Lease"  # a 409 with this header: the lease is gone
@@ -42,25 +43,6 @@ class Body(Protocol):
     def size(self) -> int: ...
 
     def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
-
-
-@dataclass(frozen=True)
-class LocalFile:
-    """A file on this host as a Body."""
-
-    path: Path
-
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        left = (self.size if end is None else end + 1) - start
-        with open(self.path, "rb") as f:
-            f.seek(start)
-            while left > 0 and (data := f.read(min(CHUNK, left))):
-                left -= len(data)
-                yield data
 
 
 @dataclass(frozen=True)
@@ -162,7 +144,7 @@ class ApiClient:
                 with open(dest, "ab" if response.status_code == 206 else "wb") as out:
                     for data in response.iter_bytes(CHUNK):
                         out.write(data)
-        got = body_sha256(LocalFile(dest))
+        got = body_sha256(FileView(dest))
         if got != sha256:
             dest.unlink()
             raise Retry(f"upload {upload_id} arrived with sha256 {got}, not {sha256}")

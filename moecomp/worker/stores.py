@@ -23,9 +23,10 @@ from moecomp.settings import Settings
 from moecomp.worker import artifacts, tar_stream
 from moecomp.worker.db_retry import retrying
 from moecomp.worker.errors import LeaseLost
-from moecomp.worker.remote import ApiClient, Bytes, LocalFile, body_sha256
+from moecomp.worker.remote import ApiClient, Bytes, body_sha256
 from moecomp.worker.reporter import JobReporter
 from moecomp.worker.runner import JobOutput
+from moecomp.worker.tar_stream import FileView
 
 CHECKPOINT = "checkpoint.tar"
 
@@ -133,7 +134,7 @@ class OverHttp:
         self.reporter.sink("progress", "artifacts", {"step": 1, "total": total})
         for i, (kind, src) in enumerate(files, 2):
             if src.is_file():
-                self.client.send(self.lease, src.name, kind, LocalFile(src))
+                self.client.send(self.lease, src.name, kind, FileView(src))
             self.reporter.sink("progress", "artifacts", {"step": i, "total": total})
 
     def write_log(self, data: bytes) -> None:

@@ -36,6 +36,25 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class FileView:
+    """A plain file, read ``CHUNK`` bytes at a time (what a TarView is for a folder)."""
+
+    path: Path
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        left = (self.size if end is None else end + 1) - start
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            while left > 0 and (chunk := f.read(min(CHUNK, left))):
+                left -= len(chunk)
+                yield chunk
+
+
+@dataclass(frozen=True)
 class TarView:
     """The tar of ``folder`` as ``segments``: ``size`` bytes in all."""
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,8 +13,7 @@ from moecomp.api.services.jobs import ID_RE
 from moecomp.persistence.models import Artifact, Job, Team
 from moecomp.settings import Settings
 from moecomp.worker import tar_stream
-from moecomp.worker.artifacts import CHUNK
-from moecomp.worker.tar_stream import TarView
+from moecomp.worker.tar_stream import FileView, TarView
 
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 MEDIA_TYPES = {
@@ -62,7 +58,7 @@ def get_artifact(session: Session, team: Team, artifact_id: str) -> Artifact:
     return row
 
 
-def artifact_body(settings: Settings, artifact: Artifact) -> FileBody | TarView:
+def artifact_body(settings: Settings, artifact: Artifact) -> FileView | TarView:
     """The artifact's bytes: its file, or a checkpoint tar streamed from its folder (tar_stream); 410 once expired,
     404 for a recorded path that is missing or would leave the artifacts folder."""
     if artifact.expired_at is not None:
@@ -75,30 +71,11 @@ def artifact_body(settings: Settings, artifact: Artifact) -> FileBody | TarView:
     if not path.is_relative_to(root) or not path.is_file():
         raise NotFound("artifact file is missing on the server")
     if not tar_stream.is_index(path):
-        return FileBody(path)
+        return FileView(path)
     try:
         return tar_stream.read_index(path)
     except (OSError, ValueError, KeyError) as exc:
         raise NotFound("artifact file is missing on the server") from exc
-
-
-@dataclass(frozen=True)
-class FileBody:
-    """A plain artifact file, read ``CHUNK`` bytes at a time."""
-
-    path: Path
-
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        left = (self.size if end is None else end + 1) - start
-        with open(self.path, "rb") as f:
-            f.seek(start)
-            while left > 0 and (chunk := f.read(min(CHUNK, left))):
-                left -= len(chunk)
-                yield chunk
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
