@@ -8,15 +8,17 @@ were built by the handler already, so the polled routes return them serialized; 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
-from fastapi import Response
+from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from moecomp.api.conditional import etag_matches
 from moecomp.api.schemas import DetailPublic
+from moecomp.api.services.artifacts import parse_range
+from moecomp.worker.tar_stream import Body
 
 _REFUSALS = {
     400: "The body is not readable as JSON.",
@@ -48,13 +50,29 @@ def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": DetailPublic, "description": _REFUSALS[code]} for code in codes}
 
 
-class Body(Protocol):
-    """Bytes a download serves: a size and chunks of any inclusive range (api.services.artifacts)."""
-
-    @property
-    def size(self) -> int: ...
-
-    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
+def content_response(
+    request: Request,
+    body: Body,
+    sha256: str,
+    *,
+    range_header: str | None,
+    if_none_match: str | None,
+    filename: str,
+    media_type: str,
+) -> Response:
+    """``body``, named by its sha256 (the ETag): 304 when the client holds it, else the download (a Range
+    honoured, 206); HEAD answers the headers alone."""
+    etag = f'"{sha256}"'
+    if etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    return download_response(
+        body,
+        parse_range(range_header, body.size),
+        head=request.method == "HEAD",
+        filename=filename,
+        media_type=media_type,
+        headers={"ETag": etag, "X-Checksum-Sha256": sha256},
+    )
 
 
 def download_response(

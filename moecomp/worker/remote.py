@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import httpx
 
@@ -29,20 +29,13 @@ from moecomp.persistence.jobs import Lease
 from moecomp.settings import Settings
 from moecomp.worker.artifacts import CHUNK
 from moecomp.worker.errors import JobError, LeaseLost
-from moecomp.worker.tar_stream import FileView
+from moecomp.worker.tar_stream import Body, FileView
 
 T = TypeVar("T")
 LEASE_LOST = "X-Moecomp-Lease"  # a 409 with this header: the lease is gone
 RETRY_WITHIN_S = 300.0  # an API restart or a network blip; past this the job fails (and its next attempt retries)
 FIRST_DELAY_S, MAX_DELAY_S = 0.5, 5.0
 UPLOAD_ARCNAME = "model"
-
-
-class Body(Protocol):
-    @property
-    def size(self) -> int: ...
-
-    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
 
 
 @dataclass(frozen=True)

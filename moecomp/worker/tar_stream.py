@@ -18,6 +18,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from moecomp.worker.artifacts import CHUNK, WrittenFile, member_info, members, write_bytes
 
@@ -33,6 +34,15 @@ class Segment:
     size: int
     data: bytes | None = None
     file: str | None = None  # relative to the folder, POSIX separators
+
+
+class Body(Protocol):
+    """Bytes served or sent in chunks: a size and the chunks of any inclusive range (FileView, TarView)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]: ...
 
 
 @dataclass(frozen=True)

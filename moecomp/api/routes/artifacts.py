@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import FileResponse
 
-from moecomp.api.conditional import IfNoneMatch, etag_matches
+from moecomp.api.conditional import IfNoneMatch
 from moecomp.api.deps import SessionDep, SettingsDep, TeamDep
-from moecomp.api.responses import download_response, refusals
+from moecomp.api.responses import content_response, refusals
 from moecomp.api.services import artifacts
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"], responses=refusals(401, 404, 410, 416))
@@ -32,15 +32,12 @@ def artifact_content(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     artifact = artifacts.get_artifact(session, team, artifact_id)
-    body = artifacts.artifact_body(settings, artifact)
-    etag = f'"{artifact.sha256}"'
-    if etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers={"ETag": etag})
-    return download_response(
-        body,
-        artifacts.parse_range(range, body.size),
-        head=request.method == "HEAD",
+    return content_response(
+        request,
+        artifacts.artifact_body(settings, artifact),
+        artifact.sha256,
+        range_header=range,
+        if_none_match=if_none_match,
         filename=artifact.name,
         media_type=artifacts.MEDIA_TYPES.get(artifact.kind, "application/octet-stream"),
-        headers={"ETag": etag, "X-Checksum-Sha256": artifact.sha256},
     )

@@ -16,11 +16,11 @@ from fastapi import APIRouter, Header, Path, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from moecomp.api.conditional import IfNoneMatch, etag_matches
+from moecomp.api.conditional import IfNoneMatch
 from moecomp.api.deps import SessionDep, SettingsDep, WorkerKeyDep
-from moecomp.api.responses import VALIDATION, download_response, refusals
+from moecomp.api.responses import VALIDATION, content_response, refusals
 from moecomp.api.schemas import ArtifactReceived
-from moecomp.api.services import artifacts, worker_data
+from moecomp.api.services import worker_data
 from moecomp.persistence.jobs import Lease
 
 router = APIRouter(prefix="/worker", tags=["worker"], responses=refusals(401, 403))
@@ -41,16 +41,14 @@ def upload_content(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     body, sha256 = worker_data.upload_tar(session, settings, upload_id)
-    etag = f'"{sha256}"'
-    if etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers={"ETag": etag})
-    return download_response(
+    return content_response(
+        request,
         body,
-        artifacts.parse_range(range, body.size),
-        head=request.method == "HEAD",
+        sha256,
+        range_header=range,
+        if_none_match=if_none_match,
         filename=f"{upload_id}.tar",
         media_type="application/x-tar",
-        headers={"ETag": etag, "X-Checksum-Sha256": sha256},
     )
 
 
