@@ -8,6 +8,7 @@ were built by the handler already, so the polled routes return them serialized; 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -16,8 +17,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from moecomp.api.conditional import etag_matches
+from moecomp.api.errors import RangeNotSatisfiable
 from moecomp.api.schemas import DetailPublic
-from moecomp.api.services.artifacts import parse_range
 from moecomp.worker.tar_stream import Body
 
 _REFUSALS = {
@@ -34,6 +35,7 @@ _REFUSALS = {
     429: "Too many requests; retry after the Retry-After header's seconds.",
     507: "The server's disk is full; nothing was kept from this request.",
 }
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 # FastAPI declares 422 itself only for routes with declared parameters.
 VALIDATION = {
     "description": "Validation Error",
@@ -48,6 +50,27 @@ def json_response(model: BaseModel, status_code: int = 200) -> Response:
 def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the ``{"detail": ...}`` refusals (errors.ApiError) a route may answer."""
     return {code: {"model": DetailPublic, "description": _REFUSALS[code]} for code in codes}
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The first and last byte (inclusive) of a single Range header, None for none; 416 when it is not one
+    satisfiable byte range (RFC 9110 14.1.2: a suffix longer than the file, or an end past it, is cut to it)."""
+    if header is None:
+        return None
+    match = RANGE_RE.match(header.strip())
+    unsatisfiable = RangeNotSatisfiable(
+        "Range must be one satisfiable byte range, e.g. bytes=0-1023", headers={"Content-Range": f"bytes */{size}"}
+    )
+    if match is None or match.groups() == ("", ""):
+        raise unsatisfiable
+    start, end = match.groups()
+    if start == "":  # suffix range: the last N bytes
+        if int(end) == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - int(end)), size - 1
+    if int(start) >= size or (end != "" and int(end) < int(start)):
+        raise unsatisfiable
+    return int(start), size - 1 if end == "" else min(int(end), size - 1)
 
 
 def content_response(

@@ -96,7 +96,6 @@ def download_progress(ctx: RunContext, label: str) -> type[tqdm]:
 
     class DownloadProgress(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.pop("name", None)
             super().__init__(*args, file=io.StringIO(), **kwargs)
             self._last = (float("-inf"), -1.0)  # (when, bytes) of the last event
 

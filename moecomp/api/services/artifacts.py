@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from moecomp.api.errors import Gone, NotFound, RangeNotSatisfiable
+from moecomp.api.errors import Gone, NotFound
 from moecomp.api.schemas import ArtifactPublic
 from moecomp.api.services.jobs import ID_RE
 from moecomp.persistence.models import Artifact, Job, Team
@@ -15,7 +13,6 @@ from moecomp.settings import Settings
 from moecomp.worker import tar_stream
 from moecomp.worker.tar_stream import FileView, TarView
 
-RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 MEDIA_TYPES = {
     "checkpoint": "application/x-tar",
     "manifest": "application/json",
@@ -76,24 +73,3 @@ def artifact_body(settings: Settings, artifact: Artifact) -> FileView | TarView:
         return tar_stream.read_index(path)
     except (OSError, ValueError, KeyError) as exc:
         raise NotFound("artifact file is missing on the server") from exc
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The first and last byte (inclusive) of a single Range header, None for none; 416 when it is not one
-    satisfiable byte range (RFC 9110 14.1.2: a suffix longer than the file, or an end past it, is cut to it)."""
-    if header is None:
-        return None
-    match = RANGE_RE.match(header.strip())
-    unsatisfiable = RangeNotSatisfiable(
-        "Range must be one satisfiable byte range, e.g. bytes=0-1023", headers={"Content-Range": f"bytes */{size}"}
-    )
-    if match is None or match.groups() == ("", ""):
-        raise unsatisfiable
-    start, end = match.groups()
-    if start == "":  # suffix range: the last N bytes
-        if int(end) == 0 or size == 0:
-            raise unsatisfiable
-        return max(0, size - int(end)), size - 1
-    if int(start) >= size or (end != "" and int(end) < int(start)):
-        raise unsatisfiable
-    return int(start), size - 1 if end == "" else min(int(end), size - 1)
