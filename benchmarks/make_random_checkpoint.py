@@ -3,7 +3,8 @@
 Names and shapes come from the model built on the meta device, translated to the on-disk convention that
 ``save_pretrained`` uses (transformers 5 fuses experts in memory, ``mlp.experts.gate_up_proj [E, 2I, H]``, but
 writes one tensor per expert: ``experts.{e}.gate_proj/up_proj/down_proj`` for Qwen3-MoE and OLMoE,
-``block_sparse_moe.experts.{e}.w1/w3/w2`` for Mixtral). Each tensor is generated on the GPU when there is one
+``block_sparse_moe.experts.{e}.w1/w3/w2`` for Mixtral, GLM-4.5's like Qwen3-MoE's; gpt-oss stores them fused as
+in memory, in bf16 here, not the hub's mxfp4). Each tensor is generated on the GPU when there is one
 (else the CPU) with a generator seeded by its name, moved to the host, added to the current shard, and the shard
 is written with ``safetensors.torch.save_file`` once full. Norm weights are 1.0, all other weights randn * 0.02.
 The folder also gets ``config.json``, ``model.safetensors.index.json`` and the bundled demo model's tokenizer
@@ -13,6 +14,7 @@ The folder also gets ``config.json``, ``model.safetensors.index.json`` and the b
     .venv/bin/python benchmarks/make_random_checkpoint.py --preset qwen3-30b-a3b --layers 2 --out /tmp/q3
     python benchmarks/make_random_checkpoint.py --preset mixtral-8x7b --out /data/mixtral-random --shard-gb 4
     .venv/bin/python benchmarks/make_random_checkpoint.py --preset qwen3-small --out /tmp/q3s    # 16 MB, a CPU run
+    python benchmarks/make_random_checkpoint.py --preset glm-4.5-air --layers 8 --out /dev/shm/glm   # 33 GB of 211
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, PretrainedConfig, Qwen3MoeConfig
+from transformers import (
+    AutoModelForCausalLM,
+    Glm4MoeConfig,
+    GptOssConfig,
+    MixtralConfig,
+    OlmoeConfig,
+    PretrainedConfig,
+    Qwen3MoeConfig,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO / "moecomp" / "assets" / "models" / "tiny-mixtral"  # moecomp.assets.DEMO_MODEL
@@ -71,6 +81,40 @@ PRESETS: dict[str, tuple[type[PretrainedConfig], dict[str, Any]]] = {
         rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         tie_word_embeddings=False,
     )),
+    # openai/gpt-oss-20b's config.json. Its experts are written in bf16, fused as in memory, not as the hub's mxfp4
+    # blocks and scales: moecomp refuses every method on mxfp4 experts (dequantize first, see adapters/gpt_oss.py).
+    "gpt-oss-20b": (GptOssConfig, dict(
+        hidden_size=2880, intermediate_size=2880, num_hidden_layers=24, num_attention_heads=64,
+        num_key_value_heads=8, head_dim=64, num_local_experts=32, num_experts_per_tok=4, sliding_window=128,
+        attention_bias=True, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+            "truncate": False, "original_max_position_embeddings": 4096,
+        }, tie_word_embeddings=False,
+    )),  # layer_types: GptOssConfig's default, sliding and full attention alternating from layer 0
+    "gpt-oss-small": (GptOssConfig, dict(
+        hidden_size=256, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=64, num_local_experts=8, num_experts_per_tok=2, sliding_window=32, attention_bias=True,
+        max_position_embeddings=4096, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 150000.0}, tie_word_embeddings=False,
+    )),  # sliding window 32: shorter than a CPU run's calibration sequences, so the window matters there too
+    # zai-org/GLM-4.5-Air's config.json (its one multi-token-prediction layer, which transformers does not load,
+    # left out). head_dim is given: hidden / heads would be 42.
+    "glm-4.5-air": (Glm4MoeConfig, dict(
+        hidden_size=4096, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=46,
+        num_attention_heads=96, num_key_value_heads=8, head_dim=128, partial_rotary_factor=0.5,
+        n_routed_experts=128, num_experts_per_tok=8, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
+        topk_group=1, norm_topk_prob=True, routed_scaling_factor=1.0, attention_bias=True, use_qk_norm=False,
+        max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, tie_word_embeddings=False,
+    )),
+    "glm-4.5-air-small": (Glm4MoeConfig, dict(
+        hidden_size=256, intermediate_size=512, moe_intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, partial_rotary_factor=0.5, n_routed_experts=8,
+        num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+        norm_topk_prob=True, routed_scaling_factor=1.0, attention_bias=True, use_qk_norm=False,
+        max_position_embeddings=4096, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, tie_word_embeddings=False,
+    )),
 }  # fmt: skip
 
 # Tiny shapes of the same model types, for --self-check (compared against save_pretrained).
@@ -83,6 +127,16 @@ TINY: dict[str, dict[str, Any]] = {
                         num_key_value_heads=4, num_experts=4, num_experts_per_tok=2),
     "mixtral-8x7b": dict(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, num_local_experts=4),
+    "gpt-oss-20b": dict(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2),
+    "gpt-oss-small": dict(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=16, num_local_experts=4),
+    "glm-4.5-air": dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, n_routed_experts=4,
+                        num_experts_per_tok=2),
+    "glm-4.5-air-small": dict(hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, n_routed_experts=4,
+                              num_experts_per_tok=2),
 }  # fmt: skip
 
 
@@ -96,10 +150,13 @@ class DiskLayout:
     down: str
 
 
-DISK_LAYOUTS = {
+# None: the experts are stored fused, as in memory (gpt-oss: gate_up_proj [E, H, 2I] and the biases).
+DISK_LAYOUTS: dict[str, DiskLayout | None] = {
     "qwen3_moe": DiskLayout("mlp", "gate_proj", "up_proj", "down_proj"),
     "olmoe": DiskLayout("mlp", "gate_proj", "up_proj", "down_proj"),
     "mixtral": DiskLayout("block_sparse_moe", "w1", "w3", "w2"),
+    "glm4_moe": DiskLayout("mlp", "gate_proj", "up_proj", "down_proj"),
+    "gpt_oss": None,
 }
 
 
@@ -136,9 +193,9 @@ def meta_state(config: PretrainedConfig) -> tuple[str, dict[str, tuple[int, ...]
     return type(model).__name__, shapes
 
 
-def disk_specs(name: str, shape: tuple[int, ...], layout: DiskLayout) -> Iterator[Spec]:
+def disk_specs(name: str, shape: tuple[int, ...], layout: DiskLayout | None) -> Iterator[Spec]:
     """Translate one in-memory tensor into the tensors that save_pretrained writes for it."""
-    if ".mlp." not in name:
+    if layout is None or ".mlp." not in name:
         yield Spec(name, shape)
         return
     prefix, _, leaf = name.partition(".mlp.")
@@ -278,18 +335,35 @@ def check_preset(preset: str, root: Path) -> list[str]:
 
 
 def check_fusion(model: torch.nn.Module, folder: Path, config: PretrainedConfig) -> list[str]:
-    """Expert 1 of layer 0, as loaded, must hold exactly the gate/up/down tensors that were written."""
+    """Expert 1 of the first MoE layer, as loaded, must hold exactly the tensors that were written."""
     layout = DISK_LAYOUTS[config.model_type]
-    experts: Any = model.get_submodule("model.layers.0.mlp.experts")
+    layer = next(i for i in range(config.num_hidden_layers) if _has(model, f"model.layers.{i}.mlp.experts"))
+    experts: Any = model.get_submodule(f"model.layers.{layer}.mlp.experts")
     index = json.loads((folder / INDEX_NAME).read_text())["weight_map"]
-    prefix = f"model.layers.0.{layout.moe}.experts.1."
-    gate, up, down = (_read(folder, index, prefix + f"{p}.weight") for p in (layout.gate, layout.up, layout.down))
-    problems = []
-    if not torch.equal(experts.gate_up_proj[1], torch.cat([gate, up])):
-        problems.append(f"{config.model_type}: loaded gate_up_proj[1] differs from gate/up as written")
-    if not torch.equal(experts.down_proj[1], down):
-        problems.append(f"{config.model_type}: loaded down_proj[1] differs from down as written")
-    return problems
+    if layout is None:  # stored fused: each loaded tensor is the written one
+        prefix = f"model.layers.{layer}.mlp.experts."
+        names = [name for name, _ in experts.named_parameters()]
+        pairs = [(name, getattr(experts, name)[1], _read(folder, index, prefix + name)[1]) for name in names]
+    else:
+        prefix = f"model.layers.{layer}.{layout.moe}.experts.1."
+        gate, up, down = (_read(folder, index, prefix + f"{p}.weight") for p in (layout.gate, layout.up, layout.down))
+        pairs = [
+            ("gate_up_proj", experts.gate_up_proj[1], torch.cat([gate, up])),
+            ("down_proj", experts.down_proj[1], down),
+        ]
+    return [
+        f"{config.model_type}: loaded {name}[1] differs from what was written"
+        for name, loaded, written in pairs
+        if not torch.equal(loaded, written)
+    ]
+
+
+def _has(model: torch.nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def _read(folder: Path, index: dict[str, str], name: str) -> torch.Tensor:
