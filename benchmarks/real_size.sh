@@ -42,6 +42,7 @@ python3 "$here/peak_rss.py" --out "$results/rss.json" -- \
 [[ -f $work/out/moecomp.json ]] && cp "$work/out/moecomp.json" "$results/moecomp.json"
 layers=${layers:-$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' \
     "$work/model/config.json")}
+if ((status)); then tail -40 "$results/compress.log"; fi
 python3 "$here/real_size_report.py" summary --results "$results" --preset "$preset" --layers "$layers" \
-    --checkpoint "$work/model" --output "$work/out" --generation-seconds "$generation"
-if ((status)); then tail -40 "$results/compress.log"; exit "$status"; fi
+    --checkpoint "$work/model" --output "$work/out" --generation-seconds "$generation" || status=$((status ? status : 1))
+exit "$status"

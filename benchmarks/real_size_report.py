@@ -96,6 +96,13 @@ def layer_loops(log: str) -> dict[str, dict[str, Any]]:
     return loops
 
 
+def plan_lines(log: str) -> list[str]:
+    """The CLI's memory plan and each pass's calibration placement (activations on the device or the host, one
+    layer's weights at a time: the streamed path), once each."""
+    found = [line.strip() for line in re.split(r"[\r\n]", log) if re.match(r"\[[\w+]+\] (plan|calibration): ", line)]
+    return list(dict.fromkeys(found))
+
+
 def folder_bytes(folder: Path) -> int | None:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else None
 
@@ -116,7 +123,8 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
     manifest_path = args.results / "moecomp.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     timings = manifest.get("timings", {})
-    loops = layer_loops((args.results / "compress.log").read_text(errors="replace"))
+    log = (args.results / "compress.log").read_text(errors="replace")
+    loops = layer_loops(log)
     recipe_path = args.results / "recipe.yaml"
     refused = [line.removeprefix(REFUSED) for line in recipe_path.read_text().splitlines() if line.startswith(REFUSED)]
     full = make_config(args.preset).num_hidden_layers
@@ -127,6 +135,7 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_gib": rss["peak_rss_gib"], "peak_rss_anon_gib": rss["peak_rss_anon_gib"],
         "peak_gpu_used_gib": rss["peak_gpu_used_gib"], "timings": timings, "layer_loops": loops,
         "stages": [s["method"] for s in manifest.get("recipe", {}).get("stages", [])], "refused": refused,
+        "plan": plan_lines(log),
     }  # fmt: skip
     if "total" in timings:
         summary["estimated_full_total_s"] = round(estimate_full(timings["total"], loops, args.layers, full), 1)
@@ -157,6 +166,7 @@ def describe(summary: dict[str, Any]) -> str:
             f"generation {summary['estimated_full_generation_s']:.0f} s"
         )
     lines += [f"  refused: {reason}" for reason in summary["refused"]]
+    lines += [f"  {line}" for line in summary["plan"]]
     return "\n".join(lines)
 
 
