@@ -77,7 +77,7 @@ class SelectContext:
 
 @dataclass(frozen=True)
 class Trimmer:
-    """How a trimming method plugs into the engine (one per method module, registered in trimming.py).
+    """How a trimming method plugs into the engine: one per method module, returned by its config's ``trimmer()``.
 
     rounds:  how many passes a config needs (1, or ``drop`` when layer/block drop is iterative)
     observer: a fresh observer for one pass

@@ -7,19 +7,13 @@ study (He et al. 2024, arXiv 2406.02500): calibration on 128 sequences of 2048 t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from moecomp.compression.methods import STAGE_CONFIGS
-from moecomp.compression.methods.base import StageConfig
 from moecomp.compression.methods.quantization import QuantizationStage
-
-if TYPE_CHECKING:  # what every stage declares (methods/base.py); pydantic parses the registry's union
-    Stage = StageConfig
-else:
-    Stage = Annotated[Union[STAGE_CONFIGS], Field(discriminator="method")]  # noqa: UP007
+from moecomp.compression.methods.registry import Stage
 
 # Bounded so that no request can ask for unbounded memory or disk: the engine keeps every calibration token's
 # hidden state of a layer (samples x seq_len x hidden), so the product is capped too (4x the study's 128 x 2048).

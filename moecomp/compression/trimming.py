@@ -15,20 +15,9 @@ import torch
 from moecomp.compression.context import RunContext
 from moecomp.compression.engine import calibrate
 from moecomp.compression.lazy_checkpoint import SafetensorsSource, WeightSource
-from moecomp.compression.methods import block_drop, expert_drop, layer_drop
 from moecomp.compression.methods.base import StageConfig
-from moecomp.compression.observers import Observer, SelectContext, Trimmer
+from moecomp.compression.observers import Observer, SelectContext
 from moecomp.compression.structure import Decisions
-
-TRIMMERS: dict[str, Trimmer] = {
-    "expert_drop": expert_drop.TRIMMER,
-    "layer_drop": layer_drop.TRIMMER,
-    "block_drop": block_drop.TRIMMER,
-}
-
-
-def is_trimming(stage: StageConfig) -> bool:
-    return getattr(stage, "method", None) in TRIMMERS
 
 
 def run_trimming(
@@ -72,7 +61,7 @@ def run_stage(
 ) -> tuple[Decisions, dict[str, Any]]:
     """All passes of one stage; each round sees the previous rounds' decisions applied."""
     method = stage.method
-    trimmer = TRIMMERS[method]
+    trimmer = stage.trimmer()
     taken = Decisions()
     round_reports = []
     n_rounds = trimmer.rounds(stage)

@@ -120,7 +120,6 @@ def test_empty_recipe_re_exports_the_model(tiny_qwen2_moe_dir, tmp_path):
     torch.testing.assert_close(got, decided_logits(tiny_qwen2_moe_dir, Decisions()), atol=0, rtol=0)
 
 
-@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")  # CopyStage is not a registered stage
 def test_trimming_after_another_pass_reports_original_numbering(tiny_mixtral_dir, tmp_path, monkeypatch):
     """block drop | copy pass | expert drop: the second trimming pass runs on the renumbered checkpoint."""
     monkeypatch.setitem(PASS_RUNNERS, "copy", copy_pass)

@@ -6,11 +6,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from moecomp.compression.methods import STAGE_CONFIGS
+from moecomp.compression.methods.registry import stage_configs
 from moecomp.compression.recipe import Recipe, load_recipe
 
 
-@pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("config", stage_configs(), ids=lambda c: c.__name__)
 def test_every_stage_config_round_trips_through_json(config):
     recipe = Recipe(stages=[config()])
     again = Recipe.model_validate(json.loads(recipe.model_dump_json()))

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import inspect
 import sys
-from functools import cache
+from functools import lru_cache
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from moecomp.api.schemas import MethodPublic, MethodsPublic
 from moecomp.compression.evaluation.spec import EvaluationSpec
-from moecomp.compression.methods import STAGE_CONFIGS
+from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.registry import stage_configs
 from moecomp.compression.recipe import Recipe
 
 
@@ -44,10 +45,15 @@ def describe_method(config: type[BaseModel]) -> MethodPublic:
     )
 
 
-@cache  # the schemas are fixed for the life of the process, and building them costs ~15 ms
 def describe_methods() -> MethodsPublic:
+    """The stage table as it is now: a stage registered since the last call is listed (and in the recipe schema)."""
+    return _describe(stage_configs())
+
+
+@lru_cache(maxsize=4)  # one answer per stage table: building the schemas costs ~15 ms, the table rarely changes
+def _describe(configs: tuple[type[StageConfig], ...]) -> MethodsPublic:
     return MethodsPublic(
-        methods=[describe_method(c) for c in STAGE_CONFIGS],
+        methods=[describe_method(c) for c in configs],
         recipe_schema=Recipe.model_json_schema(),
         evaluation_schema=EvaluationSpec.model_json_schema(),
     )

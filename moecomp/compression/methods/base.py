@@ -5,6 +5,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from moecomp.compression.observers import Trimmer
+
 
 @dataclass
 class ModelShape:
@@ -26,7 +28,9 @@ class ShapeError(ValueError):
 
 class StageConfig(BaseModel):
     """Base of every stage config: unknown fields are an error, never silently ignored. Each stage narrows
-    ``method`` to its own name (the recipe's discriminator) and says which pass ``family`` runs it."""
+    ``method`` to its own name (the recipe's discriminator) and says which pass ``family`` runs it; a trimming
+    stage also says how the engine runs it (:meth:`trimmer`), so that a new stage needs no edit outside its module
+    but its registration row (:mod:`moecomp.compression.methods.registry`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +40,10 @@ class StageConfig(BaseModel):
     def check(self, shape: ModelShape) -> None:
         """Refuse (ShapeError) what this stage asks beyond ``shape``, before any work, and leave in ``shape``
         what the model is after it. The engine's own bounds (each method's select) say the same at run time."""
+
+    def trimmer(self) -> Trimmer:
+        """How the streaming engine scores and selects for this stage (family "trimming"): its module's TRIMMER."""
+        raise TypeError(f"{self.method} is a {self.family} stage: only trimming stages have a trimmer")
 
 
 # Upper bounds on the counts a request sets, far above any MoE model's shape, so that no request carries an

@@ -43,6 +43,9 @@ class BlockDropConfig(StageConfig):
         shape.blocks -= self.drop
         shape.moe_layers = min(shape.moe_layers, shape.blocks)  # the dropped blocks may all have been dense
 
+    def trimmer(self) -> Trimmer:
+        return TRIMMER
+
 
 def score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Sum over tokens of cos(a_t, b_t); [..., H] -> scalar (float32)."""

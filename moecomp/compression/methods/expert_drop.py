@@ -68,6 +68,9 @@ class ExpertDropConfig(StageConfig):
             raise ShapeError("keep", self.keep, message)
         shape.experts = self.keep
 
+    def trimmer(self) -> Trimmer:
+        return TRIMMER
+
 
 def score(logits: torch.Tensor, routing: str) -> torch.Tensor:
     """Sum over tokens of the router affinity: [T, E] logits -> [E] (float32)."""

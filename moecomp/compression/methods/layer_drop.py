@@ -37,6 +37,9 @@ class LayerDropConfig(StageConfig):
             raise ShapeError("drop", self.drop, f"drop={self.drop} must be below the MoE layers ({shape.moe_layers})")
         shape.moe_layers -= self.drop
 
+    def trimmer(self) -> Trimmer:
+        return TRIMMER
+
 
 def score(x: torch.Tensor, normed: torch.Tensor, moe_out: torch.Tensor) -> dict[str, torch.Tensor]:
     """Sums over tokens of both cosines; x, normed, moe_out: [..., H] -> scalars (float32)."""
