@@ -136,8 +136,27 @@ class MethodPublic(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
+class RefusalPublic(BaseModel):
+    applies_to: str = Field(
+        description="What is refused: a stage family (`slimming`), a method (`gptq`), a method on one backend "
+        "(`awq:llmcompressor`), or, among `refused_checkpoints`, a checkpoint quantization (`mxfp4`)."
+    )
+    reason: str
+
+
+class FamilyPublic(BaseModel):
+    """A supported MoE family, as its adapter declares it."""
+
+    model_type: str = Field(description="The `model_type` of the model's config.json that selects this family.")
+    refused: list[RefusalPublic] = Field(description="Stages this family refuses up front, with the reason.")
+    refused_checkpoints: list[RefusalPublic] = Field(
+        description="Checkpoint quantizations refused for every method, with the reason."
+    )
+
+
 class MethodsPublic(BaseModel):
     methods: list[MethodPublic]
+    families: list[FamilyPublic] = Field(description="The model families a job may compress; any other is a 422.")
     recipe_schema: dict[str, Any]
     evaluation_schema: dict[str, Any]
 

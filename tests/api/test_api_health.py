@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from moecomp.api.app import create_app
+from moecomp.compression.adapters import FAMILIES
 from moecomp.persistence import workers
 from moecomp.persistence.database import Database
 from moecomp.persistence.models import Job, JobStatus
@@ -94,6 +95,21 @@ def test_methods_list_every_stage_with_schema_and_defaults(client: TestClient, a
     assert expert["schema"]["properties"]["keep"]["minimum"] == 1
     assert all(m["family"] in ("trimming", "slimming") for m in body["methods"])
     assert "stages" in body["recipe_schema"]["properties"] and "gate" in body["evaluation_schema"]["properties"]
+
+
+def test_methods_list_the_supported_families_with_what_their_adapters_refuse(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    families = {f["model_type"]: f for f in client.get("/v1/methods", headers=auth).json()["families"]}
+    assert list(families) == sorted(FAMILIES)
+    for model_type, family in FAMILIES.items():
+        refused = families[model_type]["refused"]
+        assert [(r["applies_to"], r["reason"]) for r in refused] == list(family.refused)
+        checkpoints = families[model_type]["refused_checkpoints"]
+        assert [(r["applies_to"], r["reason"]) for r in checkpoints] == list(family.refused_quantizations)
+    assert [r["applies_to"] for r in families["gpt_oss"]["refused"]] == ["slimming"]
+    assert [r["applies_to"] for r in families["gpt_oss"]["refused_checkpoints"]] == ["mxfp4"]
+    assert families["mixtral"]["refused"] == [] and families["mixtral"]["refused_checkpoints"] == []
 
 
 def test_metrics_count_requests_by_route_template(client: TestClient, auth: dict[str, str]) -> None:

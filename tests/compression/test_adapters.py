@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig
@@ -9,6 +12,14 @@ from transformers import LlamaConfig
 from moecomp.compression.adapters import FAMILIES, RefusedMethod, UnsupportedModel, get_adapter
 from moecomp.compression.structure import decoder_layers, is_moe_layer
 from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_config, tiny_model
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_lists_every_family_of_the_table_and_no_other() -> None:
+    """The README's families table (one row per family, its model_type in backquotes) is the adapter table's."""
+    rows = re.findall(r"^\| [^|`]+\(`(\w+)`\) \|", README.read_text(), flags=re.MULTILINE)
+    assert sorted(rows) == sorted(FAMILIES)
 
 
 def test_every_family_has_a_tiny_config() -> None:

@@ -1,5 +1,6 @@
 """The new-job form is built from GET /v1/methods as it is when the page loads: a stage registered in the server's
-process (tests/stage_plugin.py, one registration row) is offered and rendered, and its 422s land beside its field.
+process (tests/stage_plugin.py, one registration row) is offered and rendered, and its 422s land beside its field;
+the supported families are listed with what they refuse.
 
 The app runs in this process (uvicorn on a thread, SQLite, no worker: no job runs) so that the test can register the
 stage in the server's own table, and take it out again, without any hook in the service.
@@ -17,6 +18,7 @@ import pytest
 import uvicorn
 
 from moecomp.api.app import create_app
+from moecomp.compression.adapters import FAMILIES
 from moecomp.compression.methods.registry import registered_stage
 from moecomp.persistence.database import Database
 from moecomp.persistence.keys import create_api_key
@@ -90,3 +92,15 @@ def test_a_stage_registered_in_the_servers_process_is_offered_and_rendered(new_j
     page.reload()
     page.wait_for_selector("#new-job[data-ready]")
     assert METHOD not in offered(page)
+
+
+def test_the_form_lists_the_supported_families_with_their_refusals(new_job_page: Any, screenshots: Path) -> None:
+    page = new_job_page
+    listed = page.eval_on_selector_all("#families li", "items => items.map((li) => li.dataset.family)")
+    assert listed == sorted(FAMILIES)
+    assert page.is_visible("#families li[data-family=mixtral]")
+    gpt_oss = page.locator("#families li[data-family=gpt_oss]").inner_text()
+    assert "refuses slimming:" in gpt_oss and "refuses mxfp4 checkpoints:" in gpt_oss
+    assert "refuses awq:llmcompressor:" in page.locator("#families li[data-family=qwen3_next]").inner_text()
+    assert "refuses" not in page.locator("#families li[data-family=mixtral]").inner_text()
+    page.locator("#new-job fieldset").first.screenshot(path=str(screenshots / "new-job-families.png"))

@@ -1,4 +1,5 @@
-"""What the recipe can contain, for forms and clients: each stage method with its JSON schema and defaults."""
+"""What a job can ask for, for forms and clients: each stage method with its JSON schema and defaults, and the
+model families the adapters support."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from functools import lru_cache
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from moecomp.api.schemas import MethodPublic, MethodsPublic
+from moecomp.api.schemas import FamilyPublic, MethodPublic, MethodsPublic, RefusalPublic
+from moecomp.compression.adapters import FAMILIES, MoEFamily
 from moecomp.compression.evaluation.spec import EvaluationSpec
 from moecomp.compression.methods.base import StageConfig
 from moecomp.compression.methods.registry import stage_configs
@@ -45,6 +47,14 @@ def describe_method(config: type[BaseModel]) -> MethodPublic:
     )
 
 
+def describe_family(family: MoEFamily) -> FamilyPublic:
+    return FamilyPublic(
+        model_type=family.model_type,
+        refused=[RefusalPublic(applies_to=key, reason=reason) for key, reason in family.refused],
+        refused_checkpoints=[RefusalPublic(applies_to=q, reason=reason) for q, reason in family.refused_quantizations],
+    )
+
+
 def describe_methods() -> MethodsPublic:
     """The stage table as it is now: a stage registered since the last call is listed (and in the recipe schema)."""
     return _describe(stage_configs())
@@ -54,6 +64,7 @@ def describe_methods() -> MethodsPublic:
 def _describe(configs: tuple[type[StageConfig], ...]) -> MethodsPublic:
     return MethodsPublic(
         methods=[describe_method(c) for c in configs],
+        families=[describe_family(f) for f in sorted(FAMILIES.values(), key=lambda f: f.model_type)],
         recipe_schema=Recipe.model_json_schema(),
         evaluation_schema=EvaluationSpec.model_json_schema(),
     )

@@ -42,6 +42,20 @@ function modelSource(container, suggestions, defaultPath) {
   };
 }
 
+/** The model families GET /v1/methods lists, under the model source, with what each refuses and why. */
+function familyList(container, families) {
+  const refusals = (f) => [
+    ...f.refused.map((r) => `refuses ${r.applies_to}: ${r.reason}`),
+    ...f.refused_checkpoints.map((r) => `refuses ${r.applies_to} checkpoints: ${r.reason}`),
+  ];
+  container.replaceChildren(
+    h("p", { class: "hint", id: "families-title" }, "Supported families (", h("code", {}, "model_type"),
+      " in config.json):"),
+    h("ul", { class: "families", "aria-labelledby": "families-title" }, families.map((f) =>
+      h("li", { "data-family": f.model_type }, h("code", {}, f.model_type),
+        refusals(f).map((text) => h("span", { class: "hint" }, text))))));
+}
+
 /** A tar of a model folder (config.json, safetensors, tokenizer) sent to POST /v1/models; fills the id. */
 function uploadControl(idInput) {
   const file = h("input", { id: "f-model-upload-file", type: "file", accept: ".tar,application/x-tar",
@@ -156,6 +170,7 @@ export async function initNewJob(root) {
   const isTag = (part) => catalog.methods.some((m) => m.name === part);
   const readModel = modelSource(root.querySelector("#model-source"), JSON.parse(root.dataset.models || "[]"),
     root.dataset.defaultModel || "");
+  familyList(root.querySelector("#families"), catalog.families);
   const editor = new StageEditor(root.querySelector("#stages"), catalog.methods);
   editor.fallbackFocus = root.querySelector("#add-stage");
   const picker = root.querySelector("#add-method");
