@@ -114,7 +114,7 @@ start_services() {  # each unless still running from before an interruption
             >> "$results/serve.log" 2>&1 < /dev/null &
         echo $! > "$work/serve.pid"
     fi
-    probe wait-ready --timeout 900
+    probe wait-ready --timeout 900 --pid "$(cat "$work/serve.pid")"
     elapsed serve_ready_s "$t0"
 }
 

@@ -2,7 +2,7 @@
 job's record, and write the run's summary.json. Standard library and moecomp's client only (no torch).
 
     service_probe.py sample --data-dir D --results R     # until SIGTERM: R/gpu_peak.txt, R/disk_peak.txt
-    service_probe.py wait-ready --timeout 900            # /readyz 200 (database, broker and a live worker)
+    service_probe.py wait-ready --timeout 900 [--pid P]  # /readyz 200 (database, broker and a live worker)
     service_probe.py record JOB --results R              # R/job.json, R/events.json, R/artifacts.json
     service_probe.py summary --work W --results R        # R/summary.json from everything above
 
@@ -100,10 +100,21 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def wait_ready(args: argparse.Namespace) -> int:
     url = os.environ.get("MOECOMP_URL", DEFAULT_URL).rstrip("/") + "/readyz"
     deadline, last = time.monotonic() + args.timeout, "no answer yet"
     while time.monotonic() < deadline:
+        if args.pid and not _alive(args.pid):  # serve died (a missing package, a taken port): say so at once
+            print(f"serve (pid {args.pid}) exited before it was ready: {last}", file=sys.stderr)
+            return 1
         try:
             response = httpx.get(url, timeout=10)
             if response.status_code == 200:
@@ -284,6 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.set_defaults(func=sample)
     p = sub.add_parser("wait-ready")
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--pid", type=int, help="give up as soon as this process (serve) has exited")
     p.set_defaults(func=wait_ready)
     p = sub.add_parser("record")
     p.add_argument("job")

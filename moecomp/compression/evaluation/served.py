@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, StaticCache
 
+from moecomp.compression.evaluation.packed import IMPLEMENTATION as PACKED
 from moecomp.compression.evaluation.spec import SpeedSpec
 from moecomp.compression.evaluation.speed import decode_lengths, decode_seconds, greedy, memory, random_prompt, timed
 
@@ -33,7 +34,8 @@ def compiles(device: torch.device) -> bool:
 
 
 def served_experts(model: PreTrainedModel, requested: str | None = None) -> str | None:
-    """The experts implementation to serve with: ``requested``, else grouped_mm on CUDA in bfloat16.
+    """The experts implementation to serve with: ``requested``, else the packed one a W4A16 checkpoint loaded
+    with (evaluation.packed), else grouped_mm on CUDA in bfloat16.
 
     In float32/float16 transformers' grouped_mm falls back, under torch.compile, to a per-expert loop that
     reads expert counts on the host, which a CUDA graph cannot capture: batched_mm captures. On a CPU the
@@ -41,9 +43,12 @@ def served_experts(model: PreTrainedModel, requested: str | None = None) -> str 
     """
     if requested is not None:
         return requested
+    current = getattr(model.config, "_experts_implementation", None)
+    if current == PACKED:  # packed experts keep no dense weights for another kernel to read
+        return current
     device = next(model.parameters()).device
     if device.type != "cuda":
-        return getattr(model.config, "_experts_implementation", None)
+        return current
     return "grouped_mm" if model.dtype == torch.bfloat16 else "batched_mm"
 
 
