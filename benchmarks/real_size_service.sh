@@ -157,13 +157,15 @@ collect() {
 drive() {  # the whole run, in the background (start launches it with setsid)
     environment
     trap 'exit 143' TERM INT
-    trap 'rc=$?; [[ $(cat "$work/phase") == done ]] || { stop_services; probe summary --work "$work" \
+    trap 'rc=$?; [[ $(cat "$work/phase") == done || $(cat "$work/phase") == failed:* ]] || { stop_services; probe summary --work "$work" \
         --results "$results" > /dev/null 2>&1 || true; phase "failed in $(cat "$work/phase") (exit $rc)"; }' EXIT
     phase generate; generate; write_request
     phase serve; start_services
     phase submit; submit_and_watch
     phase collect; collect; stop_services
     probe summary --work "$work" --results "$results" > /dev/null
+    local status; status=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["status"])' "$results/job.json")
+    [[ $status == succeeded ]] || { phase "failed: the job ended $status (see job.log)"; exit 0; }
     phase done
 }
 
