@@ -55,7 +55,8 @@ ERROR_CODES = (
     "What ended the job: `timeout` (ran past its time limit), `disk_full` (no space left writing its files; the "
     "message names the file and the space free), `out_of_memory`, `model_not_found`, `invalid_model` (its "
     "folder asks for remote code, which the server does not allow, or holds an unreadable config), `invalid_recipe`, "
-    "`quality_gate` (the evaluation missed the gate; artifacts kept), `worker_lost` (its worker died too often), "
+    "`quality_gate` (the evaluation missed the gate; artifacts kept), `evaluation_failed` (the evaluation raised "
+    "after the export; the checkpoint and manifest kept), `worker_lost` (its worker died too often), "
     "`api_unreachable` / `api_refused` (a worker on another host could not fetch its input from the API or send "
     "an artifact to it), `internal`."
 )

@@ -43,11 +43,11 @@ def pick_device(setting: str) -> str:
     """``auto``: this pool process's own GPU (child i of the prefork pool takes GPU i), else the CPU."""
     if setting != "auto":
         return setting
-    import torch  # noqa: PLC0415
+    import torch
 
     if not torch.cuda.is_available():
         return "cpu"
-    from billiard.process import current_process  # noqa: PLC0415
+    from billiard.process import current_process
 
     index = getattr(current_process(), "index", None) or 0
     return f"cuda:{index % torch.cuda.device_count()}"
@@ -146,6 +146,9 @@ def _attempt(run: Attempt, job: Job, upload: Upload | None, body: Body) -> tuple
         out = body(inp, run.workdir, reporter, device, run.settings.data_dir / "cache")
         reporter.begin_phase(0.9, 1.0, 1)
         run.store.write(out)
+        if out.evaluation_error:
+            kept = "the checkpoint and its manifest are kept: download them and run `moecomp evaluate` on them"
+            return JobStatus.failed, "evaluation_failed", f"{out.evaluation_error.rstrip('.')}. {kept.capitalize()}."
         if out.gate_failures:
             return JobStatus.failed, "quality_gate", "; ".join(out.gate_failures)
         return JobStatus.succeeded, None, None

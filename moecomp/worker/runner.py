@@ -6,12 +6,15 @@ lifecycle (lifecycle.py) to turn into artifacts and a final status.
 
 from __future__ import annotations
 
+import logging
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from moecomp.compression.context import Cancelled
 from moecomp.compression.evaluation.gate import check_gate
 from moecomp.compression.evaluation.report import write_report
 from moecomp.compression.evaluation.run import evaluate
@@ -23,8 +26,10 @@ from moecomp.compression.recipe import Recipe
 from moecomp.compression.sources import remote_code_config, resolve_model
 from moecomp.persistence.models import Job, Upload
 from moecomp.settings import Settings
-from moecomp.worker.errors import JobError
+from moecomp.worker.errors import JobError, JobTimeout, LeaseLost, classify, disk_full
 from moecomp.worker.reporter import JobReporter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class JobOutput:
     report_files: list[Path] = field(default_factory=list)
     report: dict[str, Any] | None = None
     gate_failures: list[str] = field(default_factory=list)
+    evaluation_error: str | None = None  # "code: message" of an evaluation that failed after the export
 
 
 def model_reference(
@@ -108,7 +114,7 @@ def run_body(inp: JobInput, workdir: Path, reporter: JobReporter, device: str, c
     if inp.evaluation is not None:
         ctx.check_cancelled()
         reporter.begin_phase(compress_end, 0.9, 1)  # evaluate() reports one stage, step by step
-        _evaluate(inp, out, workdir, reporter, device, cache_dir)
+        out.evaluation_error = _evaluate_or_explain(inp, out, workdir, reporter, device, cache_dir)
     if out.report is not None:  # compress() wrote the card; now with the evaluation's figures
         write_model_card(checkpoint, manifest, out.report)
     return out
@@ -121,6 +127,26 @@ def _refuse_what_cannot_fit(inp: JobInput, checkpoint: Path, reporter: JobReport
     needs = plan(model_dir, inp.recipe, device=device, evaluation=inp.evaluation)
     reporter.message("plan", needs.describe())
     check(needs, checkpoint, cache_dir=cache)
+
+
+def _evaluate_or_explain(
+    inp: JobInput, out: JobOutput, workdir: Path, reporter: JobReporter, device: str, cache: Path
+) -> str | None:
+    """Evaluate; a failure of the evaluation alone comes back as "code: message" instead of ending the job
+    here: the checkpoint is complete, and at real size it cost an hour that a second attempt would repeat.
+    A cancel, a timeout, a lost lease or a full disk still end the attempt as they do anywhere else."""
+    try:
+        _evaluate(inp, out, workdir, reporter, device, cache)
+    except (Cancelled, JobTimeout, LeaseLost):
+        raise
+    except Exception as exc:
+        if disk_full(exc, workdir) is not None:
+            raise
+        reporter.log.append(traceback.format_exc())
+        log.exception("the evaluation failed; the checkpoint is kept")
+        code, message = classify(exc, workdir)
+        return f"{code}: {message}"
+    return None
 
 
 def _evaluate(inp: JobInput, out: JobOutput, workdir: Path, reporter: JobReporter, device: str, cache: Path) -> None:

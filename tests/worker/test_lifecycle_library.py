@@ -32,6 +32,23 @@ def test_quality_gate_failure_keeps_the_artifacts(settings, db, make_job):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_evaluation_failure_keeps_the_checkpoint(settings, db, make_job, tmp_path):
+    """The checkpoint is complete before the evaluation starts: a failure there (here a perplexity text gone from
+    disk by the time the job runs) must not throw away the compression's work."""
+    text = tmp_path / "heldout.txt"
+    text.write_text("gone before the job runs")
+    job_id = make_job(recipe=DROP, evaluation={**EVAL_SMALL, "perplexity": [str(text)]})
+    text.unlink()
+    run_job_once(settings, job_id)
+    job = get_job(db, job_id)
+    assert (job.status, job.error_code) == (JobStatus.failed, "evaluation_failed"), job.error_message
+    assert str(text) in job.error_message and "moecomp evaluate" in job.error_message
+    with db.session() as s:
+        kinds = set(s.scalars(select(Artifact.kind).where(Artifact.job_id == job_id)))
+    assert {"checkpoint", "manifest", "model_card", "log"} <= kinds and "report" not in kinds
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_cancel_stops_the_engine_between_layers(settings, db, make_job):
     job_id = make_job(recipe=DROP_LONG)
 
