@@ -20,7 +20,7 @@ from moecomp.compression.adapters import (
     qwen3_moe,
     qwen3_next,
 )
-from moecomp.compression.adapters.family import DiskLayout, MoEFamily, RefusedMethod
+from moecomp.compression.adapters.family import DiskLayout, MoEFamily, RefusedMethod, SmoothingPair
 
 FAMILIES: dict[str, MoEFamily] = {
     module.FAMILY.model_type: module.FAMILY
@@ -57,4 +57,4 @@ def get_adapter(config: Any) -> MoEFamily:
     return family
 
 
-__all__ = ["FAMILIES", "DiskLayout", "MoEFamily", "RefusedMethod", "UnsupportedModel", "get_adapter"]
+__all__ = ["FAMILIES", "DiskLayout", "MoEFamily", "RefusedMethod", "SmoothingPair", "UnsupportedModel", "get_adapter"]

@@ -7,7 +7,7 @@ longer be of equal size, so routing becomes plain top-k over the kept experts (1
 ``first_k_dense_replace`` layers are dense; ``shared_experts`` is never dropped.
 """
 
-from moecomp.compression.adapters.family import MoEFamily, first_k_dense_layers
+from moecomp.compression.adapters.family import LATENT_ATTENTION_SMOOTHING, MoEFamily, first_k_dense_layers
 from moecomp.compression.structure import ModuleLayout
 
 FAMILY = MoEFamily(
@@ -23,4 +23,5 @@ FAMILY = MoEFamily(
         config_layer_lists=(),
         config_dense_prefix_key="first_k_dense_replace",
     ),
+    attention_smoothing=LATENT_ATTENTION_SMOOTHING,
 )

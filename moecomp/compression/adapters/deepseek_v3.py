@@ -5,7 +5,7 @@ correction bias is sliced with the router rows. Once experts are dropped the exp
 no longer be of equal size, so routing becomes plain top-k over the kept experts (1 group).
 """
 
-from moecomp.compression.adapters.family import MoEFamily, first_k_dense_layers
+from moecomp.compression.adapters.family import LATENT_ATTENTION_SMOOTHING, MoEFamily, first_k_dense_layers
 from moecomp.compression.structure import ModuleLayout
 
 FAMILY = MoEFamily(
@@ -22,4 +22,5 @@ FAMILY = MoEFamily(
         config_layer_lists=(),
         config_dense_prefix_key="first_k_dense_replace",
     ),
+    attention_smoothing=LATENT_ATTENTION_SMOOTHING,
 )

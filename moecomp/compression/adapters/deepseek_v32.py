@@ -11,7 +11,7 @@ lightning indexer (``self_attn.indexer``: ``wq_b``, ``wk``, ``k_norm``, ``weight
 
 from typing import Any
 
-from moecomp.compression.adapters.family import MoEFamily
+from moecomp.compression.adapters.family import LATENT_ATTENTION_SMOOTHING, MoEFamily
 from moecomp.compression.structure import ModuleLayout
 
 
@@ -39,4 +39,5 @@ FAMILY = MoEFamily(
         config_layer_lists=("layer_types", "mlp_layer_types"),
         config_dense_prefix_key="first_k_dense_replace",
     ),
+    attention_smoothing=LATENT_ATTENTION_SMOOTHING,
 )

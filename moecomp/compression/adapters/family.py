@@ -58,6 +58,47 @@ def listed_moe_dense_layers(config: Any) -> frozenset[int]:
     return frozenset(set(range(config.num_hidden_layers)) - set(config.moe_layers))
 
 
+@dataclass(frozen=True)
+class SmoothingPair:
+    """An AWQ smoothing pair (llm-compressor's ``AWQMapping``): ``smoothed``, a norm or a linear, whose output only
+    the ``balances`` linears read, so dividing that output by s and multiplying their input columns by s leaves the
+    layer's function unchanged. Paths are from the decoder layer. A balance the layer lacks is left out (one
+    declaration covers a family's variants: DeepSeek-V2-Lite has ``q_proj`` where V2 has ``q_a_proj``), and a pair
+    whose smoothed module or every balance the layer lacks is skipped (Qwen3-Next's gated-DeltaNet layers)."""
+
+    smoothed: str
+    balances: tuple[str, ...]
+
+    def present(self, layer: Any) -> SmoothingPair | None:
+        """This pair as ``layer`` (a decoder layer) holds it, or None where it holds none of it."""
+        balances = tuple(path for path in self.balances if _has(layer, path))
+        return SmoothingPair(self.smoothed, balances) if balances and _has(layer, self.smoothed) else None
+
+
+def _has(layer: Any, path: str) -> bool:
+    try:
+        layer.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+# The attention's pairs (the MoE block's follow from the layout: post-attention norm -> router, shared and routed
+# experts' gate/up; up -> down in each expert): the input norm feeds q, k, v; v feeds o where v's output is o's
+# input (llm-compressor skips the pair under grouped-query attention, and so does moecomp's AWQ).
+STANDARD_ATTENTION_SMOOTHING = (
+    SmoothingPair("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    SmoothingPair("self_attn.v_proj", ("self_attn.o_proj",)),
+)
+# Multi-head latent attention (DeepSeek): the input norm feeds the down-projections (``q_proj`` where
+# ``q_lora_rank`` is None), each latent norm its up-projection; no v -> o (o reads the attention's output).
+LATENT_ATTENTION_SMOOTHING = (
+    SmoothingPair("input_layernorm", ("self_attn.q_a_proj", "self_attn.q_proj", "self_attn.kv_a_proj_with_mqa")),
+    SmoothingPair("self_attn.q_a_layernorm", ("self_attn.q_b_proj",)),
+    SmoothingPair("self_attn.kv_a_layernorm", ("self_attn.kv_b_proj",)),
+)
+
+
 class RefusedMethod(ValueError):
     """A method the family cannot run (or its checkpoint cannot express), refused before any work."""
 
@@ -84,6 +125,7 @@ class MoEFamily:
     refused: tuple[tuple[str, str], ...] = ()
     # (quant_method, reason): checkpoints stored so (gpt-oss's mxfp4 experts) are refused for every method
     refused_quantizations: tuple[tuple[str, str], ...] = ()
+    attention_smoothing: tuple[SmoothingPair, ...] = STANDARD_ATTENTION_SMOOTHING  # AWQ's pairs in attention
 
     def num_experts(self, config: Any) -> int:
         return int(getattr(config, self.layout.num_experts_key))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -40,9 +40,7 @@ from moecomp.compression.slimming import rtn
 from moecomp.compression.slimming.groups import WeightGroup, layer_groups
 from moecomp.compression.slimming.statistics import InputStats, LayerStats, attach_statistics
 from moecomp.compression.slimming.targets import Scope
-from moecomp.compression.structure import ModuleLayout
 
-INPUT_NORM = "input_layernorm"
 # float32 working memory of one step over a batch of weights: steps run over a few experts at a time, so the search
 # adds little to the layer's own footprint on the device (llm-compressor's AWQ holds one expert's at a time)
 WORK_BYTES = 512 * 1024**2
@@ -124,34 +122,46 @@ def _children(layer: nn.Module, path: str) -> dict[str, nn.Module]:
         return {}
 
 
-def _attention_mappings(layer: nn.Module, layout: ModuleLayout) -> list[Mapping]:
-    """llm-compressor's pairs inside attention: input norm -> q, k, v and v -> o (when v's output is o's input);
-    for multi-head latent attention, input norm -> the down-projections and each latent norm -> its up-projection.
-    Other linears that read a norm (``layout.norm_readers``: DeepSeek-V3.2's indexer) absorb the input norm's s
-    too (the attention run measures them); a latent norm they read is not smoothed (its pair is one linear's)."""
-    attention, offset = layout.attention, layout.norm_weight_offset
-    names = _children(layer, attention)
-    if not names:  # a hybrid family's other mixer (Qwen3-Next's gated DeltaNet): outside the attention scope
-        return []
-    lin = lambda name: Balance(_group(f"{attention}.{name}", scope="attention"), True)  # noqa: E731
-    readers: dict[str, list[Balance]] = {}
+def _parent(paths: tuple[str, ...]) -> str:
+    """The lowest module holding every one of ``paths`` (llm-compressor's ``get_lowest_common_parent``)."""
+    common: list[str] = []
+    for names in zip(*(path.split(".")[:-1] for path in paths), strict=False):
+        if len(set(names)) > 1:
+            break
+        common.append(names[0])
+    return ".".join(common)
+
+
+def _attention_mappings(layer: nn.Module, family: MoEFamily) -> list[Mapping]:
+    """The family's attention pairs (``family.attention_smoothing``) that this layer holds. A pair of several
+    linears is measured by running their parent (the attention); a pair of one linear by that linear's output, and
+    only where the smoothed output is the linear's whole input (llm-compressor skips v -> o under grouped-query
+    attention). Other linears that read a norm (``layout.norm_readers``: DeepSeek-V3.2's indexer) absorb its s too
+    (the attention run measures them); a norm a pair of one linear smooths is left alone when others read it."""
+    layout = family.layout
+    readers: dict[str, list[str]] = {}
     for norm, path in layout.norm_readers:
-        readers.setdefault(norm, []).append(Balance(_group(path, scope="attention"), True))
-    input_norm = Smoothed(INPUT_NORM, offset=offset)
-    if "kv_a_proj_with_mqa" in names:
-        query = "q_a_proj" if "q_a_proj" in names else "q_proj"
-        down = (lin(query), lin("kv_a_proj_with_mqa"), *readers.get(INPUT_NORM, []))
-        pairs = [Mapping(INPUT_NORM, input_norm, down, attention)]
-        for norm, up in (("q_a_layernorm", "q_b_proj"), ("kv_a_layernorm", "kv_b_proj")):
-            if norm in names and f"{attention}.{norm}" not in readers:
-                pairs.append(Mapping(f"{attention}.{norm}", Smoothed(f"{attention}.{norm}"), (lin(up),), None))
-        return pairs
-    qkv = (lin("q_proj"), lin("k_proj"), lin("v_proj"), *readers.get(INPUT_NORM, []))
-    pairs = [Mapping(INPUT_NORM, input_norm, qkv, attention)]
-    v, o = names["v_proj"], names["o_proj"]
-    if v.out_features == o.in_features:  # llm-compressor skips v -> o under grouped-query attention
-        pairs.append(Mapping("v_proj", Smoothed(f"{attention}.v_proj"), (lin("o_proj"),), None))
+        readers.setdefault(norm, []).append(path)
+    pairs = []
+    for declared in family.attention_smoothing:
+        pair = declared.present(layer)
+        if pair is None:
+            continue
+        weight = cast(torch.Tensor, layer.get_submodule(pair.smoothed).weight)  # a norm's [out], a linear's [out, in]
+        smoothed = Smoothed(pair.smoothed, offset=layout.norm_weight_offset if weight.ndim == 1 else 0.0)
+        if len(pair.balances) == 1:
+            width = _group(pair.balances[0]).get(layer).shape[-1]  # [1, out, in]
+            if pair.smoothed in readers or weight.shape[0] != width:
+                continue
+            pairs.append(Mapping(pair.smoothed, smoothed, (_balance(pair.balances[0]),), None))
+            continue
+        balances = (*pair.balances, *readers.get(pair.smoothed, []))
+        pairs.append(Mapping(pair.smoothed, smoothed, tuple(map(_balance, balances)), _parent(balances)))
     return pairs
+
+
+def _balance(path: str) -> Balance:
+    return Balance(_group(path, scope="attention"), True)
 
 
 def _moe_mappings(layer: nn.Module, family: MoEFamily, scope: list[Scope], preserve_routing: bool) -> list[Mapping]:
@@ -189,8 +199,7 @@ def layer_mappings(layer: nn.Module, family: MoEFamily, config: Any, is_moe: boo
     """The smoothing pairs of one decoder layer, in llm-compressor's order (each has a quantized balance: the
     routed experts, the attention linears or a shared expert's down projection)."""
     scope = list(config.scope)
-    layout = family.layout
-    pairs = _attention_mappings(layer, layout) if "attention" in scope else []
+    pairs = _attention_mappings(layer, family) if "attention" in scope else []
     if is_moe:
         pairs += _moe_mappings(layer, family, scope, config.preserve_routing)
     return pairs

@@ -17,7 +17,7 @@ from llmcompressor.modifiers.transform.awq import AWQMapping, AWQModifier
 from torch import nn
 from transformers import PreTrainedModel
 
-from moecomp.compression.adapters import MoEFamily
+from moecomp.compression.adapters import MoEFamily, SmoothingPair
 from moecomp.compression.lazy_checkpoint import checkpoint_structure
 from moecomp.compression.methods.pruning import SparseGPTConfig, WandaConfig
 from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, config_groups
@@ -138,19 +138,11 @@ def awq_mappings(model: PreTrainedModel, family: MoEFamily, config: AWQConfig) -
 
 
 def _attention_mappings(model: nn.Module, family: MoEFamily) -> list[AWQMapping]:
-    """Smoothing pairs inside attention: q/k/v after the input norm and v -> o; or, for multi-head latent
-    attention (DeepSeek), the down-projections after the input norm and each up-projection after its own
-    norm (MLA has no v -> o pair: o_proj reads the attention output, not v_proj's)."""
-    attention = decoder_layers(model, family.layout)[0].get_submodule(family.layout.attention)
-    children = {name for name, _ in attention.named_children()}
-    if "kv_a_proj_with_mqa" not in children:
-        return [
-            AWQMapping("re:.*input_layernorm$", ["re:.*q_proj$", "re:.*k_proj$", "re:.*v_proj$"]),
-            AWQMapping("re:.*v_proj$", ["re:.*o_proj$"]),
-        ]
-    query = "q_a_proj" if "q_a_proj" in children else "q_proj"  # q_lora_rank None: one query projection
-    mappings = [AWQMapping("re:.*input_layernorm$", [_suffix(query), "re:.*kv_a_proj_with_mqa$"])]
-    if "q_a_layernorm" in children:
-        mappings.append(AWQMapping("re:.*q_a_layernorm$", ["re:.*q_b_proj$"]))
-    mappings.append(AWQMapping("re:.*kv_a_layernorm$", ["re:.*kv_b_proj$"]))
-    return mappings
+    """The family's attention pairs (``family.attention_smoothing``) as the first layer holding any of them has
+    them; llm-compressor matches each regex in every layer and itself skips v -> o under grouped-query attention."""
+    pairs: list[SmoothingPair] = []
+    for layer in decoder_layers(model, family.layout):
+        pairs = [p for p in (declared.present(layer) for declared in family.attention_smoothing) if p is not None]
+        if pairs:
+            break
+    return [AWQMapping(_suffix(p.smoothed), [_suffix(b) for b in p.balances]) for p in pairs]
