@@ -36,13 +36,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def migrate_database(settings: Settings) -> None:
-    from moecomp.persistence.migrate import upgrade  # noqa: PLC0415  (alembic only when needed)
+    from moecomp.persistence.migrate import upgrade  # alembic only when needed
 
     upgrade(settings.resolved_database_url)
 
 
 def _database(settings: Settings) -> Database:
-    from moecomp.persistence.database import Database  # noqa: PLC0415
+    from moecomp.persistence.database import Database
 
     if not settings.database_url:  # embedded: the database may not exist yet
         migrate_database(settings)
@@ -50,7 +50,7 @@ def _database(settings: Settings) -> Database:
 
 
 def create_key(args: argparse.Namespace) -> int:
-    from moecomp.persistence.keys import create_api_key  # noqa: PLC0415
+    from moecomp.persistence.keys import create_api_key
 
     db = _database(Settings())
     with db.session() as session:
@@ -59,8 +59,8 @@ def create_key(args: argparse.Namespace) -> int:
 
 
 def create_service_key(args: argparse.Namespace) -> int:
-    from moecomp.persistence.service_keys import Role  # noqa: PLC0415
-    from moecomp.persistence.service_keys import create_service_key as create  # noqa: PLC0415
+    from moecomp.persistence.service_keys import Role
+    from moecomp.persistence.service_keys import create_service_key as create
 
     db = _database(Settings())
     with db.session() as session:
@@ -69,8 +69,8 @@ def create_service_key(args: argparse.Namespace) -> int:
 
 
 def revoke_key(args: argparse.Namespace) -> int:
-    from moecomp.persistence.keys import revoke_api_key  # noqa: PLC0415
-    from moecomp.persistence.service_keys import revoke_service_key  # noqa: PLC0415
+    from moecomp.persistence.keys import revoke_api_key
+    from moecomp.persistence.service_keys import revoke_service_key
 
     db = _database(Settings())
     with db.session() as session:
@@ -91,7 +91,7 @@ def ensure_local_key(settings: Settings) -> tuple[str, bool]:
     path = local_key_path(settings)
     if path.exists():
         return path.read_text().strip(), False
-    from moecomp.persistence.keys import create_api_key  # noqa: PLC0415
+    from moecomp.persistence.keys import create_api_key
 
     db = _database(settings)
     with db.session() as session:

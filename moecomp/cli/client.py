@@ -164,7 +164,7 @@ class _Bar:
     """A tqdm bar of the job's 0..100% with the current stage and step."""
 
     def __init__(self) -> None:
-        from tqdm import tqdm  # noqa: PLC0415
+        from tqdm import tqdm
 
         # disable=None: a bar on a terminal; in a log (not a TTY) one line per finished stage instead.
         self.bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}{postfix}]", disable=None)
@@ -275,7 +275,7 @@ def _append(client: httpx.Client, artifact: dict[str, Any], part: Path, digest: 
 
 
 def _byte_bar(artifact: dict[str, Any], have: int) -> Any:
-    from tqdm import tqdm  # noqa: PLC0415
+    from tqdm import tqdm
 
     # disable=None: a bar on a terminal only, as watch's
     return tqdm(total=artifact["bytes"], initial=have, unit="B", unit_scale=True, desc=artifact["name"], disable=None)

@@ -29,7 +29,7 @@ def is_embedded(settings: Settings) -> bool:
 
 
 def _prepare_embedded(settings: Settings) -> None:
-    from moecomp.cli.admin import ensure_local_key, local_key_path, migrate_database  # noqa: PLC0415
+    from moecomp.cli.admin import ensure_local_key, local_key_path, migrate_database
 
     migrate_database(settings)
     key, created = ensure_local_key(settings)
@@ -41,10 +41,10 @@ def _prepare_embedded(settings: Settings) -> None:
 
 def _reap_on_start(settings: Settings) -> None:
     """Jobs whose worker died while the service was down are re-queued before any request; expired files go."""
-    from moecomp.persistence.database import Database  # noqa: PLC0415
-    from moecomp.worker.app import make_celery  # noqa: PLC0415
-    from moecomp.worker.reaper import reap_once  # noqa: PLC0415
-    from moecomp.worker.retention import sweep_safely  # noqa: PLC0415
+    from moecomp.persistence.database import Database
+    from moecomp.worker.app import make_celery
+    from moecomp.worker.reaper import reap_once
+    from moecomp.worker.retention import sweep_safely
 
     db = Database(settings.resolved_database_url)
     try:
@@ -62,16 +62,16 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from moecomp.api.app import create_app  # noqa: PLC0415
+    from moecomp.api.app import create_app
 
     settings = Settings()
     embedded = is_embedded(settings)
     if embedded:
         _prepare_embedded(settings)
     _reap_on_start(settings)
-    from moecomp.worker.retention import start_sweeper  # noqa: PLC0415
+    from moecomp.worker.retention import start_sweeper
 
     start_sweeper(settings)  # hourly: with workers on other hosts, no worker sweeps this host's files
     # The worker beside the API is kept running (a new one when it dies), and readiness requires it.

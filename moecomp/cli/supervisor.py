@@ -77,9 +77,9 @@ class Backoff:
 
 def bury(settings: Settings, pid: int) -> None:
     """The worker whose main process was ``pid`` is dead: kill what is left of its group, forget its row."""
-    from moecomp.persistence import workers  # noqa: PLC0415
-    from moecomp.persistence.database import Database  # noqa: PLC0415
-    from moecomp.worker.presence import presence_name  # noqa: PLC0415
+    from moecomp.persistence import workers
+    from moecomp.persistence.database import Database
+    from moecomp.worker.presence import presence_name
 
     try:
         os.killpg(pid, signal.SIGKILL)  # orphaned pool or heartbeat processes of the dead worker

@@ -25,7 +25,7 @@ def default_concurrency() -> int:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return max(1, len([d for d in visible.split(",") if d.strip()]))
-    import torch  # noqa: PLC0415  (device_count asks NVML; it does not create a CUDA context before the fork)
+    import torch  # device_count asks NVML; it does not create a CUDA context before the fork
 
     return max(1, torch.cuda.device_count())
 
@@ -46,7 +46,7 @@ def celery_argv(args: argparse.Namespace, queue: str) -> list[str]:
 
 def _api_refusal(settings: Settings) -> str | None:
     """A worker on another host: why the API refuses its credential, if it does (remote.ApiClient.refusal)."""
-    from moecomp.worker.remote import ApiClient  # noqa: PLC0415
+    from moecomp.worker.remote import ApiClient
 
     client = ApiClient(settings)
     try:
@@ -56,9 +56,9 @@ def _api_refusal(settings: Settings) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moecomp.worker.app import make_celery  # noqa: PLC0415
-    from moecomp.worker.presence import NODE_ENV, Presence  # noqa: PLC0415
-    from moecomp.worker.reaper import start_reaper  # noqa: PLC0415
+    from moecomp.worker.app import make_celery
+    from moecomp.worker.presence import NODE_ENV, Presence
+    from moecomp.worker.reaper import start_reaper
 
     # CUDA must not be initialised in the main process before the pool forks (a forked child could not
     # use it): torch then answers is_available()/device_count() through NVML, without touching CUDA.
@@ -68,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"moecomp worker: {refused}", file=sys.stderr)
         return 2
     if not settings.database_url:  # embedded: the worker may start before `serve` created the database
-        from moecomp.cli.admin import migrate_database  # noqa: PLC0415
+        from moecomp.cli.admin import migrate_database
 
         migrate_database(settings)
     app = make_celery(settings)
     # Import torch, transformers and the library once, before the pool forks, so that each job
     # starts at once instead of spending seconds on imports in its pool process.
-    import moecomp.worker.lifecycle  # noqa: F401, PLC0415
+    import moecomp.worker.lifecycle  # noqa: F401
 
     start_reaper(settings, app)
     presence = Presence(settings)  # /readyz and /metrics count this worker while it beats

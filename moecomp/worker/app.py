@@ -49,7 +49,7 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         enable_utc=True,
     )
-    from moecomp.worker.tasks import register_tasks  # noqa: PLC0415  (tasks import the settings, not torch)
+    from moecomp.worker.tasks import register_tasks  # tasks import the settings, not torch
 
     register_tasks(app, settings)
     return app

@@ -78,7 +78,7 @@ def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         if isinstance(exc, torch.OutOfMemoryError):
             return True
@@ -98,8 +98,8 @@ def _is_missing_model(exc: BaseException) -> bool:
 
 def _refused_by_plan(exc: BaseException) -> tuple[str, str] | None:
     """A job the library's plan refused before any work: its message already names the numbers."""
-    from moecomp.compression.activations import HostMemoryError  # noqa: PLC0415 - torch, only once a job failed
-    from moecomp.compression.planning import DiskSpaceError  # noqa: PLC0415
+    from moecomp.compression.activations import HostMemoryError  # torch, only once a job failed
+    from moecomp.compression.planning import DiskSpaceError
 
     if isinstance(exc, DiskSpaceError):
         return "disk_full", exc.message

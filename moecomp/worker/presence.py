@@ -38,7 +38,7 @@ def gpus() -> list[dict[str, Any]]:
     Asked of NVML, never of CUDA: the main process must not create a CUDA context before the pool forks.
     """
     try:
-        import pynvml  # noqa: PLC0415
+        import pynvml
 
         pynvml.nvmlInit()
     except Exception:  # no NVML library, no driver: a CPU host

@@ -18,6 +18,6 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @app.task(name="moecomp.run_job", ignore_result=True, time_limit=hard_time_limit(settings))
     def run_job(job_id: str) -> None:
-        from moecomp.worker.lifecycle import run_job_once  # noqa: PLC0415  (torch loads in the worker only)
+        from moecomp.worker.lifecycle import run_job_once  # torch loads in the worker only
 
         run_job_once(settings, job_id)

@@ -42,7 +42,7 @@ def test_local_key_is_created_once_and_private(embedded):
 
 @pytest.mark.parametrize("role", ["worker", "admin"])
 def test_create_then_revoke_a_service_key(embedded, capsys, role):
-    from moecomp.persistence.service_keys import key_kind, service_key  # noqa: PLC0415
+    from moecomp.persistence.service_keys import key_kind, service_key
 
     assert main(["admin", f"create-{role}-key", "--label", "gpu-host-1"]) == 0
     key = capsys.readouterr().out.strip()
