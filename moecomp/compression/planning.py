@@ -31,7 +31,7 @@ from moecomp.compression.activations import HostMemoryError
 from moecomp.compression.dtypes import DTYPES
 from moecomp.compression.export import MAX_SHARD_BYTES
 from moecomp.compression.recipe import Recipe
-from moecomp.compression.sizes import Sizes, apply_stage, model_sizes, resaved
+from moecomp.compression.sizes import Sizes, model_sizes, resaved
 
 GIB = 2**30
 FIDELITY_ENTRY_BYTES = 12  # top-k log-probability and token id per compared token
@@ -119,7 +119,7 @@ def plan(model_dir: Path, recipe: Recipe, *, device: str = "cpu", dtype: str = "
     for i, (kind, stages) in enumerate(passes):
         before = current
         for stage in stages:
-            current = apply_stage(current, stage)
+            current = stage.resized(current)
         if kind != "trimming" and (dtype != "auto" or kind == "slimming_llmcompressor"):
             current = resaved(current, setting.compute_item(current, kind == "slimming_llmcompressor"))
         last = i == len(passes) - 1
@@ -190,26 +190,14 @@ def _fits_on_device(setting: Setting, act: int, layer: int, item: int) -> bool:
 
 
 def _stage_buffers(stage: Any, before: Sizes, after: Sizes, setting: Setting, item: int) -> dict[str, int]:
-    """Host buffers a stage keeps during a streamed pass (see the module docstring)."""
-    act = setting.activation_bytes(item)
-    if stage.method == "block_drop" and stage.mode == "consecutive":
-        return {"block_drop windows": stage.drop * act}
+    """Host buffers a stage keeps during a streamed pass (see the module docstring): its own, and for a slimming
+    stage the pass's output shard and reload probes."""
+    own = stage.host_buffers(setting, before, item)
     if stage.family != "slimming":
-        return {}
+        return own
     layers = sum(1 for layer in before.layers if layer)
-    out = {"output shard": min(MAX_SHARD_BYTES, sum(after.checkpoint().values())),
-           "reload probes": 2 * layers * act // setting.samples}  # fmt: skip
-    if setting.device.startswith("cuda"):
-        return out
-    if stage.method in ("gptq", "sparsegpt"):
-        config = setting.config
-        width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
-        out["Hessians"] = max(before.moe, default=0) * (config.hidden_size**2 + width**2) * 4
-    elif stage.method == "awq":
-        from moecomp.compression.slimming.awq import WORK_BYTES  # here: it imports llm-compressor
-
-        out["AWQ search"] = WORK_BYTES
-    return out
+    return {"output shard": min(MAX_SHARD_BYTES, sum(after.checkpoint().values())),
+            "reload probes": 2 * layers * setting.activation_bytes(item) // setting.samples, **own}  # fmt: skip
 
 
 def free_space(path: Path) -> tuple[Path, int, int]:

@@ -1,5 +1,6 @@
 """The model as bytes per decoder layer and part, read from the safetensors headers (no tensor is loaded), and what
-each recipe stage does to those bytes as its config says (which layers or experts go is only known after scoring).
+each recipe stage does to those bytes as its config says (each stage's ``resized``; which layers or experts go is
+only known after scoring).
 
 Parts of a layer: attention, the MoE sub-layer (``moe_norm``, ``router``, ``shared_experts``, ``routed_experts``),
 ``dense_mlp`` and ``other``; tensors outside the layers are kept by name. A stage acts on them in order:
@@ -15,17 +16,13 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from moecomp.compression.adapters import MoEFamily, get_adapter
 from moecomp.compression.lazy_checkpoint import INDEX_FILE, read_config
-from moecomp.compression.methods.base import StageConfig
-from moecomp.compression.methods.block_drop import BlockDropConfig
-from moecomp.compression.methods.expert_drop import ExpertDropConfig
-from moecomp.compression.methods.layer_drop import LayerDropConfig
-from moecomp.compression.methods.quantization import FP8Config, QuantizationStage, resolve_group_size
 from moecomp.compression.sources import SIDE_FILES
 
 FLOATS = {"F32": 4, "BF16": 2, "F16": 2}
@@ -77,6 +74,44 @@ class Sizes:
     @property
     def weights(self) -> int:
         return sum(self.layer_bytes(i) for i in range(len(self.layers))) + sum(self.outside.values())
+
+    def with_experts(self, keep: int) -> Sizes:
+        """Routed experts x keep / E in every MoE layer that has more than ``keep`` (expert drop)."""
+        layers, moe = [dict(layer) for layer in self.layers], list(self.moe)
+        for i, count in enumerate(moe):
+            if count > keep and "routed_experts" in layers[i]:
+                layers[i]["routed_experts"] = layers[i]["routed_experts"].scaled(keep / count)
+                moe[i] = keep
+        return replace(self, layers=layers, moe=moe)
+
+    def without_moe(self, drop: int) -> Sizes:
+        """The ``drop`` smallest MoE sub-layers removed (layer drop)."""
+        return self._without_smallest(drop, MOE_PARTS)
+
+    def without_blocks(self, drop: int) -> Sizes:
+        """The ``drop`` smallest decoder blocks removed (block drop)."""
+        return self._without_smallest(drop, None)
+
+    def _without_smallest(self, drop: int, sub: tuple[str, ...] | None) -> Sizes:
+        layers, moe = [dict(layer) for layer in self.layers], list(self.moe)
+        candidates = [i for i in range(len(layers)) if moe[i] or (sub is None and layers[i])]
+        for i in sorted(candidates, key=lambda i: self.layer_bytes(i, sub))[:drop]:
+            layers[i] = {k: v for k, v in layers[i].items() if sub is not None and k not in sub}
+            moe[i] = 0
+        return replace(self, layers=layers, moe=moe)
+
+    def quantized(self, scope: Sequence[str], packed: Callable[[int, int, int], int]) -> Sizes:
+        """The parts in ``scope`` quantized: their weights take ``packed(numel, narrowest input, item)`` bytes (with
+        their scales), and each weight becomes three tensors (packed, scale, shape)."""
+        layers = [dict(layer) for layer in self.layers]
+        for layer in layers:
+            for part in scope:
+                if part in layer:
+                    linear = layer[part]
+                    rest = linear.bytes - linear.numel * self.item + linear.tensors * (2 * HEADER_BYTES + 16)
+                    weights = packed(linear.numel, linear.min_in, self.item)
+                    layer[part] = replace(linear, bytes=max(weights + rest, 0))
+        return replace(self, layers=layers)
 
     def checkpoint(self) -> dict[str, int]:
         """What a checkpoint of this model is made of."""
@@ -155,41 +190,6 @@ def model_sizes(model_dir: Path) -> Sizes:
 
 def _side_files(model_dir: Path) -> list[Path]:
     return [model_dir / n for n in ("config.json", *SIDE_FILES) if (model_dir / n).is_file()]
-
-
-def apply_stage(sizes: Sizes, stage: StageConfig) -> Sizes:
-    """The sizes after ``stage``, as its config says (see the module docstring)."""
-    layers = [dict(layer) for layer in sizes.layers]
-    moe = list(sizes.moe)
-    if isinstance(stage, ExpertDropConfig):
-        for i, count in enumerate(moe):
-            if count > stage.keep and "routed_experts" in layers[i]:
-                layers[i]["routed_experts"] = layers[i]["routed_experts"].scaled(stage.keep / count)
-                moe[i] = stage.keep
-    elif isinstance(stage, LayerDropConfig | BlockDropConfig):
-        sub = MOE_PARTS if isinstance(stage, LayerDropConfig) else None
-        candidates = [i for i in range(len(layers)) if moe[i] or (sub is None and layers[i])]
-        for i in sorted(candidates, key=lambda i: sizes.layer_bytes(i, sub))[: stage.drop]:
-            layers[i] = {k: v for k, v in layers[i].items() if sub is not None and k not in sub}
-            moe[i] = 0
-    elif isinstance(stage, QuantizationStage):
-        for layer in layers:
-            for part in stage.scope:
-                if part in layer:
-                    layer[part] = _quantized(layer[part], stage, sizes.item)
-    return replace(sizes, layers=layers, moe=moe)
-
-
-def _quantized(linear: Linear, stage: QuantizationStage, item: int) -> Linear:
-    """Packed weights and scales (one per group, in the checkpoint's dtype; fp8: float32 per channel); each weight
-    becomes three tensors (packed, scale, shape)."""
-    rest = linear.bytes - linear.numel * item + linear.tensors * (2 * HEADER_BYTES + 16)
-    if isinstance(stage, FP8Config):
-        weights = linear.numel + 4 * linear.numel // linear.min_in
-    else:
-        group = resolve_group_size(linear.min_in, stage.group_size) or linear.min_in
-        weights = linear.numel * stage.bits // 8 + item * linear.numel // group
-    return replace(linear, bytes=max(weights + rest, 0))
 
 
 def resaved(sizes: Sizes, item: int) -> Sizes:

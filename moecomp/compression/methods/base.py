@@ -1,11 +1,17 @@
 """What every recipe stage config shares."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from moecomp.compression.observers import Trimmer
+
+if TYPE_CHECKING:  # type-only: planning imports the stages (through the recipe)
+    from moecomp.compression.planning import Setting
+    from moecomp.compression.sizes import Sizes
 
 
 @dataclass
@@ -29,8 +35,10 @@ class ShapeError(ValueError):
 class StageConfig(BaseModel):
     """Base of every stage config: unknown fields are an error, never silently ignored. Each stage narrows
     ``method`` to its own name (the recipe's discriminator) and says which pass ``family`` runs it; a trimming
-    stage also says how the engine runs it (:meth:`trimmer`), so that a new stage needs no edit outside its module
-    but its registration row (:mod:`moecomp.compression.methods.registry`)."""
+    stage also says how the engine runs it (:meth:`trimmer`), and every stage what it does to the checkpoint's
+    size (:meth:`resized`), what host memory it adds to its pass (:meth:`host_buffers`) and where it cannot run
+    (:meth:`check_device`), so that a new stage needs no edit outside its module but its registration row
+    (:mod:`moecomp.compression.methods.registry`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +52,29 @@ class StageConfig(BaseModel):
     def trimmer(self) -> Trimmer:
         """How the streaming engine scores and selects for this stage (family "trimming"): its module's TRIMMER."""
         raise TypeError(f"{self.method} is a {self.family} stage: only trimming stages have a trimmer")
+
+    def resized(self, sizes: Sizes) -> Sizes:
+        """The checkpoint's bytes after this stage, as its config says (:mod:`moecomp.compression.sizes`); by
+        default unchanged (pruning stores its zeros dense)."""
+        return sizes
+
+    def host_buffers(self, setting: Setting, before: Sizes, item: int) -> dict[str, int]:
+        """Host bytes, by name, this stage keeps beside its streamed pass's own (:mod:`moecomp.compression.planning`),
+        on the model ``before`` it, computing with ``item`` bytes per element."""
+        return {}
+
+    def check_device(self, device: str) -> None:
+        """Refuse (ValueError) a device this stage cannot run on, before any work."""
+
+
+def hessians(setting: Setting, before: Sizes) -> dict[str, int]:
+    """GPTQ's and SparseGPT's host buffers on the CPU: H = X^T X of every routed expert of a layer, for its hidden
+    and its intermediate width, in float32 (on a GPU they stay on the device)."""
+    if setting.device.startswith("cuda"):
+        return {}
+    config = setting.config
+    width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    return {"Hessians": max(before.moe, default=0) * (config.hidden_size**2 + width**2) * 4}
 
 
 # Upper bounds on the counts a request sets, far above any MoE model's shape, so that no request carries an

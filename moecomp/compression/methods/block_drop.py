@@ -13,7 +13,7 @@ Iterative (discrete only): ``drop`` passes, each removing the single most simila
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,10 @@ from pydantic import Field, model_validator
 from moecomp.compression.methods.base import MAX_BLOCKS, ModelShape, ShapeError, StageConfig
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
 from moecomp.compression.structure import Decisions
+
+if TYPE_CHECKING:
+    from moecomp.compression.planning import Setting
+    from moecomp.compression.sizes import Sizes
 
 
 class BlockDropConfig(StageConfig):
@@ -45,6 +49,13 @@ class BlockDropConfig(StageConfig):
 
     def trimmer(self) -> Trimmer:
         return TRIMMER
+
+    def resized(self, sizes: Sizes) -> Sizes:
+        return sizes.without_blocks(self.drop)  # the smallest: the estimate stays an upper bound
+
+    def host_buffers(self, setting: Setting, before: Sizes, item: int) -> dict[str, int]:
+        """Consecutive mode keeps ``drop`` copies of the calibration activations (the windows' ends)."""
+        return {"block_drop windows": self.drop * setting.activation_bytes(item)} if self.mode == "consecutive" else {}
 
 
 def score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

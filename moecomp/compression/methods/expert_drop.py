@@ -34,7 +34,7 @@ scored, so later layers' scores see the earlier layers already trimmed.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -44,6 +44,9 @@ from torch.utils.hooks import RemovableHandle
 from moecomp.compression.methods.base import MAX_EXPERTS, ModelShape, ShapeError, StageConfig
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
 from moecomp.compression.structure import Decisions
+
+if TYPE_CHECKING:
+    from moecomp.compression.sizes import Sizes
 
 
 class ExpertDropConfig(StageConfig):
@@ -70,6 +73,9 @@ class ExpertDropConfig(StageConfig):
 
     def trimmer(self) -> Trimmer:
         return TRIMMER
+
+    def resized(self, sizes: Sizes) -> Sizes:
+        return sizes.with_experts(self.keep)  # global mode: the same on average
 
 
 def score(logits: torch.Tensor, routing: str) -> torch.Tensor:

@@ -10,7 +10,7 @@ Iterative: ``drop`` passes, each removing the single most similar sub-layer of t
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from torch.utils.hooks import RemovableHandle
 from moecomp.compression.methods.base import MAX_BLOCKS, ModelShape, ShapeError, StageConfig
 from moecomp.compression.observers import LayerInfo, Observer, SelectContext, Trimmer
 from moecomp.compression.structure import Decisions
+
+if TYPE_CHECKING:
+    from moecomp.compression.sizes import Sizes
 
 METRICS = ("residual", "moe_only")
 
@@ -39,6 +42,9 @@ class LayerDropConfig(StageConfig):
 
     def trimmer(self) -> Trimmer:
         return TRIMMER
+
+    def resized(self, sizes: Sizes) -> Sizes:
+        return sizes.without_moe(self.drop)  # the smallest: the estimate stays an upper bound
 
 
 def score(x: torch.Tensor, normed: torch.Tensor, moe_out: torch.Tensor) -> dict[str, torch.Tensor]:

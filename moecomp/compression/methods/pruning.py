@@ -17,13 +17,17 @@ saves neither disk nor memory.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, Backend, StageConfig
+from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, Backend, StageConfig, hessians
 from moecomp.compression.slimming.targets import SCOPES, Scope
+
+if TYPE_CHECKING:
+    from moecomp.compression.planning import Setting
+    from moecomp.compression.sizes import Sizes
 
 Pattern = Literal["2:4", "4:8"]
 
@@ -82,6 +86,9 @@ class SparseGPTConfig(_PruningConfig):
     method: Literal["sparsegpt"] = "sparsegpt"
     block_size: int = Field(128, ge=1, le=MAX_BLOCK_SIZE, description="Columns pruned per SparseGPT block.")
     dampening_frac: float = Field(0.01, gt=0, lt=1, description="Added to H's diagonal, as a fraction of its mean.")
+
+    def host_buffers(self, setting: Setting, before: Sizes, item: int) -> dict[str, int]:
+        return hessians(setting, before)
 
 
 PruningStage = MagnitudeConfig | WandaConfig | SparseGPTConfig

@@ -27,13 +27,24 @@ never quantized.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
 
-from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, MAX_GROUP_SIZE, Backend, StageConfig
+from moecomp.compression.methods.base import (
+    BACKEND_DESCRIPTION,
+    MAX_BLOCK_SIZE,
+    MAX_GROUP_SIZE,
+    Backend,
+    StageConfig,
+    hessians,
+)
 from moecomp.compression.slimming.targets import SCOPES, Scope
+
+if TYPE_CHECKING:
+    from moecomp.compression.planning import Setting
+    from moecomp.compression.sizes import Sizes
 
 QUANT_SCOPE_DEFAULT: list[Scope] = list(SCOPES)
 
@@ -53,6 +64,14 @@ class _QuantizationConfig(StageConfig):
             raise ValueError("scope must include 'routed_experts' (expert slimming quantizes the experts)")
         return sorted(set(value), key=SCOPES.index)
 
+    def resized(self, sizes: Sizes) -> Sizes:
+        return sizes.quantized(self.scope, self.packed_bytes)
+
+    def packed_bytes(self, numel: int, min_in: int, item: int) -> int:
+        """Bytes of ``numel`` quantized weights and their scales (``item`` bytes each), the narrowest input
+        ``min_in`` wide."""
+        raise NotImplementedError
+
 
 class _IntQuantizationConfig(_QuantizationConfig):
     bits: Literal[4, 8] = Field(4, description="Weight bits.")
@@ -60,6 +79,11 @@ class _IntQuantizationConfig(_QuantizationConfig):
         128, ge=1, le=MAX_GROUP_SIZE, description="Input columns per scale; none = one scale per output channel."
     )
     symmetric: bool = Field(True, description="Symmetric (no zero point); asymmetric experts cannot be reloaded.")
+
+    def packed_bytes(self, numel: int, min_in: int, item: int) -> int:
+        """bits/8 per weight and one scale per group (per channel: the group is the input width)."""
+        group = resolve_group_size(min_in, self.group_size) or min_in
+        return numel * self.bits // 8 + item * numel // group
 
     @field_validator("symmetric")
     @classmethod
@@ -83,6 +107,9 @@ class GPTQConfig(_IntQuantizationConfig):
     dampening_frac: float = Field(0.01, gt=0, lt=1, description="Added to H's diagonal, as a fraction of its mean.")
     block_size: int = Field(128, ge=1, le=MAX_BLOCK_SIZE, description="Columns quantized per GPTQ block.")
 
+    def host_buffers(self, setting: Setting, before: Sizes, item: int) -> dict[str, int]:
+        return hessians(setting, before)
+
 
 class AWQConfig(_IntQuantizationConfig):
     method: Literal["awq"] = "awq"
@@ -93,6 +120,14 @@ class AWQConfig(_IntQuantizationConfig):
     )
     n_grid: int = Field(20, ge=3, le=100, description="Grid points searched for the scale exponent a.")
 
+    def host_buffers(self, setting: Setting, before: Sizes, item: int) -> dict[str, int]:
+        """The scale search's float32 working copies, on the host when the pass runs on the CPU."""
+        if setting.device.startswith("cuda"):
+            return {}
+        from moecomp.compression.slimming.awq import WORK_BYTES  # here: it imports llm-compressor
+
+        return {"AWQ search": WORK_BYTES}
+
 
 class RTNConfig(_IntQuantizationConfig):
     method: Literal["rtn"] = "rtn"
@@ -102,6 +137,13 @@ class RTNConfig(_IntQuantizationConfig):
 class FP8Config(_QuantizationConfig):
     method: Literal["fp8"] = "fp8"
     backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
+
+    def packed_bytes(self, numel: int, min_in: int, item: int) -> int:
+        """One byte per weight and a float32 scale per output channel."""
+        return numel + 4 * numel // min_in
+
+    def check_device(self, device: str) -> None:
+        require_fp8(device)  # an FP8 checkpoint is for FP8 hardware
 
 
 QuantizationStage = GPTQConfig | AWQConfig | RTNConfig | FP8Config

@@ -40,7 +40,7 @@ from moecomp.compression.methods.pruning import (
     magnitude_mask,
     realized_sparsity,
 )
-from moecomp.compression.methods.quantization import FP8Config, QuantizationStage, group_sizes_used, require_fp8
+from moecomp.compression.methods.quantization import QuantizationStage, group_sizes_used
 from moecomp.compression.slimming.llmcompressor_modifiers import BUILDERS, split_patterns
 from moecomp.compression.slimming.llmcompressor_seam import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
 from moecomp.compression.slimming.methods import METHODS
@@ -62,8 +62,8 @@ def validate_stages(stages: list[StageConfig], device: str) -> list[PruningStage
     quant = [i for i, m in enumerate(methods) if METHODS[m].quantizes]
     if len(quant) > 1 or (quant and quant[0] != len(stages) - 1):
         raise ValueError("at most one quantization stage, and it must be the last slimming stage")
-    if any(isinstance(s, FP8Config) for s in stages):
-        require_fp8(device)
+    for stage in stages:
+        stage.check_device(device)
     return [s for s in stages if isinstance(s, PruningStage | QuantizationStage)]
 
 

@@ -27,7 +27,6 @@ from moecomp.compression.engine import calibrate
 from moecomp.compression.export import MAX_SHARD_BYTES, ShardWriter, layer_of, source_tensors, trimmed_config_json
 from moecomp.compression.lazy_checkpoint import SafetensorsSource
 from moecomp.compression.methods.base import StageConfig
-from moecomp.compression.methods.quantization import FP8Config, require_fp8
 from moecomp.compression.slimming.checkpoint import disk_name, quantization_config
 from moecomp.compression.slimming.methods import METHODS
 from moecomp.compression.slimming.observer import SlimmingObserver, StageRecord
@@ -86,8 +85,8 @@ def run_streamed(
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> list[dict[str, Any]]:
     """Slim the checkpoint in ``model_dir`` with ``prior`` applied into ``out_dir``; return per-stage reports."""
-    if any(isinstance(stage, FP8Config) for stage in stages):
-        require_fp8(device)  # before any work: an FP8 checkpoint is for FP8 hardware
+    for stage in stages:
+        stage.check_device(device)  # before any work
     source = SafetensorsSource(model_dir)
     source.family.check_methods(stages)
     n_layers = source.config.num_hidden_layers
