@@ -40,4 +40,8 @@ FAMILY = MoEFamily(
         config_dense_prefix_key="first_k_dense_replace",
     ),
     attention_smoothing=LATENT_ATTENTION_SMOOTHING,
+    # The indexer scores every slot of its key cache and takes the top index_topk: a query with fewer earlier
+    # tokens than that then also picks empty static-cache slots where the dynamic cache offers later tokens
+    # (masked either way), and the logits part (tiny model: 0.08 at the prefill).
+    static_cache=False,
 )

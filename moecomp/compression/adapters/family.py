@@ -126,6 +126,9 @@ class MoEFamily:
     # (quant_method, reason): checkpoints stored so (gpt-oss's mxfp4 experts) are refused for every method
     refused_quantizations: tuple[tuple[str, str], ...] = ()
     attention_smoothing: tuple[SmoothingPair, ...] = STANDARD_ATTENTION_SMOOTHING  # AWQ's pairs in attention
+    # Whether transformers' StaticCache gives this family the logits of its dynamic cache: the served runtime
+    # (static cache, CUDA graph) needs it, and falls back to a dynamic cache, uncompiled, where it does not.
+    static_cache: bool = True
 
     def num_experts(self, config: Any) -> int:
         return int(getattr(config, self.layout.num_experts_key))

@@ -126,6 +126,19 @@ def _speedup_table(report: dict[str, Any]) -> str:
     return f"<table><tr><th>compressed / original</th>{head}</tr>{body}</table>"
 
 
+def _served_setups(report: dict[str, Any]) -> str:
+    """How each model ran in the served runtime: its experts kernel, the graph capture and the KV cache."""
+    lines = []
+    for name, result in (("compressed", report["candidate"]), ("original", report.get("baseline") or {})):
+        served = (result.get("speed") or {}).get("served")
+        if served:
+            graph = "decode step compiled into a CUDA graph" if served.get("compiled") else "not compiled"
+            cache = served.get("cache", "static")
+            experts = served.get("experts_implementation") or "transformers' default"
+            lines.append(f"served runtime ({name}): experts {experts}, {graph}, {cache} KV cache")
+    return "".join(f'<p class="muted">{_e(line)}</p>' for line in lines)
+
+
 def _summary_table(report: dict[str, Any]) -> str:
     body = "".join(
         f"<tr><td>{_e(label)}</td><td>{_num(c)}</td><td>{_num(b)}</td><td>{_pct(report, key)}</td></tr>"
@@ -171,6 +184,7 @@ def render_html(report: dict[str, Any]) -> str:
         _summary_table(report),
         "<h2>Speedup</h2>",
         _speedup_table(report),
+        _served_setups(report),
         "<h2>Fidelity to the original</h2>",
         _fidelity(report),
         "<h2>Charts</h2>",

@@ -52,6 +52,13 @@ class RuntimeSpeed(_Open):
     peak_memory_gib: float | None = Field(description="Peak allocated CUDA memory; None on CPU (see rss_gib).")
     rss_gib: float | None = None
     memory_measure: str
+    experts_implementation: str | None = Field(
+        None, description="Served: the experts kernel (grouped_mm, batched_mm, w4a16 for packed int4 experts)."
+    )
+    compiled: bool | None = Field(None, description="Served: whether the decode step ran as a captured CUDA graph.")
+    cache: str | None = Field(
+        None, description="Served: 'static', or 'dynamic' where a static cache changes the family's logits."
+    )
 
 
 class SpeedResult(RuntimeSpeed):

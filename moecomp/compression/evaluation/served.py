@@ -18,8 +18,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, StaticCache
+from transformers import Cache, DynamicCache, PreTrainedModel, StaticCache
 
+from moecomp.compression.adapters import FAMILIES
 from moecomp.compression.evaluation.packed import IMPLEMENTATION as PACKED
 from moecomp.compression.evaluation.spec import SpeedSpec
 from moecomp.compression.evaluation.speed import decode_lengths, decode_seconds, greedy, memory, random_prompt, timed
@@ -66,22 +67,38 @@ def experts_implementation(model: PreTrainedModel, name: str | None) -> Iterator
         model.set_experts_implementation(current)
 
 
+def static_cache(model: PreTrainedModel) -> bool:
+    """Whether the model's family decodes alike with a static cache (adapters: MoEFamily.static_cache)."""
+    family = FAMILIES.get(getattr(model.config, "model_type", None))  # type: ignore[arg-type]
+    return family is None or family.static_cache
+
+
 class ServedDecoder:
-    """Greedy decoding with a static KV cache of ``max_len`` positions, the step compiled where ``compile``."""
+    """Greedy decoding with a static KV cache of ``max_len`` positions, the step compiled where ``compile``.
+
+    A family whose logits a static cache changes (static_cache()) gets a dynamic cache and no compile: a CUDA
+    graph needs the static cache's fixed shapes, and a faster wrong answer is no figure."""
 
     def __init__(self, model: PreTrainedModel, max_len: int, compile: bool) -> None:
         self.model = model
-        self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.static = static_cache(model)
+        self.cache: Cache = DynamicCache(config=model.config)
+        if self.static:
+            self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.compiled = compile and self.static
         # dynamic=False: each batch size gets its own static graph; dynamo would otherwise turn the batch
         # dimension symbolic on the second size, and CUDA graphs want every shape fixed.
-        self._step = torch.compile(self._next_token, mode="reduce-overhead", dynamic=False) if compile else None
+        self._step = torch.compile(self._next_token, mode="reduce-overhead", dynamic=False) if self.compiled else None
 
     def _next_token(self, token: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids=token, past_key_values=self.cache, use_cache=True).logits  # [B, 1, V]
         return logits[:, -1:].argmax(-1)
 
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
-        self.cache.reset()  # same tensors, zeroed: the graph captured on them stays valid
+        if self.static:
+            self.cache.reset()  # same tensors, zeroed: the graph captured on them stays valid
+        else:
+            self.cache = DynamicCache(config=self.model.config)
         logits = self.model(input_ids=prompt, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
         return logits[:, -1:].argmax(-1)
 
@@ -133,7 +150,9 @@ def measure_served(model: PreTrainedModel, spec: SpeedSpec, experts: str | None 
             tok_s = _decode_tok_s(model, spec, batch, prompt_len, device)
             result["decode"][str(batch)] = {"tok_s": tok_s, "prompt_tokens": prompt_len}
     result["decode_tok_s"] = result["decode"][str(spec.decode_batch_sizes[0])]["tok_s"]
-    result.update(experts_implementation=impl, compiled=compiles(device), **memory(device))
+    static = static_cache(model)
+    result.update(experts_implementation=impl, compiled=compiles(device) and static, **memory(device))
+    result["cache"] = "static" if static else "dynamic (a static cache changes this family's logits)"
     return result
 
 

@@ -78,6 +78,7 @@ def test_write_report_writes_json_and_a_self_contained_html(report, tmp_path):
     assert "expert_drop: expert scores" in page and "layer_drop: similarity" in page
     assert "decode tokens/s (eager)" in page and "decode tokens/s (served)" in page
     assert "served over served" in page and "served compressed over eager original" in page
+    assert "served runtime (compressed): experts " in page and "static KV cache" in page
     # Dropped layer 1 is the red bar; dropped experts (layer 0 expert 1, layer 1 expert 3) are crossed.
     assert re.search(r'<rect [^>]*fill="#cc3333"><title>1: 0.97</title>', page)
     assert page.count('stroke="#cc3333" stroke-width="2"') == 2

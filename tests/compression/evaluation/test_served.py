@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moecomp.compression.adapters import FAMILIES
 from moecomp.compression.evaluation.loading import load_checkpoint
 from moecomp.compression.evaluation.served import measure_served, served_greedy
 from moecomp.compression.evaluation.spec import SpeedSpec
 from moecomp.compression.evaluation.speed import EagerDecoder, greedy, measure_speed, random_prompt
+from tests.compression.tiny_moe import tiny_model
 
 TINY = SpeedSpec(prefill_tokens=64, decode_tokens=4, decode_prompt_tokens=8, decode_batch_sizes=[1, 2], repeats=1)
 
@@ -33,6 +35,18 @@ def test_served_greedy_decode_gives_the_eager_tokens(family, request):
     assert torch.equal(served, eager)
     # Not a degenerate continuation: the tiny model does not repeat one token.
     assert len(set(eager[0].tolist())) > 3
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_served_decode_gives_the_eager_tokens_on_every_family(model_type):
+    """The served runtime is what the report measures on every family; where a static cache would change a
+    family's logits (deepseek_v32's indexer) it decodes with a dynamic cache, uncompiled, and says so."""
+    model = tiny_model(model_type)
+    prompt = random_prompt(model, 2, 12, torch.device("cpu"))
+    assert torch.equal(served_greedy(model, prompt, 8), _eager_greedy(model, prompt, 8))
+    spec = TINY.model_copy(update={"decode_batch_sizes": [1]})
+    cache = measure_served(model, spec)["cache"]
+    assert cache.startswith("static" if FAMILIES[model_type].static_cache else "dynamic")
 
 
 def test_served_greedy_twice_on_one_model_gives_the_same_tokens(mixtral32):
