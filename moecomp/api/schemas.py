@@ -140,7 +140,7 @@ class MethodPublic(BaseModel):
 class RefusalPublic(BaseModel):
     applies_to: str = Field(
         description="What is refused: a stage family (`slimming`), a method (`gptq`), a method on one backend "
-        "(`awq:llmcompressor`), or, among `refused_checkpoints`, a checkpoint quantization (`mxfp4`)."
+        "(`awq:llmcompressor`), or, among `refused_checkpoints`, a checkpoint quantization (its `quant_method`)."
     )
     reason: str
 
@@ -152,6 +152,11 @@ class FamilyPublic(BaseModel):
     refused: list[RefusalPublic] = Field(description="Stages this family refuses up front, with the reason.")
     refused_checkpoints: list[RefusalPublic] = Field(
         description="Checkpoint quantizations refused for every method, with the reason."
+    )
+    dequantized_checkpoints: list[str] = Field(
+        default_factory=list,
+        description="Checkpoint quantizations (`mxfp4`) read dequantized: every stage runs on the dequantized "
+        "weights and the output is a plain checkpoint; its manifest's `notes` say so.",
     )
 
 

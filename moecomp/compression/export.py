@@ -6,7 +6,9 @@ is never materialised (config bookkeeping runs on a ``meta`` skeleton with the e
 
 Tensor names keep the source's on-disk convention (per-expert ``experts.<e>.*`` or fused
 ``experts.<tensor>`` with the expert on axis 0), so the stock checkpoint conversion still applies
-when transformers loads the result. Layers and experts are renumbered densely in original order.
+when transformers loads the result. Layers and experts are renumbered densely in original order. Tensors stored
+in a format the family reads dequantized (gpt-oss's mxfp4 experts) are written decoded, and the config loses its
+``quantization_config``: the result is a plain checkpoint, and its manifest's ``notes`` say so.
 
 Loading: equal expert counts in every MoE layer and no removed MoE sub-layer -> a STOCK checkpoint
 (``AutoModelForCausalLM.from_pretrained(dir)``). Otherwise the checkpoint carries its own modeling
@@ -33,6 +35,7 @@ from moecomp.compression.context import RunContext
 from moecomp.compression.manifest import write_manifest
 from moecomp.compression.remote_code import write_remote_code
 from moecomp.compression.sources import SIDE_FILES
+from moecomp.compression.stored_quantization import StoredFormat, read_decoded, stored_format, without_quantization
 from moecomp.compression.structure import Decisions, DroppedMLP, apply_decisions, decoder_layers, expert_counts
 
 MAX_SHARD_BYTES = 2 * 1024**3
@@ -61,9 +64,17 @@ class TrimmedShape:
         return not self.dropped_moe_layers and len(set(self.experts_per_layer.values())) <= 1
 
 
+def source_config(source_dir: Path) -> tuple[Any, StoredFormat | None]:
+    """The source's config as the exported model has it, and the format its weights are read dequantized from
+    (None for a plain checkpoint): a dequantized checkpoint's config carries no ``quantization_config``."""
+    config = AutoConfig.from_pretrained(source_dir)
+    stored = stored_format(config, get_adapter(config))
+    return (without_quantization(config) if stored else config), stored
+
+
 def trimmed_shape(source_dir: Path, decisions: Decisions) -> TrimmedShape:
     """Apply the decisions to a meta-device skeleton and read off the resulting config and structure."""
-    config = AutoConfig.from_pretrained(source_dir)
+    config, _ = source_config(source_dir)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     layout = get_adapter(config).layout
@@ -188,20 +199,34 @@ def write_tensors(
     *,
     ctx: RunContext,
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    stored: StoredFormat | None = None,
 ) -> list[str]:
-    """Stream every source tensor through :func:`plan_tensor` into shards; return the shard file names."""
+    """Stream every source tensor through :func:`plan_tensor` into shards; return the shard file names.
+
+    ``stored``: the format the source's stored tensors are decoded from (their parts replaced by the decoded
+    tensor, kept experts only), a layer at a time."""
     new_index = {old: new for new, old in enumerate(decisions.kept_blocks(n_layers))}
     files = source_tensors(source_dir)
+    parts = stored.parts(files) if stored else {}  # decoded name -> stored parts
+    stored_names = {part for names in parts.values() for part in names}
     writer = ShardWriter(out_dir, max_shard_bytes)
     with ExitStack() as stack:
         handles = {p: stack.enter_context(safe_open(p, "pt")) for p in set(files.values())}
-        for layer, names in _ordered(list(files), family):
+
+        def read(name: str) -> torch.Tensor:
+            return handles[files[name]].get_tensor(name)
+
+        for layer, names in _ordered([n for n in files if n not in stored_names] + list(parts), family):
             ctx.check_cancelled()
             for name in names:
                 plan = plan_tensor(name, decisions, family, new_index)
                 if plan is None:
                     continue
-                tensor = handles[files[name]].get_tensor(name)
+                if name in parts:
+                    assert stored is not None and plan.axis == 0  # stored parts hold the expert on axis 0
+                    writer.add(plan.out_name, read_decoded(stored, read, parts[name], plan.rows))
+                    continue
+                tensor = read(name)
                 if plan.rows is not None:
                     tensor = tensor.index_select(plan.axis, torch.tensor(plan.rows))  # E -> kept along axis
                 writer.add(plan.out_name, tensor)
@@ -212,14 +237,17 @@ def write_tensors(
 
 def trimmed_config_json(source_dir: Path, decisions: Decisions, out_dir: Path) -> dict[str, Any]:
     """config.json of ``source_dir`` trimmed by ``decisions`` (remote code written to ``out_dir`` where needed)."""
-    config = AutoConfig.from_pretrained(source_dir)
+    config, _ = source_config(source_dir)
     shape = trimmed_shape(source_dir, decisions)
     return _config_json(source_dir, shape, config.to_dict(), get_adapter(config).layout, out_dir)
 
 
 def _config_json(source_dir: Path, shape: TrimmedShape, before: dict[str, Any], layout: Any, out_dir: Path) -> dict:
-    """The source config.json with only the keys the trimming changed, plus remote-code keys where needed."""
+    """The source config.json with only the keys the trimming changed, plus remote-code keys where needed
+    (no ``quantization_config`` where the source was read dequantized: ``before`` has none then)."""
     data = json.loads((source_dir / "config.json").read_text())
+    if "quantization_config" not in before:
+        data.pop("quantization_config", None)
     after = shape.config.to_dict()
     data.update({k: v for k, v in after.items() if before.get(k) != v and k != "transformers_version"})
     if not shape.stock:
@@ -246,13 +274,18 @@ def export_trimmed(
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise FileExistsError(f"output folder {out_dir} is not empty")
-    config = AutoConfig.from_pretrained(source_dir)
+    config, stored = source_config(source_dir)
     family = get_adapter(config)
     before = config.to_dict()
     shape = trimmed_shape(source_dir, decisions)
+    if stored is not None:
+        note = stored.note()
+        ctx.message("export", note)
+        manifest = {**manifest, "notes": [*manifest.get("notes", []), note]}
     write_tensors(
-        source_dir, out_dir, decisions, family, config.num_hidden_layers, ctx=ctx, max_shard_bytes=max_shard_bytes
-    )
+        source_dir, out_dir, decisions, family, config.num_hidden_layers,
+        ctx=ctx, max_shard_bytes=max_shard_bytes, stored=stored,
+    )  # fmt: skip
     config_data = _config_json(source_dir, shape, before, family.layout, out_dir)
     (out_dir / "config.json").write_text(json.dumps(config_data, indent=2, sort_keys=True) + "\n")
     for name in SIDE_FILES:

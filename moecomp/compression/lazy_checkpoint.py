@@ -4,7 +4,9 @@ A :class:`WeightSource` hands the engine the tensors of the embedding and of one
 never the whole model. :class:`SafetensorsSource` reads only the names it needs with
 ``safe_open`` (sharded checkpoints through ``model.safetensors.index.json``) and fuses per-expert
 tensors on the fly: ``gate_up_proj[e] = cat(gate[e], up[e])`` (output axis), ``down_proj[e] = down[e]``.
-When a layer keeps only some experts, only those experts are read.
+When a layer keeps only some experts, only those experts are read. Tensors stored in a format the family reads
+dequantized (gpt-oss's mxfp4 experts, :mod:`moecomp.compression.stored_quantization`) are decoded as they are read,
+kept experts only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from moecomp.compression.adapters import MoEFamily, get_adapter
+from moecomp.compression.adapters.family import quant_method
+from moecomp.compression.stored_quantization import read_decoded, stored_format, without_quantization
 from moecomp.compression.structure import Decisions
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -57,15 +61,21 @@ class SafetensorsSource:
         self.config = read_config(self.model_dir)
         self.family = get_adapter(self.config)
         self.structure = checkpoint_structure(self.config, self.family)  # of a trimmed moecomp checkpoint
+        # A format the family reads dequantized (gpt-oss's mxfp4 experts): the model built from the config is the
+        # dequantized one, and each stored tensor is decoded as its layer is read.
+        self.stored = stored_format(self.config, self.family)
+        if self.stored is not None:
+            without_quantization(self.config)
         self._packed_args = _packed_weight_args(self.config)  # pack-quantized: weights are dequantized on read
         if getattr(self.config, "quantization_config", None) and self._packed_args is None:
             # Scores need the real weights; FP8 tensors would be read as if they were plain.
             raise ValueError(
-                f"{self.model_dir} is a quantized checkpoint ({_quant_method(self.config)}); trimming calibration "
+                f"{self.model_dir} is a quantized checkpoint ({quant_method(self.config)}); trimming calibration "
                 "reads unquantized weights: run trimming stages before quantization stages"
             )
         self._files = _weight_map(self.model_dir)  # module-style name -> file
         self._disk_names = _renamed(self._files, self.family)  # module-style name -> disk name
+        self._stored_parts = self.stored.parts(self._disk_names) if self.stored else {}  # name -> stored parts
 
     def module_tensors(
         self,
@@ -115,11 +125,17 @@ class SafetensorsSource:
         return dequantize(parts, self._packed_args)
 
     def has(self, name: str) -> bool:
-        return name in self._disk_names or name.removesuffix("weight") + "weight_packed" in self._disk_names
+        packed = name.removesuffix("weight") + "weight_packed"
+        return name in self._disk_names or packed in self._disk_names or name in self._stored_parts
 
     def _one(
         self, full: str, kept: list[int] | None, read: Any, device: torch.device, dtype: torch.dtype, pin: bool
     ) -> torch.Tensor:
+        if full in self._stored_parts:
+            assert self.stored is not None  # only a checkpoint in a stored format has stored parts
+            tensor = read_decoded(self.stored, read, self._stored_parts[full], kept, device)
+            tensor = tensor.to(dtype=dtype)
+            return tensor.pin_memory() if pin else tensor
         parent, _, leaf = full.rpartition(".")
         fused = parent.endswith("." + self.family.layout.experts) and leaf in FUSED_FROM
         if not fused or self.has(full):
@@ -208,11 +224,6 @@ def _packed_weight_args(config: PretrainedConfig) -> dict[str, Any] | None:
     from moecomp.compression.slimming.dequant import weight_args_of  # compressed-tensors: only when quantized
 
     return weight_args_of(quant)
-
-
-def _quant_method(config: PretrainedConfig) -> str:
-    quant = config.quantization_config
-    return str(quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", quant))
 
 
 def _weight_map(model_dir: Path) -> dict[str, str]:

@@ -66,6 +66,7 @@ def write_model_card(checkpoint: Path, manifest: dict[str, Any], report: dict[st
         "",
         *_metric_rows(report),
         "",
+        *[line for note in manifest.get("notes") or [] for line in (f"Note: {note}.", "")],
         "The full recipe, scores and decisions are in `moecomp.json`.",
         "",
     ]

@@ -4,14 +4,12 @@ the original exactly. (Slimming on every family: test_slimming_families.py.)"""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from test_export import decided_logits, reload_isolated
 from transformers import AutoConfig, AutoTokenizer
 
-from moecomp.compression.adapters import RefusedMethod, get_adapter
+from moecomp.compression.adapters import get_adapter
 from moecomp.compression.pipeline import compress
 from moecomp.compression.recipe import Recipe
 from moecomp.compression.structure import Decisions
@@ -83,19 +81,3 @@ def test_decisions_have_the_shape_each_recipe_asks_on_every_family(compressed, m
     assert len(run) == 2 and run[1] == run[0] + 1 and run[1] < n_layers
     assert decisions("empty").is_empty() and done[f"{model_type}-empty"][0]["output"]["loading"] == "stock"
     assert done[f"{model_type}-expert_drop_layerwise"][0]["stages"][0]["affinity"] == family.routing
-
-
-def test_an_mxfp4_gpt_oss_checkpoint_is_refused_with_the_way_to_dequantize_it(tmp_path, tiny_mixtral_dir):
-    """gpt-oss as published: experts stored as mxfp4 blocks and scales (quantization_config.quant_method "mxfp4").
-    Every method is refused before any work, saying how to get the bf16 checkpoint that compresses."""
-    source = tmp_path / "source"
-    tiny_model("gpt_oss", vocab_size=8192).save_pretrained(source)
-    AutoTokenizer.from_pretrained(tiny_mixtral_dir).save_pretrained(source)
-    config = json.loads((source / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": ["router", "lm_head"]}
-    (source / "config.json").write_text(json.dumps(config))
-    for stages in ([{"method": "layer_drop", "drop": 1}], [{"method": "expert_drop", "keep": KEEP}], []):
-        recipe = Recipe.model_validate({"stages": stages, "calibration": CALIBRATION})
-        with pytest.raises(RefusedMethod, match=r"gpt_oss checkpoint is mxfp4-quantized: .*Mxfp4Config\(dequantize"):
-            compress(source, recipe, tmp_path / "out")
-        assert not (tmp_path / "out").exists()

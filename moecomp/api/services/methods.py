@@ -52,6 +52,7 @@ def describe_family(family: MoEFamily) -> FamilyPublic:
         model_type=family.model_type,
         refused=[RefusalPublic(applies_to=key, reason=reason) for key, reason in family.refused],
         refused_checkpoints=[RefusalPublic(applies_to=q, reason=reason) for q, reason in family.refused_quantizations],
+        dequantized_checkpoints=list(family.dequantize_on_read),
     )
 
 

@@ -99,6 +99,13 @@ LATENT_ATTENTION_SMOOTHING = (
 )
 
 
+def quant_method(config: Any) -> str | None:
+    """``quantization_config.quant_method`` of a config (dict or object), or None when it has none."""
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return None if method is None else str(getattr(method, "value", method))
+
+
 class RefusedMethod(ValueError):
     """A method the family cannot run (or its checkpoint cannot express), refused before any work."""
 
@@ -123,8 +130,11 @@ class MoEFamily:
     # (key, reason): what this family refuses up front; the key is a stage family ("slimming"), a method, or a
     # method on one backend ("awq:llmcompressor")
     refused: tuple[tuple[str, str], ...] = ()
-    # (quant_method, reason): checkpoints stored so (gpt-oss's mxfp4 experts) are refused for every method
+    # (quant_method, reason): checkpoints stored so are refused for every method
     refused_quantizations: tuple[tuple[str, str], ...] = ()
+    # quant_methods of checkpoints read dequantized (moecomp.compression.stored_quantization: gpt-oss's mxfp4
+    # experts): every stage sees, and the export writes, the dequantized weights; the manifest says so
+    dequantize_on_read: tuple[str, ...] = ()
     attention_smoothing: tuple[SmoothingPair, ...] = STANDARD_ATTENTION_SMOOTHING  # AWQ's pairs in attention
     # Whether transformers' StaticCache gives this family the logits of its dynamic cache: the served runtime
     # (static cache, CUDA graph) needs it, and falls back to a dynamic cache, uncompiled, where it does not.
@@ -147,8 +157,7 @@ class MoEFamily:
 
     def check_checkpoint(self, config: Any) -> None:
         """Refuse a checkpoint whose quantization (``quantization_config.quant_method``) the family names."""
-        quant = getattr(config, "quantization_config", None)
-        method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+        method = quant_method(config)
         reason = dict(self.refused_quantizations).get(str(method))
         if reason:
             raise RefusedMethod(f"this {self.model_type} checkpoint is {method}-quantized: {reason}")

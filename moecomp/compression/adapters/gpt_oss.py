@@ -10,8 +10,9 @@ one logit per head) are the layer's own weights; ``layer_types`` (sliding / full
 shortened by block drop. Every layer is sparse.
 
 Slimming is refused: the passes quantize and prune output-major ``[E, 2I, H]`` experts with concatenated
-gate/up and no biases. Hub checkpoints store the experts as mxfp4 (``*_blocks`` / ``*_scales``); such a
-checkpoint is refused for every method until it is dequantized (see ``REFUSED_MXFP4``).
+gate/up and no biases. Hub checkpoints store the experts as mxfp4 (``*_blocks`` / ``*_scales``): they are read
+dequantized to bf16, one layer at a time, by transformers' own decoder (``dequantize_on_read``, see
+:mod:`moecomp.compression.stored_quantization`), so trimming runs on them and writes a plain bf16 checkpoint.
 """
 
 from moecomp.compression.adapters.family import MoEFamily, no_dense_layers
@@ -20,11 +21,6 @@ from moecomp.compression.structure import ModuleLayout
 SLIMMING_REFUSED = (
     "gpt-oss experts are input-major (gate_up_proj [E, H, 2I]) with gate and up interleaved and per-expert "
     "biases, a layout the slimming passes do not quantize or prune yet; trimming is supported"
-)
-REFUSED_MXFP4 = (
-    "its experts are stored as mxfp4 blocks and scales, which calibration and export do not read: dequantize the "
-    "checkpoint first (AutoModelForCausalLM.from_pretrained(path, quantization_config=Mxfp4Config(dequantize=True)) "
-    "then save_pretrained) and compress the bf16 copy"
 )
 
 FAMILY = MoEFamily(
@@ -43,5 +39,5 @@ FAMILY = MoEFamily(
     ),
     attn_implementation="eager",  # attention sinks: transformers' sdpa path does not take them
     refused=(("slimming", SLIMMING_REFUSED),),
-    refused_quantizations=(("mxfp4", REFUSED_MXFP4),),
+    dequantize_on_read=("mxfp4",),  # as published: the experts' mxfp4 blocks and scales
 )

@@ -47,6 +47,7 @@ function familyList(container, families) {
   const refusals = (f) => [
     ...f.refused.map((r) => `refuses ${r.applies_to}: ${r.reason}`),
     ...f.refused_checkpoints.map((r) => `refuses ${r.applies_to} checkpoints: ${r.reason}`),
+    ...(f.dequantized_checkpoints || []).map((q) => `dequantizes ${q} checkpoints first`),
   ];
   container.replaceChildren(
     h("p", { class: "hint", id: "families-title" }, "Supported families (", h("code", {}, "model_type"),
