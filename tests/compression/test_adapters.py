@@ -10,6 +10,7 @@ import torch
 from transformers import LlamaConfig
 
 from moecomp.compression.adapters import FAMILIES, RefusedMethod, UnsupportedModel, get_adapter
+from moecomp.compression.stored_quantization import FORMATS
 from moecomp.compression.structure import decoder_layers, is_moe_layer
 from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_config, tiny_model
 
@@ -24,6 +25,12 @@ def test_the_readme_lists_every_family_of_the_table_and_no_other() -> None:
 
 def test_every_family_has_a_tiny_config() -> None:
     assert set(FAMILY_CONFIGS) == set(FAMILIES)
+
+
+def test_every_format_a_family_reads_dequantized_has_a_decoder() -> None:
+    """A quant_method in ``dequantize_on_read`` without a decoder would be refused as an unreadable checkpoint."""
+    assert all(set(f.dequantize_on_read) <= set(FORMATS) for f in FAMILIES.values())
+    assert not set(FAMILIES["gpt_oss"].dequantize_on_read) & set(dict(FAMILIES["gpt_oss"].refused_quantizations))
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILY_CONFIGS))
