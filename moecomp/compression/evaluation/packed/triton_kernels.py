@@ -14,8 +14,8 @@ x[:, 8i + j]. Two paths:
     is applied once, and nibbles become floats by bit arithmetic (_nibble).
   - dense (many pairs: prefill, evaluation over long texts): the experts are dequantized to bf16 by one Triton
     pass (exactly reference.dequantize) and multiplied by torch.nn.functional.grouped_mm, a tensor-core grouped
-    GEMM; the dequantized copy lives for one call (Mixtral-8x7B's gate_up: 1.9 GB). Above DENSE_MIN_PAIRS
-    that is several times faster than dequantizing every tile in registers.
+    GEMM (:mod:`.grouped`, shared with the FP8 experts); the dequantized copy lives for one call (Mixtral-8x7B's
+    gate_up: 1.9 GB). Above DENSE_MIN_PAIRS that is several times faster than dequantizing every tile in registers.
 Imported only on CUDA (moecomp.compression.evaluation.packed.ops); TRITON_INTERPRET=1 runs it on a CPU.
 """
 
@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import triton  # type: ignore[import-not-found, unused-ignore]
 import triton.language as tl  # type: ignore[import-not-found, unused-ignore]
+
+from moecomp.compression.evaluation.packed.grouped import dense_grouped_matmul
 
 GEMV_MAX_PAIRS = 4  # up to this many routed pairs each reads its expert's weights itself
 DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
@@ -192,15 +194,7 @@ def _grouped(x: torch.Tensor, ids: torch.Tensor, packed: torch.Tensor, scale: to
 
 
 def _dense(x: torch.Tensor, ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, row_div: int, group: int):
-    weight = dequantize(packed, scale).to(x.dtype)  # [E, N, K]
-    experts = packed.shape[0]
-    sorted_ids, order = torch.sort(ids)
-    counts = torch.bincount(sorted_ids, minlength=experts)
-    offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)
-    product = torch.nn.functional.grouped_mm(x[order // row_div], weight.transpose(-2, -1), offs=offsets)
-    out = torch.empty_like(product)
-    out[order] = product
-    return out
+    return dense_grouped_matmul(x, ids, dequantize(packed, scale).to(x.dtype), row_div)  # weight [E, N, K]
 
 
 def grouped_matmul(
