@@ -16,18 +16,23 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from moecomp.compression.evaluation.packed import WEIGHTS_PER_ELEMENT
+
 # compressed-tensors keeps a quantized linear as packed int32 words plus scales: count the weight it
 # stands for (weight_shape), not the storage tensors.
 _QUANT_STORAGE = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "weight_g_idx")
 
 
 def param_count(module: nn.Module) -> int:
-    """Logical parameters of ``module``: a packed quantized weight counts as the dense weight it encodes."""
+    """Logical parameters of ``module``: a packed quantized weight counts as the dense weight it encodes, whether
+    compressed-tensors holds it (parameters beside ``weight_shape``) or moecomp's packed runtime (buffers)."""
     total, seen = 0, set()
     for sub in module.modules():
         shape = getattr(sub, "weight_shape", None)
         if shape is not None and hasattr(sub, "weight_packed"):
             total += int(torch.tensor(shape.tolist()).prod())
+        else:
+            total += sum(b.numel() * WEIGHTS_PER_ELEMENT.get(n, 0) for n, b in sub.named_buffers(recurse=False))
         for name, p in sub.named_parameters(recurse=False):
             if name not in _QUANT_STORAGE and id(p) not in seen:  # tied embeddings count once
                 seen.add(id(p))
@@ -46,11 +51,11 @@ def _routed(block: nn.Module) -> tuple[int, int, int] | None:
     top_k = getattr(gate, "top_k", None) or getattr(block, "top_k", None)
     if experts is None or top_k is None:
         return None
-    params = list(experts.parameters())
+    params = param_count(experts)
     if not params:
         return None
-    n_experts = getattr(gate, "num_experts", None) or params[0].shape[0]
-    return param_count(experts), int(n_experts), int(top_k)
+    n_experts = getattr(gate, "num_experts", None) or next(iter([*experts.parameters(), *experts.buffers()])).shape[0]
+    return params, int(n_experts), int(top_k)
 
 
 def active_params(model: nn.Module) -> int:

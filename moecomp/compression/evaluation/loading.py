@@ -2,9 +2,11 @@
 
 Remote code runs only for checkpoints this service wrote (a ``moecomp.json`` manifest next to
 ``config.json``); a compressed-tensors checkpoint loads through plain transformers, which
-dequantizes its weights to dense tensors at load time, except a W4A16 (int4 symmetric, pack-quantized) one on a
-GPU: it is served as written, its int4 weights kept packed and run by moecomp's W4A16 kernels
-(:mod:`.packed`), so memory and speed show the packing.
+dequantizes its weights to dense tensors at load time, except two kinds served as written (:mod:`.packed`), so
+memory and speed show the quantization: a W4A16 (int4 symmetric, pack-quantized) one on a GPU, its int4 weights
+kept packed and run by moecomp's W4A16 kernels (their CPU definition is a slow reference), and an FP8 one as
+moecomp's FP8 stage writes it (e4m3, per channel) on any device, its weights kept in FP8 and dequantized by plain
+torch where they are used. Both give the logits of the same checkpoint loaded by stock transformers.
 """
 
 from __future__ import annotations
@@ -58,12 +60,13 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
     kwargs: dict[str, Any] = {"trust_remote_code": own, "device_map": resolve_device(device)}
     kwargs["dtype"] = parse_dtype(dtype)
     quant = quantization_method(path)
-    if quant == "compressed-tensors" and kwargs["device_map"].startswith("cuda") and _packed_w4a16(path):
+    served = _packed_implementation(path, kwargs["device_map"]) if quant == "compressed-tensors" else None
+    if served is not None:
         from moecomp.compression.evaluation.packed.loader import load_packed
 
         dense = kwargs["dtype"] if kwargs["dtype"] != "auto" else torch.bfloat16
         model = load_packed(path, kwargs["device_map"], dense)
-        notes.append("W4A16 checkpoint served packed: int4 weights stay packed on the GPU (moecomp's W4A16 kernels)")
+        notes.append(PACKED_NOTES[served])
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=own)
         return LoadedModel(model=model, tokenizer=tokenizer, path=path, notes=notes)
     if quant == "compressed-tensors":
@@ -78,16 +81,25 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, notes=notes)
 
 
-def _packed_w4a16(path: Path) -> bool:
-    """The checkpoint is one that load_packed serves (int4 symmetric, pack-quantized): its own check says so."""
-    from moecomp.compression.evaluation.packed.loader import pack_quantized_args
+PACKED_NOTES = {
+    "w4a16": "W4A16 checkpoint served packed: int4 weights stay packed on the GPU (moecomp's W4A16 kernels)",
+    "fp8": "FP8 checkpoint served packed: experts and quantized linears stay FP8 in memory, dequantized where used"
+    " (moecomp's fp8 experts); activations as stock transformers runs them (experts' unquantized, other"
+    " linears' inputs quantized per token)",
+}
+
+
+def _packed_implementation(path: Path, device: str) -> str | None:
+    """The experts implementation load_packed serves the checkpoint with on ``device``, or None to load it with
+    plain transformers: load_packed's own check decides the format; W4A16 only on CUDA (its Triton kernels)."""
+    from moecomp.compression.evaluation.packed.loader import FP8, packed_format
     from moecomp.compression.lazy_checkpoint import read_config as model_config
 
     try:
-        pack_quantized_args(model_config(path))
+        fmt = packed_format(model_config(path))
     except ValueError:
-        return False
-    return True
+        return None
+    return fmt.implementation if fmt is FP8 or device.startswith("cuda") else None
 
 
 def model_identity(path: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 from transformers import Cache, DynamicCache, PreTrainedModel, StaticCache
 
 from moecomp.compression.adapters import FAMILIES
-from moecomp.compression.evaluation.packed import IMPLEMENTATION as PACKED
+from moecomp.compression.evaluation.packed import IMPLEMENTATIONS as PACKED
 from moecomp.compression.evaluation.spec import SpeedSpec
 from moecomp.compression.evaluation.speed import decode_lengths, decode_seconds, greedy, memory, random_prompt, timed
 
@@ -35,8 +35,8 @@ def compiles(device: torch.device) -> bool:
 
 
 def served_experts(model: PreTrainedModel, requested: str | None = None) -> str | None:
-    """The experts implementation to serve with: ``requested``, else the packed one a W4A16 checkpoint loaded
-    with (evaluation.packed), else grouped_mm on CUDA in bfloat16.
+    """The experts implementation to serve with: ``requested``, else the packed one a W4A16 or FP8 checkpoint
+    loaded with (evaluation.packed: "w4a16", "fp8"), else grouped_mm on CUDA in bfloat16.
 
     In float32/float16 transformers' grouped_mm falls back, under torch.compile, to a per-expert loop that
     reads expert counts on the host, which a CUDA graph cannot capture: batched_mm captures. On a CPU the
@@ -45,7 +45,7 @@ def served_experts(model: PreTrainedModel, requested: str | None = None) -> str 
     if requested is not None:
         return requested
     current = getattr(model.config, "_experts_implementation", None)
-    if current == PACKED:  # packed experts keep no dense weights for another kernel to read
+    if current in PACKED:  # packed experts keep no dense weights for another kernel to read
         return current
     device = next(model.parameters()).device
     if device.type != "cuda":

@@ -7,11 +7,13 @@ registered here as "w4a16", it computes for each token t and each of its top-k e
 
     y_t += w * down_e(act(gate_e(x_t)) * up_e(x_t))      (int4 weights dequantized group-wise, see reference)
 
-exactly the arithmetic of transformers' batched_mm/grouped_mm on the dequantized weights.
+exactly the arithmetic of transformers' batched_mm/grouped_mm on the dequantized weights. The routed forward
+(:func:`routed_experts_forward`) and :func:`pack_experts` serve the "fp8" experts too (:mod:`.fp8`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,34 +26,53 @@ IMPLEMENTATION = "w4a16"
 EXPERT_BUFFERS = ("gate_up_packed", "gate_up_scale", "down_packed", "down_scale")
 
 
-def w4a16_experts_forward(
-    self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+# The product over routed pairs: (x, ids, stored weights, scale, row_div) -> out [S, N].
+RoutedMatmul = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def routed_experts_forward(
+    self: Any,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    matmul: RoutedMatmul,
+    stored: str,
 ) -> torch.Tensor:
-    """The "w4a16" experts implementation: hidden_states [T, H], top_k_index/weights [T, k] -> [T, H]."""
+    """hidden_states [T, H], top_k_index/weights [T, k] -> [T, H] through the experts' ``gate_up_<stored>`` /
+    ``down_<stored>`` buffers and their scales: the arithmetic of transformers' batched_mm (gate and up halves,
+    ``_apply_gate``, routing weights, sum over a token's k pairs in its dtype)."""
     num_tokens, hidden = hidden_states.shape
     top_k = top_k_index.shape[-1]
     ids = top_k_index.reshape(-1)  # [S = T * k], pair p = t * k + slot
-    gate_up = grouped_matmul(hidden_states, ids, self.gate_up_packed, self.gate_up_scale, top_k)  # [S, 2I]
+    gate_up = matmul(hidden_states, ids, getattr(self, f"gate_up_{stored}"), self.gate_up_scale, top_k)  # [S, 2I]
     act = self._apply_gate(gate_up)  # [S, I]
-    down = grouped_matmul(act, ids, self.down_packed, self.down_scale, 1)  # [S, H]
+    down = matmul(act, ids, getattr(self, f"down_{stored}"), self.down_scale, 1)  # [S, H]
     weighted = down * top_k_weights.reshape(-1, 1)  # [S, H]
     return weighted.view(num_tokens, top_k, hidden).sum(dim=1).to(hidden_states.dtype)
+
+
+def w4a16_experts_forward(
+    self: Any, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+) -> torch.Tensor:
+    """The "w4a16" experts implementation: int4 buffers through moecomp::w4a16_grouped_matmul."""
+    return routed_experts_forward(self, hidden_states, top_k_index, top_k_weights, grouped_matmul, "packed")
 
 
 ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, w4a16_experts_forward)
 
 
 def pack_experts(experts: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Turn a family's experts module into a packed one: its dense gate_up_proj/down_proj give way to the four
-    EXPERT_BUFFERS in ``tensors``. Only gated, bias-free, [E, out, in] experts (every family moecomp reads)."""
+    """Turn a family's experts module into a packed one: its dense gate_up_proj/down_proj give way to the buffers
+    in ``tensors`` (EXPERT_BUFFERS, or fp8.EXPERT_BUFFERS). Only gated, bias-free, [E, out, in] experts with gate
+    rows before up rows (every family moecomp reads; the loader stacks them so)."""
     if not getattr(experts, "has_gate", True) or getattr(experts, "has_bias", False):
         raise ValueError(f"{type(experts).__name__}: only gated experts without bias can be served packed")
-    if getattr(experts, "is_transposed", False):
-        raise ValueError(f"{type(experts).__name__}: transposed expert weights cannot be served packed")
+    if getattr(experts, "is_transposed", False) or not getattr(experts, "is_concatenated", True):
+        raise ValueError(f"{type(experts).__name__}: transposed or interleaved expert weights cannot be served packed")
     for name in ("gate_up_proj", "down_proj"):
         delattr(experts, name)
-    for name in EXPERT_BUFFERS:
-        experts.register_buffer(name, tensors[name])
+    for name, tensor in tensors.items():
+        experts.register_buffer(name, tensor)
 
 
 class W4A16Linear(nn.Module):

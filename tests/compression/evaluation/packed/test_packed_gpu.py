@@ -1,5 +1,6 @@
-"""The packed W4A16 runtime on CUDA: the Triton kernels against the plain-torch reference, the model against stock
-transformers, and the served (compiled, graph-captured) decode (run on a GPU machine: pytest -m gpu)."""
+"""The packed runtimes on CUDA: the W4A16 Triton kernels and the FP8 experts against plain-torch references, the
+models against stock transformers, and the served (compiled, graph-captured) decode (run on a GPU machine:
+pytest -m gpu)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from moecomp.compression.evaluation.loading import load_checkpoint
-from moecomp.compression.evaluation.packed import W4A16Linear, load_packed, reference
+from moecomp.compression.evaluation.packed import FP8Linear, W4A16Linear, fp8, load_packed, reference
 from moecomp.compression.evaluation.served import measure_served, served_greedy
 from moecomp.compression.evaluation.spec import SpeedSpec
 from moecomp.compression.evaluation.speed import random_prompt
@@ -123,3 +124,91 @@ def test_evaluation_loads_a_w4a16_checkpoint_packed_on_cuda(packed_checkpoints: 
     spec = SpeedSpec(prefill_tokens=64, decode_tokens=4, decode_prompt_tokens=8, decode_batch_sizes=[1], repeats=1)
     served = measure_served(loaded.model, spec)
     assert served["experts_implementation"] == "w4a16" and served["compiled"] is True
+
+
+# FP8 (moecomp's FP8 stage, e4m3 per channel): plain torch on the GPU, gathered experts for a decode step
+# (pairs < experts), every expert dequantized and one grouped_mm for a prompt.
+
+
+def _fp8_reference(x: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, row_div: int):
+    """The slow, obvious product: each routed expert's weight dequantized (float32 product, rounded to the scale's
+    bf16) and one linear over the pairs sent to it."""
+    out = x.new_empty(ids.shape[0], weight.shape[1])
+    for e in torch.unique(ids).tolist():
+        pairs = torch.nonzero(ids == e).squeeze(-1)
+        dense = (weight[e].float() * scale[e].float()).to(torch.bfloat16).to(x.dtype)
+        out[pairs] = torch.nn.functional.linear(x[pairs // row_div], dense)
+    return out
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 2048])  # 1, 3: gathered (2, 6 pairs < 8 experts); 2048: grouped_mm
+@pytest.mark.parametrize("projection", ["gate_up", "down"])
+def test_fp8_grouped_matmul_is_the_reference_on_mixtral_sized_experts(tokens: int, projection: str) -> None:
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    n, k = (2 * INTERMEDIATE, HIDDEN) if projection == "gate_up" else (HIDDEN, INTERMEDIATE)
+    row_div = TOP_K if projection == "gate_up" else 1
+    weight = (torch.randn(EXPERTS, n, k, device="cuda", generator=gen) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    scale = (0.0001 + 0.0002 * torch.rand(EXPERTS, n, 1, device="cuda", generator=gen)).to(torch.bfloat16)
+    x = torch.randn(tokens * TOP_K // row_div, k, device="cuda", generator=gen).to(torch.bfloat16)
+    ids = torch.randint(0, EXPERTS, (tokens, TOP_K), device="cuda", generator=gen).reshape(-1)
+    got = fp8.grouped_matmul(x, ids, weight, scale, row_div)
+    want = _fp8_reference(x, ids, weight, scale, row_div)
+    assert got.shape == want.shape == (tokens * TOP_K, n) and got.dtype == torch.bfloat16
+    assert _relative_error(got, want) < 1e-2
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
+def test_fp8_logits_on_cuda_are_transformers_forward(fp8_checkpoints: dict[str, Path], family: str) -> None:
+    """On a CPU the two are the same bits (test_packed_fp8). On a GPU the prompt's experts run the same grouped_mm
+    on the same bf16 weights and the attention inputs go through the same compressed-tensors functions, so they
+    should agree as closely; bounded here as the W4A16 runtime is, by stock's own GPU-vs-CPU distance."""
+    path = fp8_checkpoints[family]
+    ids = heldout_ids(path, samples=8, seq_len=128)
+    with torch.no_grad():
+        got = load_packed(path, device="cuda")(ids.cuda()).logits.float().cpu()
+        want = AutoModelForCausalLM.from_pretrained(path, device_map="cuda").eval()(ids.cuda()).logits.float().cpu()
+        on_cpu = AutoModelForCausalLM.from_pretrained(path).eval()(ids).logits.float()
+    (error, top1), (stock_error, stock_top1) = _agreement(got, want), _agreement(want, on_cpu)
+    figures = f"fp8 packed vs stock on cuda: {error:.2e}, top-1 {top1:.4f}, same bits {torch.equal(got, want)}; "
+    figures += f"stock cuda vs cpu: {stock_error:.2e}, top-1 {stock_top1:.4f}"
+    print(f"{family}: {figures}")
+    assert error <= 1.5 * stock_error + 1e-3, figures
+    assert top1 >= min(0.99, stock_top1 - 0.01), figures
+
+
+def test_served_decode_of_the_fp8_model_is_graph_captured_and_gives_its_eager_tokens(
+    fp8_checkpoints: dict[str, Path],
+) -> None:
+    """Batch 2 at top-2 of 8 experts: 4 pairs, the gathered path, captured in the decode step's CUDA graph."""
+    model = load_packed(fp8_checkpoints["mixtral"], device="cuda")
+    prompt = random_prompt(model, 2, 12, torch.device("cuda"))
+    served = served_greedy(model, prompt, 8)  # the "fp8" implementation is kept
+    assert served.shape == (2, 9)
+    with torch.no_grad():
+        first = model(prompt).logits[:, -1].argmax(-1)
+        second = model(torch.cat([prompt, first[:, None]], dim=1)).logits[:, -1].argmax(-1)
+    assert torch.equal(served[:, 0], first) and torch.equal(served[:, 1], second)
+
+
+def test_evaluation_loads_an_fp8_checkpoint_packed_on_cuda(fp8_checkpoints: dict[str, Path]) -> None:
+    """What the report measures on a GPU: FP8 kept in memory (about 0.64 of stock's bf16 bytes for the tiny
+    Mixtral, whose experts are 72% of its weights), the same logits as stock, the served runtime on "fp8"."""
+    path = fp8_checkpoints["mixtral"]
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    loaded = load_checkpoint(path, device="cuda")
+    ours = torch.cuda.memory_allocated() - before
+    assert any("FP8 checkpoint served packed" in note for note in loaded.notes)
+    assert any(isinstance(m, FP8Linear) for m in loaded.model.modules())
+    assert not any(p.dtype == torch.bfloat16 and p.dim() == 3 for p in loaded.model.parameters())  # no dense experts
+    before = torch.cuda.memory_allocated()
+    stock = AutoModelForCausalLM.from_pretrained(path, device_map="cuda").eval()
+    ids = heldout_ids(path, samples=4, seq_len=64).cuda()
+    with torch.no_grad():
+        stock(ids[:, :4])  # decompresses the attention linears, as stock serves them (the output is dropped)
+        assert ours < 0.75 * (torch.cuda.memory_allocated() - before)
+        got, want = loaded.model(ids).logits.float(), stock(ids).logits.float()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.99
+    spec = SpeedSpec(prefill_tokens=64, decode_tokens=4, decode_prompt_tokens=8, decode_batch_sizes=[1], repeats=1)
+    served = measure_served(loaded.model, spec)
+    assert served["experts_implementation"] == "fp8" and served["compiled"] is True
