@@ -215,6 +215,8 @@ def _load_rest(model: nn.Module, disk: DiskTensors, device: torch.device, dtype:
     for name, tensor in model.state_dict(keep_vars=True).items():
         if tensor.is_meta and name in disk:
             value = disk.get(name)
+            if value.dtype == torch.float8_e4m3fn:  # cast to ``dtype`` without its scale it would be wrong
+                raise ValueError(f"{name} is stored in FP8 in a module the packed runtime does not serve")
             assign_tensors(model, {name: value.to(device, dtype if value.is_floating_point() else None)})
 
 
