@@ -1,6 +1,6 @@
 """compress(): the one entry point of the CLI and the worker. Model + recipe -> checkpoint folder + manifest.
 
-The recipe's stages are split into passes of consecutive stages of one kind (:func:`pass_kind`): each pass
+The recipe's stages are split into passes of consecutive stages of one kind (each stage's ``pass_kind``): each pass
 reads a checkpoint folder and writes one, through the runner :data:`PASS_RUNNERS` names for that kind.
 Trimming: one :func:`trimming.run_trimming` call, then :func:`export.export_trimmed`. Slimming: the streamed,
 MoE-batched pass :func:`slimming.run.run_streamed`, or plain llm-compressor
@@ -73,22 +73,11 @@ class PassResult:
 PassRunner = Callable[[PassJob], PassResult]
 
 
-def pass_kind(stage: StageConfig) -> str:
-    """The runner of a stage: its family's, or llm-compressor's for slimming the streamed pass does not run."""
-    family = stage.family
-    if family != "slimming":
-        return family  # no slimming import: it pulls in llm-compressor, seconds per worker process
-    from moecomp.compression.slimming.methods import METHODS
-
-    native = stage.method in METHODS and getattr(stage, "backend", "moecomp") == "moecomp"
-    return family if native else "slimming_llmcompressor"
-
-
 def split_passes(stages: list[StageConfig]) -> list[tuple[str, list[StageConfig]]]:
     """Consecutive stages of the same pass kind form one pass; no stage -> one empty trimming pass (re-export)."""
     passes: list[tuple[str, list[StageConfig]]] = []
     for stage in stages:
-        family = pass_kind(stage)
+        family = stage.pass_kind()
         if passes and passes[-1][0] == family:
             passes[-1][1].append(stage)
         else:

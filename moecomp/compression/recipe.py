@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from moecomp.compression.methods.quantization import QuantizationStage
 from moecomp.compression.methods.registry import Stage
 
 # Bounded so that no request can ask for unbounded memory or disk: the engine keeps every calibration token's
@@ -67,7 +66,7 @@ class Recipe(BaseModel):
                     f"stage {i} ({stage.method}) comes after the quantization stage {quantized} "
                     f"({stages[quantized].method}): a quantized checkpoint is not slimmed again; quantize last"
                 )
-            if isinstance(stage, QuantizationStage):
+            if stage.quantizes:
                 quantized = i
         return stages
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -9,9 +10,11 @@ from pydantic import BaseModel, ConfigDict
 
 from moecomp.compression.observers import Trimmer
 
-if TYPE_CHECKING:  # type-only: planning imports the stages (through the recipe)
+if TYPE_CHECKING:  # type-only: planning imports the stages (through the recipe), the slimming passes import them
+    from moecomp.compression.adapters import MoEFamily
     from moecomp.compression.planning import Setting
     from moecomp.compression.sizes import Sizes
+    from moecomp.compression.slimming.targets import Scope, Target
 
 
 @dataclass
@@ -65,6 +68,37 @@ class StageConfig(BaseModel):
 
     def check_device(self, device: str) -> None:
         """Refuse (ValueError) a device this stage cannot run on, before any work."""
+
+    def pass_kind(self) -> str:
+        """The pass that runs this stage (``pipeline.split_passes``): its family's by default."""
+        return self.family
+
+
+class SlimmingConfig(StageConfig):
+    """Base of the slimming stages: what the streamed pass (:mod:`moecomp.compression.slimming.run`) and the
+    llm-compressor pass ask of a stage. The kernels are imported when a pass asks for them, never with the
+    config: they pull in llm-compressor (seconds per process) and import the configs themselves."""
+
+    family: ClassVar[str] = "slimming"
+    uses_data: ClassVar[bool]  # needs a calibration run of the layer (input statistics) before it slims
+    quantizes: ClassVar[bool]  # writes packed low-bit weights (else dense weights, pruned)
+    smooths: ClassVar[bool] = False  # rescales the layer's norms and linears (AWQ) before it quantizes
+    actorder: ClassVar[str | None] = None  # the activation ordering llm-compressor records for the scheme
+    if TYPE_CHECKING:  # fields every slimming stage declares (each where its schema wants it)
+        backend: Backend
+        scope: list[Scope]
+
+    def pass_kind(self) -> str:
+        return "slimming" if self.backend == "moecomp" else "slimming_llmcompressor"
+
+    def slimmer(self) -> Callable[..., Any]:
+        """The streamed pass's kernel: ``slim(config, weight [B, out, in], stats, group_size, scale_dtype)`` ->
+        ``Slimmed`` (stats None for data-free methods; group size and scale dtype used by quantization only)."""
+        raise NotImplementedError
+
+    def llmcompressor_modifiers(self, model: Any, family: MoEFamily, targets: list[Target]) -> list[Any]:
+        """The llm-compressor modifiers that carry this stage out on ``targets`` of a linearized ``model``."""
+        raise NotImplementedError(f"{self.method} has no llm-compressor modifier")
 
 
 def hessians(setting: Setting, before: Sizes) -> dict[str, int]:

@@ -17,23 +17,27 @@ saves neither disk nor memory.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, Backend, StageConfig, hessians
+from moecomp.compression.methods.base import BACKEND_DESCRIPTION, MAX_BLOCK_SIZE, Backend, SlimmingConfig, hessians
 from moecomp.compression.slimming.targets import SCOPES, Scope
 
 if TYPE_CHECKING:
+    from moecomp.compression.adapters import MoEFamily
     from moecomp.compression.planning import Setting
     from moecomp.compression.sizes import Sizes
+    from moecomp.compression.slimming.targets import Target
 
 Pattern = Literal["2:4", "4:8"]
 
 
-class _PruningConfig(StageConfig):
-    family: ClassVar[str] = "slimming"
+class _PruningConfig(SlimmingConfig):
+    quantizes: ClassVar[bool] = False
+    uses_data: ClassVar[bool] = True
     sparsity: float | None = Field(
         None, gt=0, lt=1, description="Fraction of each linear's weights set to zero (0.5 when no pattern)."
     )
@@ -75,11 +79,27 @@ class _PruningConfig(StageConfig):
 
 
 class MagnitudeConfig(_PruningConfig):
+    uses_data: ClassVar[bool] = False
     method: Literal["magnitude"] = "magnitude"
+
+    def slimmer(self) -> Callable[..., Any]:
+        from moecomp.compression.slimming import magnitude
+
+        return magnitude.slim
 
 
 class WandaConfig(_PruningConfig):
     method: Literal["wanda"] = "wanda"
+
+    def slimmer(self) -> Callable[..., Any]:
+        from moecomp.compression.slimming import wanda
+
+        return wanda.slim
+
+    def llmcompressor_modifiers(self, model: Any, family: MoEFamily, targets: list[Target]) -> list[Any]:
+        from moecomp.compression.slimming.llmcompressor_modifiers import wanda_modifiers
+
+        return wanda_modifiers(self, targets)
 
 
 class SparseGPTConfig(_PruningConfig):
@@ -89,6 +109,16 @@ class SparseGPTConfig(_PruningConfig):
 
     def host_buffers(self, setting: Setting, before: Sizes, item: int) -> dict[str, int]:
         return hessians(setting, before)
+
+    def slimmer(self) -> Callable[..., Any]:
+        from moecomp.compression.slimming import sparsegpt
+
+        return sparsegpt.slim
+
+    def llmcompressor_modifiers(self, model: Any, family: MoEFamily, targets: list[Target]) -> list[Any]:
+        from moecomp.compression.slimming.llmcompressor_modifiers import sparsegpt_modifiers
+
+        return sparsegpt_modifiers(self, targets)
 
 
 PruningStage = MagnitudeConfig | WandaConfig | SparseGPTConfig

@@ -27,7 +27,8 @@ never quantized.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -37,20 +38,23 @@ from moecomp.compression.methods.base import (
     MAX_BLOCK_SIZE,
     MAX_GROUP_SIZE,
     Backend,
-    StageConfig,
+    SlimmingConfig,
     hessians,
 )
 from moecomp.compression.slimming.targets import SCOPES, Scope
 
 if TYPE_CHECKING:
+    from moecomp.compression.adapters import MoEFamily
     from moecomp.compression.planning import Setting
     from moecomp.compression.sizes import Sizes
+    from moecomp.compression.slimming.targets import Target
 
 QUANT_SCOPE_DEFAULT: list[Scope] = list(SCOPES)
 
 
-class _QuantizationConfig(StageConfig):
-    family: ClassVar[str] = "slimming"
+class _QuantizationConfig(SlimmingConfig):
+    quantizes: ClassVar[bool] = True
+    compressed_format: ClassVar[str] = "pack-quantized"  # compressed-tensors' format of the saved weights
     scope: list[Scope] = Field(
         default_factory=lambda: list(QUANT_SCOPE_DEFAULT),
         max_length=len(SCOPES),
@@ -67,9 +71,18 @@ class _QuantizationConfig(StageConfig):
     def resized(self, sizes: Sizes) -> Sizes:
         return sizes.quantized(self.scope, self.packed_bytes)
 
+    def slimmer(self) -> Callable[..., Any]:
+        from moecomp.compression.slimming import rtn  # round-to-nearest (AWQ's, after smoothing; FP8's: e4m3)
+
+        return rtn.slim
+
     def packed_bytes(self, numel: int, min_in: int, item: int) -> int:
         """Bytes of ``numel`` quantized weights and their scales (``item`` bytes each), the narrowest input
         ``min_in`` wide."""
+        raise NotImplementedError
+
+    def weight_scheme(self, group_size: int | None) -> dict:
+        """compressed-tensors ``QuantizationArgs`` fields of the weights, for linears of one group size."""
         raise NotImplementedError
 
 
@@ -79,6 +92,9 @@ class _IntQuantizationConfig(_QuantizationConfig):
         128, ge=1, le=MAX_GROUP_SIZE, description="Input columns per scale; none = one scale per output channel."
     )
     symmetric: bool = Field(True, description="Symmetric (no zero point); asymmetric experts cannot be reloaded.")
+
+    def weight_scheme(self, group_size: int | None) -> dict:
+        return weight_args(self, group_size)
 
     def packed_bytes(self, numel: int, min_in: int, item: int) -> int:
         """bits/8 per weight and one scale per group (per channel: the group is the input width)."""
@@ -97,6 +113,8 @@ class _IntQuantizationConfig(_QuantizationConfig):
 
 
 class GPTQConfig(_IntQuantizationConfig):
+    uses_data: ClassVar[bool] = True
+    actorder: ClassVar[str | None] = "static"
     method: Literal["gptq"] = "gptq"
     backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
     calibrate_all_experts: bool = Field(
@@ -110,8 +128,20 @@ class GPTQConfig(_IntQuantizationConfig):
     def host_buffers(self, setting: Setting, before: Sizes, item: int) -> dict[str, int]:
         return hessians(setting, before)
 
+    def slimmer(self) -> Callable[..., Any]:
+        from moecomp.compression.slimming import gptq
+
+        return gptq.slim
+
+    def llmcompressor_modifiers(self, model: Any, family: MoEFamily, targets: list[Target]) -> list[Any]:
+        from moecomp.compression.slimming.llmcompressor_modifiers import gptq_modifiers
+
+        return gptq_modifiers(self, targets)
+
 
 class AWQConfig(_IntQuantizationConfig):
+    uses_data: ClassVar[bool] = True
+    smooths: ClassVar[bool] = True
     method: Literal["awq"] = "awq"
     backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
     calibrate_all_experts: bool = True
@@ -128,13 +158,26 @@ class AWQConfig(_IntQuantizationConfig):
 
         return {"AWQ search": WORK_BYTES}
 
+    def llmcompressor_modifiers(self, model: Any, family: MoEFamily, targets: list[Target]) -> list[Any]:
+        from moecomp.compression.slimming.llmcompressor_modifiers import awq_modifiers
+
+        return awq_modifiers(self, model, family, targets)
+
 
 class RTNConfig(_IntQuantizationConfig):
+    uses_data: ClassVar[bool] = False
     method: Literal["rtn"] = "rtn"
     backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
 
+    def llmcompressor_modifiers(self, model: Any, family: MoEFamily, targets: list[Target]) -> list[Any]:
+        from moecomp.compression.slimming.llmcompressor_modifiers import quantization_modifiers
+
+        return quantization_modifiers(self, targets)
+
 
 class FP8Config(_QuantizationConfig):
+    uses_data: ClassVar[bool] = False
+    compressed_format: ClassVar[str] = "float-quantized"
     method: Literal["fp8"] = "fp8"
     backend: Backend = Field("moecomp", description=BACKEND_DESCRIPTION)
 
@@ -142,8 +185,16 @@ class FP8Config(_QuantizationConfig):
         """One byte per weight and a float32 scale per output channel."""
         return numel + 4 * numel // min_in
 
+    def weight_scheme(self, group_size: int | None) -> dict:
+        return fp8_weight_args()  # one scale per output channel, whatever the group size
+
     def check_device(self, device: str) -> None:
         require_fp8(device)  # an FP8 checkpoint is for FP8 hardware
+
+    def llmcompressor_modifiers(self, model: Any, family: MoEFamily, targets: list[Target]) -> list[Any]:
+        from moecomp.compression.slimming.llmcompressor_modifiers import quantization_modifiers
+
+        return quantization_modifiers(self, targets)
 
 
 QuantizationStage = GPTQConfig | AWQConfig | RTNConfig | FP8Config

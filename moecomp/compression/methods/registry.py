@@ -9,7 +9,7 @@ asks the stage itself how it runs. A stage registered later (a test's) is theref
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Annotated, Any, Union
@@ -18,7 +18,7 @@ from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, TypeAdap
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, core_schema
 
-from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.base import SlimmingConfig, StageConfig
 
 _STAGES: dict[str, type[StageConfig]] = {}
 
@@ -58,6 +58,16 @@ def registered_stage(config: type[StageConfig]) -> Iterator[type[StageConfig]]:
 def stage_configs() -> tuple[type[StageConfig], ...]:
     """The registered stage configs, in registration order (the order forms and error messages list them)."""
     return tuple(_STAGES.values())
+
+
+def slimming_stages(stages: Sequence[StageConfig]) -> list[SlimmingConfig]:
+    """``stages`` for a slimming pass, refused (ValueError, naming the slimming methods) unless all are slimming."""
+    slimming = [stage for stage in stages if isinstance(stage, SlimmingConfig)]
+    if len(slimming) < len(stages):
+        others = [stage.method for stage in stages if not isinstance(stage, SlimmingConfig)]
+        known = ", ".join(method_name(c) for c in stage_configs() if issubclass(c, SlimmingConfig))
+        raise ValueError(f"not slimming stages: {others}; slimming methods: {known}")
+    return slimming
 
 
 def stage_union() -> TypeAdapter[Any]:

@@ -19,7 +19,7 @@ from compressed_tensors.quantization import QuantizationConfig, QuantizationSche
 
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.export import ShardWriter
-from moecomp.compression.methods.quantization import FP8Config, config_groups
+from moecomp.compression.methods.quantization import config_groups
 from moecomp.compression.slimming.groups import LINEARIZED, WeightGroup
 from moecomp.compression.slimming.qparams import pack
 from moecomp.compression.slimming.result import Slimmed
@@ -120,7 +120,7 @@ def quantization_config(config: Any, linears: list[tuple], ignore: list[str], ac
         (routed if scope == "routed_experts" else others).setdefault(width, set()).add(pattern_of(name))
     groups = config_groups(config, _sorted(routed), _sorted(others))
     schemes = {}
-    form = "float-quantized" if isinstance(config, FP8Config) else "pack-quantized"
+    form = config.compressed_format
     for key, group in groups.items():
         weights = {**group["weights"], "observer": "memoryless_minmax", "actorder": actorder}
         inputs = group.get("input_activations")  # FP8: per-token scales at run time

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from moecomp.compression.adapters import MoEFamily
+from moecomp.compression.methods.quantization import expert_group_size, resolve_group_size
 from moecomp.compression.slimming.targets import Scope, scope_of
 
 FUSED_EXPERT_TENSORS = ("gate_up_proj", "down_proj")
@@ -74,3 +75,12 @@ def layer_groups(layer: nn.Module, family: MoEFamily, scopes: list[Scope] | tupl
         if scope in wanted and scope != "routed_experts":
             groups.append(WeightGroup(name, "weight", scope))
     return groups
+
+
+def group_size_for(config: object, group: WeightGroup, widths: dict[str, int]) -> int | None:
+    """Routed experts share one group size dividing every expert width; other linears get their own."""
+    requested = getattr(config, "group_size", None)  # FP8: one scale per channel
+    if group.scope == "routed_experts":
+        routed = [w for name, w in widths.items() if name.startswith(group.module + ".")]
+        return expert_group_size(sorted(routed), requested)
+    return resolve_group_size(widths[group.name], requested)

@@ -1,14 +1,13 @@
 """From a slimming stage config to the llm-compressor modifiers that carry it out.
 
-One builder per method, chosen from one table keyed by ``config.method``. Magnitude pruning needs
-no data and no llm-compressor modifier; it is applied directly in
+One builder per method, called by the stage's own ``llmcompressor_modifiers`` (its config module). Magnitude
+pruning needs no data and no llm-compressor modifier; it is applied directly in
 :mod:`moecomp.compression.slimming.llmcompressor_pass`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 from llmcompressor.modifiers.modifier import Modifier
@@ -20,7 +19,7 @@ from transformers import PreTrainedModel
 from moecomp.compression.adapters import MoEFamily, SmoothingPair
 from moecomp.compression.lazy_checkpoint import checkpoint_structure
 from moecomp.compression.methods.pruning import SparseGPTConfig, WandaConfig
-from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, config_groups
+from moecomp.compression.methods.quantization import AWQConfig, GPTQConfig, QuantizationStage, config_groups
 from moecomp.compression.slimming.llmcompressor_seam import (
     RoutedGPTQModifier,
     RoutedSparseGPTModifier,
@@ -29,8 +28,6 @@ from moecomp.compression.slimming.llmcompressor_seam import (
 from moecomp.compression.slimming.targets import Target, pattern_of, patterns_by_in_features
 from moecomp.compression.structure import decoder_layers
 
-Builder = Callable[[Any, nn.Module, MoEFamily, list[Target]], list[Modifier]]
-
 
 def split_patterns(targets: list[Target]) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
     """Target regexes by input width: (routed experts, everything else)."""
@@ -38,24 +35,25 @@ def split_patterns(targets: list[Target]) -> tuple[dict[int, list[str]], dict[in
     return patterns_by_in_features(routed), patterns_by_in_features([t for t in targets if t not in routed])
 
 
-def _gptq(config: GPTQConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+def gptq_modifiers(config: GPTQConfig, targets: list[Target]) -> list[Modifier]:
     groups = config_groups(config, *split_patterns(targets))
     return [
         RoutedGPTQModifier(config_groups=groups, block_size=config.block_size, dampening_frac=config.dampening_frac)
     ]
 
 
-def _quantize(config, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+def quantization_modifiers(config: QuantizationStage, targets: list[Target]) -> list[Modifier]:
+    """Round-to-nearest (RTN, FP8) with the stage's schemes."""
     return [QuantizationModifier(config_groups=config_groups(config, *split_patterns(targets)))]
 
 
-def _awq(config: AWQConfig, model: Any, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+def awq_modifiers(config: AWQConfig, model: Any, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
     # offload_device left to llm-compressor: for MoE models it caches each smoothing parent's inputs on the host
     smoothing = AWQModifier(mappings=awq_mappings(model, family, config), n_grid=config.n_grid, duo_scaling=True)
-    return [smoothing, *_quantize(config, model, family, targets)]
+    return [smoothing, *quantization_modifiers(config, targets)]
 
 
-def _sparsity_args(config, targets: list[Target]) -> dict:
+def _sparsity_args(config: WandaConfig | SparseGPTConfig, targets: list[Target]) -> dict:
     n, m = config.n_m
     return {
         "sparsity": config.target_sparsity,
@@ -64,26 +62,16 @@ def _sparsity_args(config, targets: list[Target]) -> dict:
     }
 
 
-def _wanda(config: WandaConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+def wanda_modifiers(config: WandaConfig, targets: list[Target]) -> list[Modifier]:
     return [RoutedWandaModifier(**_sparsity_args(config, targets))]
 
 
-def _sparsegpt(config: SparseGPTConfig, model: nn.Module, family: MoEFamily, targets: list[Target]) -> list[Modifier]:
+def sparsegpt_modifiers(config: SparseGPTConfig, targets: list[Target]) -> list[Modifier]:
     return [
         RoutedSparseGPTModifier(
             **_sparsity_args(config, targets), block_size=config.block_size, dampening_frac=config.dampening_frac
         )
     ]
-
-
-BUILDERS: dict[str, Builder] = {
-    "gptq": _gptq,
-    "awq": _awq,
-    "rtn": _quantize,
-    "fp8": _quantize,
-    "wanda": _wanda,
-    "sparsegpt": _sparsegpt,
-}
 
 
 def _suffix(path: str) -> str:

@@ -33,7 +33,7 @@ from moecomp.compression.context import RunContext
 from moecomp.compression.dtypes import parse_dtype
 from moecomp.compression.lazy_checkpoint import read_config
 from moecomp.compression.manifest import MANIFEST_NAME
-from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.base import SlimmingConfig, StageConfig
 from moecomp.compression.methods.pruning import (
     MagnitudeConfig,
     PruningStage,
@@ -41,9 +41,9 @@ from moecomp.compression.methods.pruning import (
     realized_sparsity,
 )
 from moecomp.compression.methods.quantization import QuantizationStage, group_sizes_used
-from moecomp.compression.slimming.llmcompressor_modifiers import BUILDERS, split_patterns
+from moecomp.compression.methods.registry import slimming_stages
+from moecomp.compression.slimming.llmcompressor_modifiers import split_patterns
 from moecomp.compression.slimming.llmcompressor_seam import SlimmingMonitor, fallbacks, run_oneshot, save_conversions
-from moecomp.compression.slimming.methods import METHODS
 from moecomp.compression.slimming.reload_check import checkpoint_bytes, router_state, verify_reload
 from moecomp.compression.slimming.targets import Target, find_targets, linear, router_names
 
@@ -53,18 +53,15 @@ DENSE_NOTE = (
 )
 
 
-def validate_stages(stages: list[StageConfig], device: str) -> list[PruningStage | QuantizationStage]:
+def validate_stages(stages: list[StageConfig], device: str) -> list[SlimmingConfig]:
     """Pruning stages first, then at most one quantization stage; FP8 only on FP8 hardware. Returns them."""
-    methods = [s.method for s in stages]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"not slimming stages: {unknown}; slimming methods: {', '.join(METHODS)}")
-    quant = [i for i, m in enumerate(methods) if METHODS[m].quantizes]
+    slimming = slimming_stages(stages)
+    quant = [i for i, stage in enumerate(slimming) if stage.quantizes]
     if len(quant) > 1 or (quant and quant[0] != len(stages) - 1):
         raise ValueError("at most one quantization stage, and it must be the last slimming stage")
-    for stage in stages:
+    for stage in slimming:
         stage.check_device(device)
-    return [s for s in stages if isinstance(s, PruningStage | QuantizationStage)]
+    return slimming
 
 
 def compute_dtype(dtype: str, device: str) -> Any:
@@ -117,7 +114,7 @@ def _run_stage(
     model: PreTrainedModel,
     family: MoEFamily,
     tokenizer: Any,
-    config: PruningStage | QuantizationStage,
+    config: SlimmingConfig,
     calib_ids: torch.Tensor,
     *,
     device: str,
@@ -131,8 +128,8 @@ def _run_stage(
     if isinstance(config, MagnitudeConfig):
         apply_magnitude(model, config, targets, device=device, ctx=ctx)
         return results
-    modifiers = BUILDERS[method](config, model, family, targets)
-    uses_data = method not in ("rtn", "fp8")
+    modifiers = config.llmcompressor_modifiers(model, family, targets)
+    uses_data = config.uses_data
     monitor = SlimmingMonitor(stage=method)
     monitor.attach(model, family, router_names(model, family), ctx)
     all_experts = bool(getattr(config, "calibrate_all_experts", False))
@@ -147,7 +144,7 @@ def _run_stage(
         results["calibrate_all_experts"] = all_experts
     results["fallbacks"] = fallbacks(modifiers)
     if results["fallbacks"]:
-        kind = "round-to-nearest" if METHODS[method].quantizes else "magnitude pruning"
+        kind = "round-to-nearest" if config.quantizes else "magnitude pruning"
         ctx.message(method, f"{len(results['fallbacks'])} linears saw no calibration token: {kind} used", "warning")
     if isinstance(config, QuantizationStage):
         results["group_sizes"] = group_sizes_used(config, *split_patterns(targets))
@@ -257,7 +254,7 @@ def run_slimming(
     group sizes / realized sparsity per module, ``routers_unchanged``), ``seconds``, and ``checkpoint``
     (bytes on disk vs the source, reload check) which is the same for every stage of the pass.
     """
-    validate_stages(stages, device)
+    slimming = validate_stages(stages, device)
     source_dtype = read_config(Path(model_dir)).dtype or torch.float32
     model, family, tokenizer = load_linearized(Path(model_dir), compute_dtype(dtype, device))
     reports = slim_model(model, family, tokenizer, stages, calib_ids, device=device, ctx=ctx)
@@ -265,7 +262,7 @@ def run_slimming(
         # The checkpoint keeps the source's dtype whatever the pass computed in; llm-compressor's
         # offloading keeps its own copies of the weights, so it is removed before the cast.
         remove_dispatch(model).to(source_dtype)
-    quantized = any(METHODS[r["method"]].quantizes for r in reports)
+    quantized = any(stage.quantizes for stage in slimming)
     ctx.progress("export", 0, 1)
     check = export_slimmed(
         model, family, tokenizer, Path(out_dir), source_dir=Path(model_dir), quantized=quantized, check_ids=calib_ids

@@ -21,8 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from moecomp.compression.export import ShardWriter
 from moecomp.compression.observers import LayerInfo, Observer
 from moecomp.compression.slimming import awq, checkpoint
-from moecomp.compression.slimming.groups import LINEARIZED, WeightGroup, layer_groups
-from moecomp.compression.slimming.methods import METHODS, SlimmingMethod, group_size_for
+from moecomp.compression.slimming.groups import LINEARIZED, WeightGroup, group_size_for, layer_groups
 from moecomp.compression.slimming.result import Slimmed
 from moecomp.compression.slimming.statistics import InputStats, LayerStats, attach_statistics
 
@@ -75,14 +74,12 @@ def sparsity_per_linear(weight: torch.Tensor, group: WeightGroup) -> list[float]
     return (linears == 0).float().mean(dim=1).tolist()
 
 
-def slim_linears(
-    method: SlimmingMethod, stage: Any, weight: torch.Tensor, parts: int, stats: InputStats | None, size, dtype
-) -> Slimmed:
+def slim_linears(stage: Any, weight: torch.Tensor, parts: int, stats: InputStats | None, size, dtype) -> Slimmed:
     """Slim [B, out, in] as the linears it stands for: a fused gate_up [E, 2I, H] is E gate and E up matrices
     (magnitude and SparseGPT thresholds span one linear, as in llm-compressor; the statistics are the expert's)."""
     batch, rows, cols = weight.shape
     stats = replace(stats, repeat=parts) if stats is not None and parts > 1 else stats
-    result = method.slim(stage, weight.reshape(batch * parts, rows // parts, cols), stats, size, dtype)
+    result = stage.slimmer()(stage, weight.reshape(batch * parts, rows // parts, cols), stats, size, dtype)
     scale = None if result.scale is None else result.scale.reshape(batch, rows, -1)
     fallbacks = sorted({b // parts for b in result.fallbacks})
     return Slimmed(result.weight.reshape(weight.shape), scale, result.args, fallbacks)
@@ -108,7 +105,7 @@ class SlimmingObserver(Observer):
         return len(self.stages)
 
     def needs_data(self, info: LayerInfo, run: int) -> bool:
-        return METHODS[self.stages[run].method].uses_data
+        return self.stages[run].uses_data
 
     def host_bytes(self, activation_bytes: int) -> int:
         """One output shard being filled, and each layer's probe (one sequence in, one out) for the reload check."""
@@ -116,11 +113,11 @@ class SlimmingObserver(Observer):
 
     def attach(self, info: LayerInfo, layer: nn.Module) -> list[RemovableHandle]:
         stage = self.stages[self._next_stage]
-        if not METHODS[stage.method].uses_data:
+        if not stage.uses_data:
             self.stats = None
             return []
         device = next(layer.parameters()).device
-        if METHODS[stage.method].smooths:
+        if stage.smooths:
             self.stats, handles = awq.attach(layer, info.family, stage, info.is_moe, device)
             return handles
         groups = layer_groups(layer, info.family, stage.scope)
@@ -133,11 +130,10 @@ class SlimmingObserver(Observer):
         if run == 0:
             self.routers = router_tensors(layer, info.family)
         started = time.perf_counter()
-        method = METHODS[stage.method]
         groups = layer_groups(layer, info.family, stage.scope)
         widths = {g.name: g.get(layer).shape[-1] for g in groups}
-        sizes = {g.name: group_size_for(stage, g, widths) if method.quantizes else None for g in groups}
-        if method.smooths:
+        sizes = {g.name: group_size_for(stage, g, widths) if stage.quantizes else None for g in groups}
+        if stage.smooths:
             assert isinstance(self.stats, awq.AWQStats)  # attach() gathered AWQ's statistics for this stage
             errors = awq.smooth(layer, info.family, stage, info.is_moe, self.stats, sizes, self.dtype)
             for name, (initial, best) in errors.items():
@@ -147,7 +143,7 @@ class SlimmingObserver(Observer):
             weight = group.get(layer)
             stats = self.stats.by_group.get(group.name) if self.stats is not None else None
             size = sizes[group.name]
-            result = slim_linears(method, stage, weight, group.linears, stats, size, self.dtype)
+            result = slim_linears(stage, weight, group.linears, stats, size, self.dtype)
             group.set(layer, result.weight)
             self._record(record, info, group, result, size)
             if result.scale is not None:

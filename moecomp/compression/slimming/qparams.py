@@ -15,14 +15,14 @@ from compressed_tensors.compressors.pack_quantized.base import PackedQuantizatio
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, fake_quantize
 from llmcompressor.observers import Observer
 
-from moecomp.compression.methods.quantization import FP8Config, fp8_weight_args, weight_args
+from moecomp.compression.methods.quantization import QuantizationStage
 
 
-def quantization_args(config: object, group_size: int | None, actorder: str | None = None) -> QuantizationArgs:
+def quantization_args(
+    config: QuantizationStage, group_size: int | None, actorder: str | None = None
+) -> QuantizationArgs:
     """compressed-tensors ``QuantizationArgs`` of a stage's weights at ``group_size`` (FP8: per channel)."""
-    if isinstance(config, FP8Config):
-        return QuantizationArgs(**fp8_weight_args())
-    return QuantizationArgs(**weight_args(config, group_size), actorder=actorder)  # type: ignore[arg-type]
+    return QuantizationArgs(**config.weight_scheme(group_size), actorder=actorder)
 
 
 def observe_scales(

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import torch
 
+from moecomp.compression.methods.quantization import QuantizationStage
 from moecomp.compression.slimming.qparams import fake_quantized, observe_scales, quantization_args
 from moecomp.compression.slimming.result import Slimmed
 from moecomp.compression.slimming.statistics import InputStats
 
 
 def slim(
-    config: object, weight: torch.Tensor, stats: InputStats | None, group_size: int | None, scale_dtype: torch.dtype
+    config: QuantizationStage,
+    weight: torch.Tensor,
+    stats: InputStats | None,
+    group_size: int | None,
+    scale_dtype: torch.dtype,
 ) -> Slimmed:
     args = quantization_args(config, group_size)
     scale, zero_point = observe_scales(weight, args, scale_dtype)

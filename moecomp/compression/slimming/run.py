@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ from moecomp.compression.context import RunContext
 from moecomp.compression.engine import calibrate
 from moecomp.compression.export import MAX_SHARD_BYTES, ShardWriter, layer_of, source_tensors, trimmed_config_json
 from moecomp.compression.lazy_checkpoint import SafetensorsSource
-from moecomp.compression.methods.base import StageConfig
+from moecomp.compression.methods.base import SlimmingConfig, StageConfig
+from moecomp.compression.methods.registry import slimming_stages
 from moecomp.compression.slimming.checkpoint import disk_name, quantization_config
-from moecomp.compression.slimming.methods import METHODS
 from moecomp.compression.slimming.observer import SlimmingObserver, StageRecord
 from moecomp.compression.slimming.verify import verify_streamed
 from moecomp.compression.sources import SIDE_FILES
@@ -73,7 +74,7 @@ def _ignored(source: SafetensorsSource, new_index: dict[int, int], prior: Decisi
 
 def run_streamed(
     model_dir: Path,
-    stages: list[StageConfig],
+    stages: Sequence[StageConfig],
     calib_ids: torch.Tensor,
     out_dir: Path,
     *,
@@ -85,26 +86,27 @@ def run_streamed(
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> list[dict[str, Any]]:
     """Slim the checkpoint in ``model_dir`` with ``prior`` applied into ``out_dir``; return per-stage reports."""
-    for stage in stages:
+    slimming = slimming_stages(stages)
+    for stage in slimming:
         stage.check_device(device)  # before any work
     source = SafetensorsSource(model_dir)
-    source.family.check_methods(stages)
+    source.family.check_methods(slimming)
     n_layers = source.config.num_hidden_layers
     new_index = {old: new for new, old in enumerate(prior.kept_blocks(n_layers))}
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out_dir, max_shard_bytes)
     _copy_outside_layers(model_dir, writer, source.family)
-    observer = SlimmingObserver(list(stages), writer, new_index, save_dtype, sequences=calib_ids.shape[0])
-    for stage in stages:
+    observer = SlimmingObserver(list(slimming), writer, new_index, save_dtype, sequences=calib_ids.shape[0])
+    for stage in slimming:
         ctx.message(stage.method, f"{stage.method}: {stage.model_dump_json()}")
-    name = "+".join(stage.method for stage in stages)
+    name = "+".join(stage.method for stage in slimming)
     calibrate(source, calib_ids, [observer], prior=prior, device=device, dtype=dtype, ctx=ctx, stage=name)
     writer.close()
-    quantizer = next((s for s in stages if METHODS[s.method].quantizes), None)
+    quantizer = next((s for s in slimming if s.quantizes), None)
     quant = None
     if quantizer is not None:
-        actorder = METHODS[quantizer.method].actorder
-        quant = quantization_config(quantizer, observer.linears, _ignored(source, new_index, prior), actorder)
+        ignored = _ignored(source, new_index, prior)
+        quant = quantization_config(quantizer, observer.linears, ignored, quantizer.actorder)
     config = _config(model_dir, out_dir, prior, quant)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name in SIDE_FILES:
@@ -114,11 +116,10 @@ def run_streamed(
     check = verify_streamed(out_dir, observer.probes, device=device, dtype=dtype)
     ctx.progress("export", 1, 1)
     check["routers_unchanged"] = observer.routers_unchanged
-    return [_report(stage, record, check, calib_ids) for stage, record in zip(stages, observer.records, strict=True)]
+    return [_report(stage, record, check, calib_ids) for stage, record in zip(slimming, observer.records, strict=True)]
 
 
-def _report(stage: StageConfig, record: StageRecord, check: dict[str, Any], calib_ids: torch.Tensor) -> dict:
-    method = METHODS[stage.method]
+def _report(stage: SlimmingConfig, record: StageRecord, check: dict[str, Any], calib_ids: torch.Tensor) -> dict:
     results: dict[str, Any] = {
         "targets": record.targets,
         "tokens_per_expert": record.tokens_per_expert or None,
@@ -126,10 +127,10 @@ def _report(stage: StageConfig, record: StageRecord, check: dict[str, Any], cali
         "routers_unchanged": check["routers_unchanged"],
         "backend": "moecomp",
     }
-    if method.uses_data:
+    if stage.uses_data:
         results["calibration_tokens"] = int(calib_ids.numel())
         results["calibrate_all_experts"] = bool(getattr(stage, "calibrate_all_experts", False))
-    if method.quantizes:
+    if stage.quantizes:
         results["group_sizes"] = record.group_sizes
     else:
         results |= {
@@ -139,7 +140,7 @@ def _report(stage: StageConfig, record: StageRecord, check: dict[str, Any], cali
             "mean_realized_sparsity": sum(record.realized_sparsity.values()) / max(len(record.realized_sparsity), 1),
             "storage": DENSE_NOTE,
         }
-    if method.smooths:  # AWQ: how much each kind of smoothing pair cut its consumer's error (best / identity)
+    if stage.smooths:  # AWQ: how much each kind of smoothing pair cut its consumer's error (best / identity)
         results["preserve_routing"] = stage.preserve_routing  # type: ignore[attr-defined]
         results["error_reduction"] = {k: round(b / max(a, 1e-30), 4) for k, (a, b) in record.smoothing.items()}
     return {

@@ -22,7 +22,6 @@ from moecomp.compression.methods.pruning import MagnitudeConfig, SparseGPTConfig
 from moecomp.compression.methods.quantization import FP8Config, GPTQConfig, RTNConfig
 from moecomp.compression.slimming import dequant, gptq, magnitude, qparams, rtn, sparsegpt, wanda
 from moecomp.compression.slimming.groups import layer_groups
-from moecomp.compression.slimming.methods import METHODS
 from moecomp.compression.slimming.statistics import InputStats, attach_statistics
 from tests.compression.tiny_moe import tiny_model
 
@@ -172,10 +171,10 @@ def test_rtn_equals_per_matrix_observer_and_fake_quantize(bits: int, group_size:
 
 
 def test_fp8_equals_per_matrix_observer_and_fake_quantize_and_round_trips_through_its_format() -> None:
-    """FP8 (e4m3, one scale per output channel): the fp8 row of the table against llm-compressor's observer and
+    """FP8 (e4m3, one scale per output channel): the fp8 stage's kernel against llm-compressor's observer and
     compressed-tensors' fake_quantize per matrix; its float-quantized tensors decompress to the same weights."""
     weight = random_weight()
-    result = METHODS["fp8"].slim(FP8Config(), weight, None, None, F32)
+    result = FP8Config().slimmer()(FP8Config(), weight, None, None, F32)
     args = QuantizationArgs(num_bits=8, type="float", symmetric=True, strategy="channel")
     assert result.args == args and result.scale.shape == (B, OUT, 1)
     for b in range(B):
@@ -358,7 +357,8 @@ def test_magnitude_equals_magnitude_mask_per_matrix(pattern: str | None) -> None
 # today, but any caller that reads the weight after slim (an error metric, a comparison) sees garbage.
 @pytest.mark.parametrize("method", ["rtn", "gptq", "magnitude", "wanda", "sparsegpt"])
 def test_slim_leaves_its_input_weight_untouched(method: str) -> None:
-    """Every METHODS[...].slim against a copy of its input taken before the call (a slim returns a new weight)."""
+    """Every stage's kernel (``slimmer()``) against a copy of its input taken before the call (a slim returns a new
+    weight)."""
     configs = {
         "rtn": RTNConfig(group_size=32),
         "gptq": GPTQConfig(group_size=32, block_size=32),
@@ -368,8 +368,8 @@ def test_slim_leaves_its_input_weight_untouched(method: str) -> None:
     }
     weight, inputs = random_weight(), correlated_inputs()
     original = weight.clone()
-    slimming = METHODS[method]
-    result = slimming.slim(configs[method], weight, stats_of(list(inputs)), 32 if slimming.quantizes else None, F32)
+    config = configs[method]
+    result = config.slimmer()(config, weight, stats_of(list(inputs)), 32 if config.quantizes else None, F32)
     assert not torch.equal(result.weight, original)
     change = float((weight - original).abs().max())
     assert change == 0, f"{method}.slim changed its input weight (max |change| {change:.3g})"

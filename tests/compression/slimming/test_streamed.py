@@ -200,7 +200,7 @@ def test_fp8_checkpoint_reloads_with_stock_transformers_layer_by_layer(
     which stock transformers reads back layer by layer. The loaded model also quantizes each token's activations
     to e4m3 at run time (the scheme's dynamic input_activations), which the pass does not: a few percent of each
     layer's update (the pass's own read-back, weights only, agrees to 1e-7)."""
-    monkeypatch.setattr(streamed_run, "require_fp8", lambda device: None)
+    monkeypatch.setattr(FP8Config, "check_device", lambda self, device: None)
     out = tmp_path / "out"
     reports, probes = _slim(sources["qwen2_moe"], [FP8Config()], out, Decisions(), monkeypatch)
     quant = json.loads((out / "config.json").read_text())["quantization_config"]
