@@ -105,6 +105,11 @@ class FP8Linear(nn.Module):
             x = fake_quantize(x, scale, zero_point, self.input_args)
         return nn.functional.linear(x, dequantize(self.weight_fp8, self.weight_scale).to(x.dtype), self.bias)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight stock transformers holds, dequantized on each read (see W4A16Linear.weight)."""
+        return dequantize(self.weight_fp8, self.weight_scale)
+
     def extra_repr(self) -> str:
         shape = f"in_features={self.in_features}, out_features={self.out_features}"
         return f"{shape}, bias={self.bias is not None}, fp8_inputs={self.input_args is not None}"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
+from moecomp.compression.evaluation.packed import reference
 from moecomp.compression.evaluation.packed.ops import grouped_matmul
 
 IMPLEMENTATION = "w4a16"
@@ -96,6 +97,12 @@ class W4A16Linear(nn.Module):
         bias = None if self.bias is None else self.bias.unsqueeze(0)
         out = grouped_matmul(flat, ids, self.weight_packed.unsqueeze(0), self.weight_scale.unsqueeze(0), 1, bias)
         return out.view(*x.shape[:-1], self.out_features)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight stock transformers holds, dequantized on each read: never by this module's forward,
+        only by model code that reads a linear's weight (deepseek_v32's indexer casts its input to its dtype)."""
+        return reference.dequantize(self.weight_packed, self.weight_scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
