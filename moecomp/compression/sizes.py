@@ -15,15 +15,19 @@ Parts of a layer: attention, the MoE sub-layer (``moe_norm``, ``router``, ``shar
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from moecomp.compression.adapters import MoEFamily, get_adapter
 from moecomp.compression.lazy_checkpoint import INDEX_FILE, read_config
 from moecomp.compression.sources import SIDE_FILES
+from moecomp.compression.stored_quantization import StoredFormat, stored_format
 
 FLOATS = {"F32": 4, "BF16": 2, "F16": 2}
 MOE_PARTS = ("moe_norm", "router", "shared_experts", "routed_experts")
@@ -164,7 +168,7 @@ def model_sizes(model_dir: Path) -> Sizes:
                   {}, 2, sum(p.stat().st_size for p in _side_files(model_dir)))  # fmt: skip
     prefix = family.layout.layers + "."
     items = []
-    for disk, info in read_headers(model_dir).items():
+    for disk, info in _as_read(read_headers(model_dir), stored_format(config, family)).items():
         name = disk
         for old, new in family.disk.renames:
             name = name.replace(old, new)
@@ -186,6 +190,19 @@ def model_sizes(model_dir: Path) -> Sizes:
         sizes.layers[int(index)].setdefault(key, Linear()).add(nbytes, numel if quantizable else 0, width)
     sizes.item = max(set(items), key=items.count) if items else 2
     return sizes
+
+
+def _as_read(headers: dict[str, dict[str, Any]], fmt: StoredFormat | None) -> dict[str, dict[str, Any]]:
+    """The headers of the tensors as moecomp reads them: a tensor stored in parts (mxfp4 blocks and scales) is
+    counted as the dequantized tensor it becomes, which is what the passes hold and the output stores."""
+    if fmt is None:
+        return headers
+    out = dict(headers)
+    dtype = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}[fmt.dtype]
+    for name, parts in fmt.parts(headers).items():
+        shape = fmt.shape(*(out.pop(part)["shape"] for part in parts))
+        out[name] = {"dtype": dtype, "shape": shape, "data_offsets": [0, math.prod(shape) * FLOATS[dtype]]}
+    return out
 
 
 def _side_files(model_dir: Path) -> list[Path]:

@@ -33,6 +33,7 @@ class StoredFormat:
     decode: Callable[..., torch.Tensor]  # the parts, in ``suffixes`` order -> the dequantized tensor
     dtype: torch.dtype  # what ``decode`` returns
     decoded_as: str  # whose decoding ``decode`` is, for the note
+    shape: Callable[..., list[int]]  # the parts' shapes, in ``suffixes`` order -> the decoded tensor's shape
 
     def parts(self, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
         """Dequantized tensor name -> its stored parts, for every name stored in this format among ``names``."""
@@ -58,8 +59,18 @@ def _decode_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16)
 
 
+def _mxfp4_shape(blocks: list[int], scales: list[int]) -> list[int]:
+    *lead, out, groups, group_bytes = blocks  # [E, out, in / 32, 16] -> [E, in, out]
+    return [*lead, groups * group_bytes * 2, out]
+
+
 MXFP4 = StoredFormat(
-    "mxfp4", ("_blocks", "_scales"), _decode_mxfp4, torch.bfloat16, "as transformers' Mxfp4Config(dequantize=True) does"
+    "mxfp4",
+    ("_blocks", "_scales"),
+    _decode_mxfp4,
+    torch.bfloat16,
+    "as transformers' Mxfp4Config(dequantize=True) does",
+    _mxfp4_shape,
 )
 FORMATS: dict[str, StoredFormat] = {MXFP4.method: MXFP4}
 

@@ -20,6 +20,7 @@ from moecomp.compression.lazy_checkpoint import SafetensorsSource
 from moecomp.compression.manifest import read_manifest
 from moecomp.compression.pipeline import compress
 from moecomp.compression.recipe import Recipe
+from moecomp.compression.sizes import model_sizes
 from moecomp.compression.structure import Decisions, apply_decisions
 from tests.compression.tiny_moe import tiny_model
 
@@ -223,3 +224,15 @@ def test_a_plain_gpt_oss_checkpoint_carries_no_note(tmp_path: Path, tiny_mixtral
     torch.testing.assert_close(
         _logits(_reload(tmp_path / "out", manifest)), decided_logits(source, Decisions(), ids=IDS), atol=0, rtol=0
     )
+
+
+def test_the_plan_counts_mxfp4_experts_as_the_bf16_they_are_read_and_written_as(
+    mxfp4_dir: Path, dequantized_dir: Path
+) -> None:
+    """The disk and memory plan of an mxfp4 checkpoint is that of its dequantized self: counted as stored (uint8
+    blocks, 4.25 bits a weight) it would promise a quarter of the output the job writes."""
+    stored, dequantized = model_sizes(mxfp4_dir), model_sizes(dequantized_dir)
+    assert stored.item == dequantized.item == 2
+    for got, want in zip(stored.layers, dequantized.layers, strict=True):
+        assert got["routed_experts"] == want["routed_experts"]
+    assert stored.weights == dequantized.weights
