@@ -143,6 +143,22 @@ class MoEFamily:
     def num_experts(self, config: Any) -> int:
         return int(getattr(config, self.layout.num_experts_key))
 
+    def attention_pairs(self, layer: Any) -> list[SmoothingPair]:
+        """AWQ's attention pairs as ``layer`` holds them, for both backends. Every other linear that reads a
+        smoothed norm (``layout.norm_readers``: DeepSeek-V3.2's indexer) is a balance too, or its input would
+        silently change; a pair of one linear whose norm others read is left out (one linear's output measures
+        its search, and the readers would not be searched for)."""
+        readers: dict[str, list[str]] = {}
+        for norm, path in self.layout.norm_readers:
+            readers.setdefault(norm, []).append(path)
+        pairs = []
+        for declared in self.attention_smoothing:
+            pair = declared.present(layer)
+            if pair is None or (len(pair.balances) == 1 and pair.smoothed in readers):
+                continue
+            pairs.append(SmoothingPair(pair.smoothed, (*pair.balances, *readers.get(pair.smoothed, []))))
+        return pairs
+
     def top_k(self, config: Any) -> int:
         return int(getattr(config, self.top_k_key))
 

@@ -133,30 +133,20 @@ def _parent(paths: tuple[str, ...]) -> str:
 
 
 def _attention_mappings(layer: nn.Module, family: MoEFamily) -> list[Mapping]:
-    """The family's attention pairs (``family.attention_smoothing``) that this layer holds. A pair of several
-    linears is measured by running their parent (the attention); a pair of one linear by that linear's output, and
-    only where the smoothed output is the linear's whole input (llm-compressor skips v -> o under grouped-query
-    attention). Other linears that read a norm (``layout.norm_readers``: DeepSeek-V3.2's indexer) absorb its s too
-    (the attention run measures them); a norm a pair of one linear smooths is left alone when others read it."""
-    layout = family.layout
-    readers: dict[str, list[str]] = {}
-    for norm, path in layout.norm_readers:
-        readers.setdefault(norm, []).append(path)
+    """The family's attention pairs that this layer holds (``MoEFamily.attention_pairs``, norm readers folded
+    in). A pair of several linears is measured by running their parent (the attention); a pair of one linear by
+    that linear's output, and only where the smoothed output is the linear's whole input (llm-compressor skips
+    v -> o under grouped-query attention)."""
     pairs = []
-    for declared in family.attention_smoothing:
-        pair = declared.present(layer)
-        if pair is None:
-            continue
+    for pair in family.attention_pairs(layer):
         weight = cast(torch.Tensor, layer.get_submodule(pair.smoothed).weight)  # a norm's [out], a linear's [out, in]
-        smoothed = Smoothed(pair.smoothed, offset=layout.norm_weight_offset if weight.ndim == 1 else 0.0)
+        smoothed = Smoothed(pair.smoothed, offset=family.layout.norm_weight_offset if weight.ndim == 1 else 0.0)
         if len(pair.balances) == 1:
             width = _group(pair.balances[0]).get(layer).shape[-1]  # [1, out, in]
-            if pair.smoothed in readers or weight.shape[0] != width:
-                continue
-            pairs.append(Mapping(pair.smoothed, smoothed, (_balance(pair.balances[0]),), None))
+            if weight.shape[0] == width:
+                pairs.append(Mapping(pair.smoothed, smoothed, (_balance(pair.balances[0]),), None))
             continue
-        balances = (*pair.balances, *readers.get(pair.smoothed, []))
-        pairs.append(Mapping(pair.smoothed, smoothed, tuple(map(_balance, balances)), _parent(balances)))
+        pairs.append(Mapping(pair.smoothed, smoothed, tuple(map(_balance, pair.balances)), _parent(pair.balances)))
     return pairs
 
 

@@ -130,7 +130,7 @@ def _attention_mappings(model: nn.Module, family: MoEFamily) -> list[AWQMapping]
     them; llm-compressor matches each regex in every layer and itself skips v -> o under grouped-query attention."""
     pairs: list[SmoothingPair] = []
     for layer in decoder_layers(model, family.layout):
-        pairs = [p for p in (declared.present(layer) for declared in family.attention_smoothing) if p is not None]
+        pairs = family.attention_pairs(layer)
         if pairs:
             break
     return [AWQMapping(_suffix(p.smoothed), [_suffix(b) for b in p.balances]) for p in pairs]

@@ -14,7 +14,7 @@ from torch import nn
 
 from moecomp.compression.adapters import get_adapter
 from moecomp.compression.methods.quantization import AWQConfig
-from moecomp.compression.slimming import awq
+from moecomp.compression.slimming import awq, llmcompressor_modifiers
 from moecomp.compression.slimming.groups import WeightGroup
 from moecomp.compression.slimming.statistics import InputStats
 from moecomp.compression.structure import decoder_layers, is_moe_layer
@@ -100,3 +100,15 @@ def test_applying_any_scales_leaves_the_model_computing_the_same(model_type: str
         assert not torch.allclose(after, before, rtol=1e-3, atol=1e-3)
     assert {"input_layernorm", "post_attention_layernorm", "experts.up_proj"} <= names
     assert ("self_attn.v_proj" in names) == (model_type == "mixtral")
+
+
+def test_llm_compressors_mappings_balance_every_reader_of_a_smoothed_norm() -> None:
+    """DeepSeek-V3.2's indexer reads the input norm (wk, weights_proj) and the query latent norm (wq_b): as
+    balances of llm-compressor's mappings too, or smoothing would silently change the indexer's inputs."""
+    model = tiny_model("deepseek_v32")
+    mappings = {m.smooth_layer: m.balance_layers for m in llmcompressor_modifiers.awq_mappings(
+        model, get_adapter(model.config), AWQConfig(scope=["attention", "routed_experts"])
+    )}  # fmt: skip
+    norm = mappings["re:.*input_layernorm$"]
+    assert {r"re:.*self_attn\.indexer\.wk$", r"re:.*self_attn\.indexer\.weights_proj$"} <= set(norm), norm
+    assert not any("q_a_layernorm" in smoothed for smoothed in mappings)  # q_b_proj alone would leave wq_b out
