@@ -72,34 +72,39 @@ def _agreement(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
     return float(error.median()), float((got.argmax(-1) == want.argmax(-1)).float().mean())
 
 
+@pytest.mark.parametrize("checkpoints", ["packed_checkpoints", "fp8_checkpoints"])
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
-def test_packed_logits_on_cuda_are_transformers_dequantized_forward(
-    packed_checkpoints: dict[str, Path], family: str
+def test_packed_logits_on_cuda_are_transformers_forward(
+    request: pytest.FixtureRequest, checkpoints: str, family: str
 ) -> None:
-    """On a CPU the two agree exactly (test_packed_runtime). On a GPU bf16 kernels round apart, and a token whose
-    router sits near a tie then goes to another expert: the tolerance is how far stock transformers' own GPU
-    logits land from its CPU logits (measured 2026-12-06 on an H100: median 7.6e-3, top-1 0.98 on the tiny
-    Qwen2-MoE; the packed runtime 9.0e-3 and 0.98)."""
-    path = packed_checkpoints[family]
+    """On a CPU the two agree exactly (test_packed_runtime, test_packed_fp8). On a GPU bf16 kernels round apart,
+    and a token whose router sits near a tie then goes to another expert: the tolerance is how far stock
+    transformers' own GPU logits land from its CPU logits (measured 2026-12-06 on an H100: median 7.6e-3, top-1
+    0.98 on the tiny Qwen2-MoE; the W4A16 runtime 9.0e-3 and 0.98). FP8's prompt runs the same grouped_mm on the
+    same bf16 weights and its attention inputs the same compressed-tensors functions as stock."""
+    path = request.getfixturevalue(checkpoints)[family]
     ids = heldout_ids(path, samples=8, seq_len=128)
     with torch.no_grad():
         got = load_packed(path, device="cuda")(ids.cuda()).logits.float().cpu()
         want = AutoModelForCausalLM.from_pretrained(path, device_map="cuda").eval()(ids.cuda()).logits.float().cpu()
         on_cpu = AutoModelForCausalLM.from_pretrained(path).eval()(ids).logits.float()
     (error, top1), (stock_error, stock_top1) = _agreement(got, want), _agreement(want, on_cpu)
-    figures = f"packed vs stock on cuda: {error:.2e}, top-1 {top1:.4f}; "
+    figures = f"packed vs stock on cuda: {error:.2e}, top-1 {top1:.4f}, same bits {torch.equal(got, want)}; "
     figures += f"stock cuda vs cpu: {stock_error:.2e}, top-1 {stock_top1:.4f}"
-    print(f"{family}: {figures}")
+    print(f"{checkpoints} {family}: {figures}")
     assert error <= 1.5 * stock_error + 1e-3, figures
     assert top1 >= min(0.99, stock_top1 - 0.01), figures
 
 
+@pytest.mark.parametrize("checkpoints", ["packed_checkpoints", "fp8_checkpoints"])
 def test_served_decode_of_the_packed_model_is_graph_captured_and_gives_its_eager_tokens(
-    packed_checkpoints: dict[str, Path],
+    request: pytest.FixtureRequest, checkpoints: str
 ) -> None:
-    model = load_packed(packed_checkpoints["mixtral"], device="cuda")
+    """As the report runs it: the packed implementation (w4a16, fp8) is kept. Batch 2 at top-2 of 8 experts is
+    4 pairs: FP8's gathered path, captured in the decode step's CUDA graph."""
+    model = load_packed(request.getfixturevalue(checkpoints)["mixtral"], device="cuda")
     prompt = random_prompt(model, 2, 12, torch.device("cuda"))
-    served = served_greedy(model, prompt, 8)  # as the report runs it: the packed implementation is kept
+    served = served_greedy(model, prompt, 8)
     assert served.shape == (2, 9)
     # The prefill's token, then the first compiled step (later bf16 tokens may part where kernels round apart).
     with torch.no_grad():
@@ -155,39 +160,6 @@ def test_fp8_grouped_matmul_is_the_reference_on_mixtral_sized_experts(tokens: in
     want = _fp8_reference(x, ids, weight, scale, row_div)
     assert got.shape == want.shape == (tokens * TOP_K, n) and got.dtype == torch.bfloat16
     assert _relative_error(got, want) < 1e-2
-
-
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
-def test_fp8_logits_on_cuda_are_transformers_forward(fp8_checkpoints: dict[str, Path], family: str) -> None:
-    """On a CPU the two are the same bits (test_packed_fp8). On a GPU the prompt's experts run the same grouped_mm
-    on the same bf16 weights and the attention inputs go through the same compressed-tensors functions, so they
-    should agree as closely; bounded here as the W4A16 runtime is, by stock's own GPU-vs-CPU distance."""
-    path = fp8_checkpoints[family]
-    ids = heldout_ids(path, samples=8, seq_len=128)
-    with torch.no_grad():
-        got = load_packed(path, device="cuda")(ids.cuda()).logits.float().cpu()
-        want = AutoModelForCausalLM.from_pretrained(path, device_map="cuda").eval()(ids.cuda()).logits.float().cpu()
-        on_cpu = AutoModelForCausalLM.from_pretrained(path).eval()(ids).logits.float()
-    (error, top1), (stock_error, stock_top1) = _agreement(got, want), _agreement(want, on_cpu)
-    figures = f"fp8 packed vs stock on cuda: {error:.2e}, top-1 {top1:.4f}, same bits {torch.equal(got, want)}; "
-    figures += f"stock cuda vs cpu: {stock_error:.2e}, top-1 {stock_top1:.4f}"
-    print(f"{family}: {figures}")
-    assert error <= 1.5 * stock_error + 1e-3, figures
-    assert top1 >= min(0.99, stock_top1 - 0.01), figures
-
-
-def test_served_decode_of_the_fp8_model_is_graph_captured_and_gives_its_eager_tokens(
-    fp8_checkpoints: dict[str, Path],
-) -> None:
-    """Batch 2 at top-2 of 8 experts: 4 pairs, the gathered path, captured in the decode step's CUDA graph."""
-    model = load_packed(fp8_checkpoints["mixtral"], device="cuda")
-    prompt = random_prompt(model, 2, 12, torch.device("cuda"))
-    served = served_greedy(model, prompt, 8)  # the "fp8" implementation is kept
-    assert served.shape == (2, 9)
-    with torch.no_grad():
-        first = model(prompt).logits[:, -1].argmax(-1)
-        second = model(torch.cat([prompt, first[:, None]], dim=1)).logits[:, -1].argmax(-1)
-    assert torch.equal(served[:, 0], first) and torch.equal(served[:, 1], second)
 
 
 def test_evaluation_loads_an_fp8_checkpoint_packed_on_cuda(fp8_checkpoints: dict[str, Path]) -> None:
