@@ -54,6 +54,7 @@ RELOAD = textwrap.dedent(
         isolated = True
     import torch
     from transformers import AutoModelForCausalLM
+    torch.set_num_threads({threads})  # the parent's: float sums split across threads round apart
     jobs = json.loads(open("jobs.json").read())
     ids = torch.load("ids.pt")
     results = {{}}
@@ -75,7 +76,8 @@ def reload_isolated(tmp_path, jobs: dict[str, tuple[str, bool]], ids: torch.Tens
     work.mkdir(parents=True)
     (work / "jobs.json").write_text(json.dumps(jobs))
     torch.save(ids, work / "ids.pt")
-    (work / "reload.py").write_text(RELOAD.format(site=sysconfig.get_paths()["purelib"]))
+    script = RELOAD.format(site=sysconfig.get_paths()["purelib"], threads=torch.get_num_threads())
+    (work / "reload.py").write_text(script)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": "", "HF_HOME": str(work / "hf"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-I", "-S", "reload.py"], cwd=work, env=env, capture_output=True, text=True, timeout=300
