@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
-from moecomp.api.app import create_app
 from moecomp.api.deps import COOKIE_NAME
 from moecomp.persistence.database import Database
 from moecomp.persistence.keys import create_api_key, revoke_api_key, team_for_key
@@ -26,7 +21,7 @@ from moecomp.persistence.models import ApiKey, JobStatus
 from moecomp.settings import Settings
 from tests.api.helpers import job_body, set_status
 from tests.api.test_api_events import add_events, parse_sse
-from tests.worker.procs import free_port
+from tests.live_server import live_server
 
 UNAUTHORIZED = {"detail": "missing or invalid API key"}
 
@@ -89,22 +84,6 @@ def test_revocation_takes_effect_at_once(client: TestClient, db: Database, auth:
     assert reconnect.status_code == 401 and reconnect.json() == UNAUTHORIZED
     relogin = client.post("/dashboard/login", data={"key": key}, follow_redirects=False)
     assert relogin.status_code == 401 and COOKIE_NAME not in relogin.cookies
-
-
-@contextmanager
-def live_server(settings: Settings) -> Iterator[str]:
-    """The app on a real uvicorn in a thread (TestClient hands over a streamed body only once it is complete)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_an_open_event_stream_ends_once_its_key_is_revoked(

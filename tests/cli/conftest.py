@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from moecomp.api.app import create_app
 from moecomp.persistence.database import Database
 from moecomp.persistence.keys import create_api_key
 from moecomp.persistence.migrate import upgrade
 from moecomp.settings import Settings
-from tests.worker.procs import free_port
+from tests.live_server import live_server
 
 
 @pytest.fixture
@@ -31,14 +27,7 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_mixtral_dir: P
     with db.session() as s:
         key = create_api_key(s, "cli")
     db.engine.dispose()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    monkeypatch.setenv("MOECOMP_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("MOECOMP_KEY", key)
-    yield settings
-    server.should_exit = True
-    thread.join(10)
+    with live_server(settings) as url:
+        monkeypatch.setenv("MOECOMP_URL", url)
+        monkeypatch.setenv("MOECOMP_KEY", key)
+        yield settings

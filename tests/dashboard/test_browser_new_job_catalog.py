@@ -8,16 +8,12 @@ stage in the server's own table, and take it out again, without any hook in the 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
-from moecomp.api.app import create_app
 from moecomp.compression.adapters import FAMILIES
 from moecomp.compression.methods.registry import registered_stage
 from moecomp.persistence.database import Database
@@ -25,8 +21,8 @@ from moecomp.persistence.keys import create_api_key
 from moecomp.persistence.migrate import upgrade
 from moecomp.settings import Settings
 from tests.dashboard.conftest import sign_in
+from tests.live_server import live_server
 from tests.stage_plugin import METHOD, DropListedExpertsConfig
-from tests.worker.procs import free_port
 
 
 @pytest.fixture
@@ -38,19 +34,8 @@ def app_url_and_key(tmp_path: Path) -> Iterator[tuple[str, str]]:
     with db.session() as session:
         key = create_api_key(session, "team-a")
     db.engine.dispose()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the in-process app did not start"
-    try:
-        yield f"http://127.0.0.1:{port}", key
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with live_server(settings) as url:
+        yield url, key
 
 
 @pytest.fixture
