@@ -3,6 +3,7 @@ and FP8 (e4m3 per channel, dynamic per-token inputs)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,23 +40,24 @@ def write_fp8(source: Path, out: Path) -> Path:
         return write_slimmed(source, out, FP8Config())
 
 
-def _sources(tiny_mixtral_dir: Path, tiny_qwen2_moe_dir: Path) -> dict[str, Path]:
-    return {"mixtral": tiny_mixtral_dir, "qwen2_moe": tiny_qwen2_moe_dir}
+def _write_each(
+    tmp_path_factory: pytest.TempPathFactory, name: str, write: Callable[[Path, Path], Path], *sources: Path
+) -> dict[str, Path]:
+    """``write`` on each fixture model (tiny Mixtral, tiny Qwen2-MoE), keyed by family."""
+    root = tmp_path_factory.mktemp(name)
+    families = zip(("mixtral", "qwen2_moe"), sources, strict=True)
+    return {family: write(source, root / family) for family, source in families}
 
 
 @pytest.fixture(scope="session")
 def packed_checkpoints(
     tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: Path, tiny_qwen2_moe_dir: Path
 ) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("w4a16")
-    sources = _sources(tiny_mixtral_dir, tiny_qwen2_moe_dir)
-    return {family: write_w4a16(source, root / family) for family, source in sources.items()}
+    return _write_each(tmp_path_factory, "w4a16", write_w4a16, tiny_mixtral_dir, tiny_qwen2_moe_dir)
 
 
 @pytest.fixture(scope="session")
 def fp8_checkpoints(
     tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: Path, tiny_qwen2_moe_dir: Path
 ) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("fp8")
-    sources = _sources(tiny_mixtral_dir, tiny_qwen2_moe_dir)
-    return {family: write_fp8(source, root / family) for family, source in sources.items()}
+    return _write_each(tmp_path_factory, "fp8", write_fp8, tiny_mixtral_dir, tiny_qwen2_moe_dir)
