@@ -147,8 +147,8 @@ def _attempt(run: Attempt, job: Job, upload: Upload | None, body: Body) -> tuple
         reporter.begin_phase(0.9, 1.0, 1)
         run.store.write(out)
         if out.evaluation_error:
-            kept = "the checkpoint and its manifest are kept: download them and run `moecomp evaluate` on them"
-            return JobStatus.failed, "evaluation_failed", f"{out.evaluation_error.rstrip('.')}. {kept.capitalize()}."
+            kept = "The checkpoint and its manifest are kept: download them and run `moecomp evaluate` on them."
+            return JobStatus.failed, "evaluation_failed", f"{out.evaluation_error.rstrip('.')}. {kept}"
         if out.gate_failures:
             return JobStatus.failed, "quality_gate", "; ".join(out.gate_failures)
         return JobStatus.succeeded, None, None

@@ -80,15 +80,17 @@ class ServedDecoder:
     graph needs the static cache's fixed shapes, and a faster wrong answer is no figure."""
 
     def __init__(self, model: PreTrainedModel, max_len: int, compile: bool) -> None:
-        self.model = model
+        self.model, self.max_len = model, max_len
         self.static = static_cache(model)
-        self.cache: Cache = DynamicCache(config=model.config)
-        if self.static:
-            self.cache = StaticCache(config=model.config, max_cache_len=max_len)
+        self.cache = self._new_cache()
         self.compiled = compile and self.static
         # dynamic=False: each batch size gets its own static graph; dynamo would otherwise turn the batch
         # dimension symbolic on the second size, and CUDA graphs want every shape fixed.
         self._step = torch.compile(self._next_token, mode="reduce-overhead", dynamic=False) if self.compiled else None
+
+    def _new_cache(self) -> Cache:
+        config = self.model.config
+        return StaticCache(config=config, max_cache_len=self.max_len) if self.static else DynamicCache(config=config)
 
     def _next_token(self, token: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids=token, past_key_values=self.cache, use_cache=True).logits  # [B, 1, V]
@@ -98,7 +100,7 @@ class ServedDecoder:
         if self.static:
             self.cache.reset()  # same tensors, zeroed: the graph captured on them stays valid
         else:
-            self.cache = DynamicCache(config=self.model.config)
+            self.cache = self._new_cache()
         logits = self.model(input_ids=prompt, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
         return logits[:, -1:].argmax(-1)
 
