@@ -9,9 +9,12 @@ x[:, 8i + j]. Two paths:
     expert (host-sync free, as vLLM's moe_align_block_size), one program per (M tile of one expert, N tile),
     tl.dot per nibble plane, float32 accumulation; programs past the last real tile exit at once.
   - GEMV (a few pairs, batch-1 decode): one program per (pair, N tile, K split), products summed on the CUDA
-    cores, float32 partial sums added atomically (split-K keeps every SM busy when N is small). It is bound by
-    instructions per weight, not by bandwidth, so each word's 8 products q * x are summed before its scale
-    is applied once, and nibbles become floats by bit arithmetic (_nibble).
+    cores, float32 partial sums added atomically (split-K keeps every SM busy when N is small). It reads an
+    expert's weights once per pair, where the grouped GEMM reads them once per routed expert but pads each
+    expert's run to BLOCK_M rows and sorts the pairs first: while the pairs are at most half the experts
+    (Qwen3-30B-A3B's 128 experts at top-8: batch 8), most experts take one pair, so the GEMV reads no more.
+    It is bound by instructions per weight, not by bandwidth, so each word's 8 products q * x are summed
+    before its scale is applied once, and nibbles become floats by bit arithmetic (_nibble).
   - dense (many pairs: prefill, evaluation over long texts): the experts are dequantized to bf16 by one Triton
     pass (exactly reference.dequantize) and multiplied by torch.nn.functional.grouped_mm, a tensor-core grouped
     GEMM (:mod:`.grouped`, shared with the FP8 experts); the dequantized copy lives for one call (Mixtral-8x7B's
@@ -27,7 +30,7 @@ import triton.language as tl  # type: ignore[import-not-found, unused-ignore]
 
 from moecomp.compression.evaluation.packed.grouped import dense_grouped_matmul
 
-GEMV_MAX_PAIRS = 4  # up to this many routed pairs each reads its expert's weights itself
+GEMV_MAX_PAIRS = 4  # up to this many routed pairs (or half the experts) each reads its expert's weights itself
 DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
 DENSE_MIN_PAIRS = 512  # from here on (a 256-token prompt at top-2) dequantize, then one grouped GEMM
 TARGET_PROGRAMS = 1024  # GEMV: split K until about this many programs run (132 SMs on an H100/H200)
@@ -197,6 +200,18 @@ def _dense(x: torch.Tensor, ids: torch.Tensor, packed: torch.Tensor, scale: torc
     return dense_grouped_matmul(x, ids, dequantize(packed, scale).to(x.dtype), row_div)  # weight [E, N, K]
 
 
+PATHS = {"gemv": _gemv, "grouped": _grouped, "dense": _dense}
+
+
+def path_for(pairs: int, experts: int, k: int, dtype: torch.dtype) -> str:
+    """The kernel path (a key of PATHS) for ``pairs`` routed pairs over ``experts`` experts of K columns."""
+    if pairs >= DENSE_MIN_PAIRS and dtype == torch.bfloat16:  # grouped_mm's tensor-core path is bf16
+        return "dense"
+    if pairs <= max(GEMV_MAX_PAIRS, experts // 2) or k % DOT_BLOCK_K:
+        return "gemv"
+    return "grouped"
+
+
 def grouped_matmul(
     x: torch.Tensor,
     ids: torch.Tensor,
@@ -210,13 +225,7 @@ def grouped_matmul(
     group = k // scale.shape[-1]
     if packed.shape[-1] * 8 != k or group % 8:
         raise ValueError(f"x has {k} features, weights {packed.shape[-1] * 8}; group {group} must be a multiple of 8")
-    pairs = ids.shape[0]
-    if pairs >= DENSE_MIN_PAIRS and x.dtype == torch.bfloat16:  # grouped_mm's tensor-core path is bf16
-        path = _dense
-    elif pairs <= GEMV_MAX_PAIRS or k % DOT_BLOCK_K:
-        path = _gemv
-    else:
-        path = _grouped
+    path = PATHS[path_for(ids.shape[0], packed.shape[0], k, x.dtype)]
     out = path(x, ids, packed, scale, row_div, group)
     if bias is not None:
         out = out + (bias[0] if bias.shape[0] == 1 else bias[ids])

@@ -40,19 +40,34 @@ def test_dequantize_kernel_is_the_reference_exactly() -> None:
     assert torch.equal(triton_kernels.dequantize(packed, scale), reference.dequantize(packed, scale))
 
 
-@pytest.mark.parametrize("tokens", [1, 8, 16, 2048])  # 2048: the dense path (dequantize, grouped_mm)
+# (experts, hidden, intermediate, top-k): Mixtral-8x7B's few large experts and Qwen3-30B-A3B's many small ones
+EXPERT_SHAPES = {"mixtral-8x7b": (EXPERTS, HIDDEN, INTERMEDIATE, TOP_K), "qwen3-30b-a3b": (128, 2048, 768, 8)}
+
+
+# The kernel path each case takes: GEMV while the pairs are at most half the experts (Qwen3: 8 tokens = 64
+# pairs over 128 experts), dense (dequantize, grouped_mm) from 512 pairs, the grouped GEMM between.
+PATHS = {"mixtral-8x7b": ("gemv", "grouped", "grouped", "dense"), "qwen3-30b-a3b": ("gemv", "gemv", "grouped", "dense")}
+
+
+@pytest.mark.parametrize("tokens", [1, 8, 16, 2048])
 @pytest.mark.parametrize("projection", ["gate_up", "down"])
-def test_triton_kernel_is_the_reference_on_mixtral_sized_experts(tokens: int, projection: str) -> None:
+@pytest.mark.parametrize("shape", sorted(EXPERT_SHAPES))
+def test_triton_kernel_is_the_reference_on_real_sized_experts(shape: str, tokens: int, projection: str) -> None:
+    from moecomp.compression.evaluation.packed import triton_kernels
+
+    experts, hidden, intermediate, top_k = EXPERT_SHAPES[shape]
     gen = torch.Generator(device="cuda").manual_seed(tokens)
-    n, k = (2 * INTERMEDIATE, HIDDEN) if projection == "gate_up" else (HIDDEN, INTERMEDIATE)
-    row_div = TOP_K if projection == "gate_up" else 1
-    packed, scale = _layer(n, k, EXPERTS, gen)
-    x = torch.randn(tokens * TOP_K // row_div, k, device="cuda", generator=gen).to(torch.bfloat16)
-    ids = torch.randint(0, EXPERTS, (tokens, TOP_K), device="cuda", generator=gen).reshape(-1)
+    n, k = (2 * intermediate, hidden) if projection == "gate_up" else (hidden, intermediate)
+    row_div = top_k if projection == "gate_up" else 1
+    packed, scale = _layer(n, k, experts, gen)
+    x = torch.randn(tokens * top_k // row_div, k, device="cuda", generator=gen).to(torch.bfloat16)
+    ids = torch.stack([torch.randperm(experts, device="cuda", generator=gen)[:top_k] for _ in range(tokens)])
+    ids = ids.reshape(-1)
     got = torch.ops.moecomp.w4a16_grouped_matmul(x, ids, packed, scale, row_div)
     want = reference.grouped_matmul(x, ids, packed, scale, row_div)
-    assert got.shape == want.shape == (tokens * TOP_K, n) and got.dtype == torch.bfloat16
+    assert got.shape == want.shape == (tokens * top_k, n) and got.dtype == torch.bfloat16
     assert _relative_error(got, want) < 1e-2
+    assert triton_kernels.path_for(ids.shape[0], experts, k, x.dtype) == PATHS[shape][[1, 8, 16, 2048].index(tokens)]
 
 
 @pytest.mark.parametrize("tokens", [1, 16, 2048])
