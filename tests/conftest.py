@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from moecomp.assets import DEMO_MODEL, HELDOUT_TEXT, TEXTS
+from moecomp.persistence.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models"
@@ -43,13 +45,13 @@ def calibration_texts() -> list[Path]:
     return sorted(TEXTS.glob("*.txt.gz"))
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+@contextmanager
+def new_postgres_database(template: str = "template1") -> Iterator[str]:
+    """A new PostgreSQL database copied from ``template`` (by default an empty one); its URL, dropped on exit."""
     name = f"moecomp_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
@@ -57,6 +59,38 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    with new_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_template() -> Iterator[str]:
+    """A PostgreSQL database migrated once per session, the template of ``migrated_postgres_url``: Alembic run for
+    each of the hundreds of API tests was a tenth of a second each (the migrations themselves are tested in
+    tests/persistence/test_migrations.py)."""
+    with new_postgres_database() as url:
+        upgrade(url)  # its engine holds no connection after (NullPool): a template must have none
+        yield url.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def migrated_postgres_url(migrated_postgres_template: str) -> Iterator[str]:
+    """A new PostgreSQL database at the migrations' head for one test, dropped afterwards."""
+    with new_postgres_database(migrated_postgres_template) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per session; a test copies it (see migrated_postgres_template)."""
+    path = tmp_path_factory.mktemp("migrated") / "moecomp.db"
+    upgrade(f"sqlite:///{path}")
+    return path
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -13,15 +13,24 @@ from moecomp.api.app import create_app
 from moecomp.assets import MODELS
 from moecomp.persistence.database import Database
 from moecomp.persistence.keys import create_api_key
-from moecomp.persistence.migrate import upgrade
 from moecomp.settings import Settings
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The same test on a SQLite file and on a fresh PostgreSQL database, both already migrated: copies of
+    databases migrated once per session (tests/conftest.py)."""
+    if request.param == "sqlite":
+        path = tmp_path / "moecomp.db"
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite_template"), path)
+        return f"sqlite:///{path}"
+    return request.getfixturevalue("migrated_postgres_url")
 
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str, redis_url: str) -> Settings:
     local_models = tmp_path / "models"
     local_models.mkdir()
-    upgrade(database_url)
     return Settings(
         data_dir=tmp_path / "var",
         database_url=database_url,
