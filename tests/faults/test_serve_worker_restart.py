@@ -71,7 +71,9 @@ def test_serve_starts_a_new_worker_after_the_tree_is_killed_idle_and_mid_job(tmp
     with process(env, "serve", "--port", str(port), log=log) as serve:
         wait_ready(url, timeout=90, log=log)  # embedded: ready once its worker beats
         ready_s = time.monotonic() - t0
-        key = (tmp_path / "data" / "local-key").read_text().strip()
+        key_file = tmp_path / "data" / "local-key"  # serve made it, readable by its owner only
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
             idle_killed = kill_worker_tree(serve)
             idle_reasons, idle_back_s = readiness_through_restart(client)

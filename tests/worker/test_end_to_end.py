@@ -1,6 +1,7 @@
-"""The real service: API and worker as separate processes on PostgreSQL + Redis, and the embedded mode.
+"""The real service: API and worker as separate processes on PostgreSQL + Redis.
 
-Jobs are submitted, watched and downloaded through the `moecomp` CLI, the way a person does it.
+A job is submitted, watched and downloaded through the `moecomp` CLI, the way a person does it. The embedded mode
+(`serve` with its own worker) runs jobs in tests/faults/test_serve_worker_restart.py and the dashboard's tests.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ def write_request(tmp_path: Path, recipe: dict, evaluation: dict) -> tuple[Path,
     return tmp_path / "recipe.json", tmp_path / "evaluation.json"
 
 
-def submit_watch_download(env: dict[str, str], tmp_path: Path, model: Path, evaluation: dict) -> str:
-    recipe, spec = write_request(tmp_path, {"stages": []}, evaluation)
-    job_id = cli(env, "submit", "--model", str(model), "--recipe", str(recipe), "--evaluation", str(spec)).stdout
-    job_id = job_id.strip()
+def watch_and_download(env: dict[str, str], tmp_path: Path, job_id: str) -> None:
+    """`moecomp watch` follows the job to its end; `moecomp download` fetches the checkpoint the API lists."""
     watched = cli(env, "watch", job_id, timeout=180)
     assert "succeeded" in watched.stdout
     out = tmp_path / "checkpoint.tar"
@@ -39,7 +38,6 @@ def submit_watch_download(env: dict[str, str], tmp_path: Path, model: Path, eval
     with httpx.Client(base_url=env["MOECOMP_URL"], headers={"Authorization": f"Bearer {env['MOECOMP_KEY']}"}) as c:
         listed = {a["kind"]: a for a in c.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]}
     assert hashlib.sha256(out.read_bytes()).hexdigest() == listed["checkpoint"]["sha256"]
-    return job_id
 
 
 @pytest.fixture
@@ -64,12 +62,9 @@ def distributed(tmp_path: Path, postgres_url: str, redis_url: str):
         yield env
 
 
-def test_api_and_worker_processes_on_postgres_and_redis(distributed, tmp_path, tiny_mixtral_dir):
-    with process(distributed, "worker", log=tmp_path / "worker.log"):
-        submit_watch_download(distributed, tmp_path, tiny_mixtral_dir, SMALL_EVAL)
-
-
 def test_kill_9_of_the_worker_reruns_the_job_exactly_once(distributed, tmp_path, tiny_mixtral_dir):
+    """Also the plain path (one test, not two: each starts the API and workers): a job submitted through the CLI
+    runs on a worker process, and `watch` and `download` follow it to its checkpoint."""
     recipe, spec = write_request(tmp_path, {"stages": []}, SMALL_EVAL)
     args = ["--model", str(tiny_mixtral_dir), "--recipe", str(recipe), "--evaluation", str(spec)]
     job_id = cli(distributed, "submit", *args).stdout.strip()
@@ -81,7 +76,8 @@ def test_kill_9_of_the_worker_reruns_the_job_exactly_once(distributed, tmp_path,
             os.killpg(first.pid, signal.SIGKILL)  # the whole worker: main process and pool child
             kill_group(first)
         with process(distributed, "worker", log=tmp_path / "worker2.log"):
-            job = wait_job(client, job_id, lambda j: j["status"] in ("succeeded", "failed"), timeout=180)
+            watch_and_download(distributed, tmp_path, job_id)
+        job = client.get(f"/v1/jobs/{job_id}").json()
         artifacts = client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]
         events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
     assert (job["status"], job["attempts"]) == ("succeeded", 2), job
@@ -91,17 +87,3 @@ def test_kill_9_of_the_worker_reruns_the_job_exactly_once(distributed, tmp_path,
     assert [p.name for p in job_dir.iterdir()] == ["2"]
     assert sum(e["data"].get("text", "").startswith("job succeeded") for e in events) == 1
     assert any("lost during attempt 1" in e["data"].get("text", "") for e in events)
-
-
-def test_embedded_mode_runs_a_job_end_to_end(tmp_path, tiny_mixtral_dir):
-    port = free_port()
-    env = service_env(tmp_path / "data")
-    env["MOECOMP_URL"] = f"http://127.0.0.1:{port}"
-    with process(env, "serve", "--port", str(port), log=tmp_path / "serve.log") as serve:
-        wait_ready(env["MOECOMP_URL"], log=tmp_path / "serve.log")
-        key_file = tmp_path / "data" / "local-key"
-        assert key_file.stat().st_mode & 0o777 == 0o600
-        env["MOECOMP_KEY"] = key_file.read_text().strip()
-        submit_watch_download(env, tmp_path, tiny_mixtral_dir, SMALL_EVAL)
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(30) == 0
