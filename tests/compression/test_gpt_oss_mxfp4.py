@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Mxfp4C
 
 from moecomp.compression.adapters import RefusedMethod
 from moecomp.compression.context import RunContext
+from moecomp.compression.evaluation.loading import load_checkpoint
 from moecomp.compression.lazy_checkpoint import SafetensorsSource
 from moecomp.compression.manifest import read_manifest
 from moecomp.compression.pipeline import compress
@@ -236,3 +237,15 @@ def test_the_plan_counts_mxfp4_experts_as_the_bf16_they_are_read_and_written_as(
     for got, want in zip(stored.layers, dequantized.layers, strict=True):
         assert got["routed_experts"] == want["routed_experts"]
     assert stored.weights == dequantized.weights
+
+
+def test_evaluation_loads_the_mxfp4_checkpoint_as_transformers_does_and_says_how(mxfp4_dir: Path) -> None:
+    """Without transformers' mxfp4 kernels (the kernels package and a hub download) the experts are dequantized
+    to bf16 at load: the report's note says so, and that moecomp's packed runtime has no mxfp4 kernel."""
+    loaded = load_checkpoint(mxfp4_dir, device="cpu", dtype="bfloat16")
+    torch.testing.assert_close(_logits(loaded.model.float()), _logits(reference(mxfp4_dir)), atol=0, rtol=0)
+    assert loaded.notes == [
+        "mxfp4 checkpoint: transformers dequantized its experts to bf16 at load (its mxfp4 kernels need the kernels"
+        " package and a hub download), so memory and speed are those of bf16 experts; moecomp's packed runtime has"
+        " no mxfp4 kernel"
+    ]

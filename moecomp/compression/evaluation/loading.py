@@ -77,6 +77,8 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
         )
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()
+    if quant == "mxfp4":
+        notes.append(_mxfp4_note(model))
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=own)
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, notes=notes)
 
@@ -87,6 +89,20 @@ PACKED_NOTES = {
     " (moecomp's fp8 experts); activations as stock transformers runs them (experts' unquantized, other"
     " linears' inputs quantized per token)",
 }
+
+
+def _mxfp4_note(model: PreTrainedModel) -> str:
+    """How transformers ran an mxfp4 checkpoint's experts (gpt-oss as published): its own mxfp4 kernels keep them
+    packed, but need the ``kernels`` package and a hub download of the kernels; without them (and on CPUs) it
+    dequantizes them to bf16 at load."""
+    packed = any(type(module).__name__.startswith("Mxfp4") for module in model.modules())
+    how = (
+        "its experts stay packed in transformers' mxfp4 kernels"
+        if packed
+        else "transformers dequantized its experts to bf16 at load (its mxfp4 kernels need the kernels package and a"
+        " hub download), so memory and speed are those of bf16 experts"
+    )
+    return f"mxfp4 checkpoint: {how}; moecomp's packed runtime has no mxfp4 kernel"
 
 
 def _packed_implementation(path: Path, device: str) -> str | None:
