@@ -22,9 +22,10 @@ pytestmark = pytest.mark.slow
 OUTAGE_S = 3.0
 
 
-def read_all(client: httpx.Client, url: str, into: list[str]) -> None:
-    """Collect a stream's lines until it ends (run in a thread)."""
+def read_all(client: httpx.Client, url: str, into: list[str], opened: threading.Event) -> None:
+    """Collect a stream's lines until it ends (run in a thread); ``opened`` is set once the API has answered."""
     with client.stream("GET", url) as response:
+        opened.set()
         into.extend(response.iter_lines())
 
 
@@ -44,8 +45,12 @@ def test_api_answers_503_while_the_database_is_away_and_recovers_without_restart
     with service.client(timeout=30) as client:
         job_id = service.submit(client, tiny_mixtral_dir)  # no worker: it stays queued
         lines: list[str] = []
-        stream = threading.Thread(target=read_all, args=(client, f"/v1/jobs/{job_id}/events/stream", lines))
+        opened = threading.Event()
+        url = f"/v1/jobs/{job_id}/events/stream"
+        stream = threading.Thread(target=read_all, args=(client, url, lines, opened))
         stream.start()
+        # Open before the cut: a stream asked for during the outage is rightly refused (it was, once, on a busy CI).
+        assert opened.wait(30), "the event stream did not open"
         assert client.get("/readyz").status_code == 200
 
         pg_proxy.cut()
