@@ -58,7 +58,9 @@ def test_the_workers_page_lists_the_worker_with_its_host_gpus_version_and_curren
     assert worker["gpus"] == [] and "CPU only" in text  # this machine has no GPU
     assert "alive" in text
     # A running job of this team is named by its id, linked to its page, and no longer once it has ended.
-    job_id = service.submit([{"method": "expert_drop", "keep": 6}])
+    # Calibration long enough for the page (which polls every 3 s) to see the job running: on the small default the
+    # whole job took 1.4 s on an idle machine and the page never showed it (a 240 s timeout).
+    job_id = service.submit([{"method": "expert_drop", "keep": 6}], calibration={"samples": 512, "seq_len": 256})
     job_link = f"tr[data-worker='{worker['name']}'] a[href='/dashboard/jobs/{job_id}']"
     assert page.wait_for_selector(job_link, timeout=240_000).inner_text() == job_id[:8]
     service.wait_final(job_id)
