@@ -25,9 +25,12 @@ def free_port() -> int:
 
 
 def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
-    """The environment of a moecomp process: only MOECOMP_* of our choosing, small thread pools."""
+    """The environment of a moecomp process: only MOECOMP_* of our choosing, one torch thread.
+
+    One, not two: CI's 2 cores run the library's tests beside these, and a 2-thread torch spin-waits at every
+    parallel region for the thread that has no core (jobs took ~1.6x as long as on one thread)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOECOMP_")}
-    env.update({"MOECOMP_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"})
+    env.update({"MOECOMP_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
     env.update({f"MOECOMP_{k.upper()}": v for k, v in settings.items()})
     return env
 
