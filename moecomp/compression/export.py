@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from moecomp.compression.adapters import MoEFamily, get_adapter
 from moecomp.compression.context import RunContext
+from moecomp.compression.lazy_checkpoint import read_config
 from moecomp.compression.manifest import write_manifest
 from moecomp.compression.remote_code import write_remote_code
 from moecomp.compression.sources import SIDE_FILES
@@ -67,7 +68,7 @@ class TrimmedShape:
 def source_config(source_dir: Path) -> tuple[Any, StoredFormat | None]:
     """The source's config as the exported model has it, and the format its weights are read dequantized from
     (None for a plain checkpoint): a dequantized checkpoint's config carries no ``quantization_config``."""
-    config = AutoConfig.from_pretrained(source_dir)
+    config = read_config(source_dir)  # a checkpoint with bundled code (a quantized gpt-oss) as its stock family
     stored = stored_format(config, get_adapter(config))
     return (without_quantization(config) if stored else config), stored
 
@@ -250,7 +251,7 @@ def _config_json(source_dir: Path, shape: TrimmedShape, before: dict[str, Any], 
         data.pop("quantization_config", None)
     after = shape.config.to_dict()
     data.update({k: v for k, v in after.items() if before.get(k) != v and k != "transformers_version"})
-    if not shape.stock:
+    if not shape.stock or "auto_map" in data:  # the source's own code, if any, is written anew
         data.update(write_remote_code(out_dir, shape.config, layout))
         data[layout.num_experts_key] = max(
             shape.experts_per_layer.values(), default=getattr(shape.config, layout.num_experts_key)
@@ -292,7 +293,7 @@ def export_trimmed(
         if (source_dir / name).is_file():
             shutil.copyfile(source_dir / name, out_dir / name)
     output = {
-        "loading": "stock" if shape.stock else "remote_code",
+        "loading": "remote_code" if "auto_map" in config_data else "stock",
         "model_type": config_data["model_type"],
         "num_hidden_layers": config_data["num_hidden_layers"],
         "experts_per_layer": {str(k): v for k, v in sorted(shape.experts_per_layer.items())},

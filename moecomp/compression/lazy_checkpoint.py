@@ -157,7 +157,8 @@ class SafetensorsSource:
         dtype: torch.dtype,
         pin: bool,
     ) -> torch.Tensor:
-        """[E, out, in] from per-expert tensors, each copied once straight into its slice on the device."""
+        """The fused tensor from per-expert ones, each copied once straight into its slice of [E, out, in] on the
+        device (then in the module's own layout: ``ModuleLayout.experts_stored``)."""
         experts = kept if kept is not None else list(range(self._count_experts(parent)))
         names = [getattr(self.family.disk, p) for p in FUSED_FROM[leaf]]
         out: torch.Tensor | None = None
@@ -173,7 +174,7 @@ class SafetensorsSource:
                 row += part.shape[0]
         if out is None:
             raise ValueError(f"no experts to read under {parent}")
-        return out
+        return self.family.layout.experts_stored(leaf, out).contiguous()
 
     def _expert_axis(self, full: str) -> int | None:
         """The expert axis of a per-expert tensor (router rows, correction biases); None for any other."""

@@ -90,7 +90,7 @@ def torch_dtype(dtype: str, model_dir: Path) -> torch.dtype:
     parsed = parse_dtype(dtype)
     if parsed != "auto":
         return parsed
-    config = AutoConfig.from_pretrained(model_dir)
+    config = read_config(model_dir)
     found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     return found if isinstance(found, torch.dtype) else DTYPES.get(str(found), torch.bfloat16)
 

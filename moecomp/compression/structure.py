@@ -129,6 +129,37 @@ class ModuleLayout:
     # ERNIE: (start, end, interval) keys; MoE layers are start <= i <= end with (i + 1) % interval == 0
     config_moe_range_keys: tuple[str, ...] = ()
     config_moe_layers_key: str | None = None  # explicit list of MoE layers (Llama 4 "moe_layers")
+    # How the fused experts hold their weights, for the slimming passes (trimming slices axis 0 either way):
+    # input-major ``gate_up_proj [E, H, 2I]`` / ``down_proj [E, I, H]`` (gpt-oss, Llama 4) instead of
+    # ``[E, 2I, H]`` / ``[E, H, I]``; gate and up alternating along 2I (gpt-oss) instead of concatenated.
+    experts_input_major: bool = False
+    gate_up_interleaved: bool = False
+    # How the experts module is called: ``routed`` experts(hidden [T, H], top_k_index [T, k], ...);
+    # ``every_token`` experts(x [E * T, H]): every expert runs every token, scaled by its router score, so a
+    # token not routed to expert e reaches e as a row of zeros (Llama 4).
+    experts_call: str = "routed"
+    # The down projection's input from gate_up's output (biases included): ``act_fn`` = act_fn(gate) * up on
+    # the two halves; otherwise the name of the experts module's own method (gpt-oss's clamped ``_apply_gate``,
+    # (up + 1) * glu: not linear in up, so AWQ does not smooth up -> down there).
+    expert_activation: str = "act_fn"
+
+    def experts_output_major(self, param: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A fused experts tensor as stored in the module -> ``[E, out, in]``, gate rows then up rows."""
+        if not self.experts_input_major:
+            return tensor
+        tensor = tensor.transpose(-1, -2)
+        if param == "gate_up_proj" and self.gate_up_interleaved:
+            tensor = torch.cat([tensor[:, 0::2], tensor[:, 1::2]], dim=1)
+        return tensor
+
+    def experts_stored(self, param: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`experts_output_major`: ``[E, out, in]`` -> the module's own layout."""
+        if not self.experts_input_major:
+            return tensor
+        if param == "gate_up_proj" and self.gate_up_interleaved:
+            experts, rows, cols = tensor.shape
+            tensor = tensor.reshape(experts, 2, rows // 2, cols).transpose(1, 2).reshape(experts, rows, cols)
+        return tensor.transpose(-1, -2)
 
     def per_expert_tensors(self) -> dict[str, int]:
         """Path from a decoder layer -> expert axis, for every tensor that has one row (slice) per expert."""

@@ -108,7 +108,7 @@ def test_methods_list_the_supported_families_with_what_their_adapters_refuse(
         checkpoints = families[model_type]["refused_checkpoints"]
         assert [(r["applies_to"], r["reason"]) for r in checkpoints] == list(family.refused_quantizations)
         assert families[model_type]["dequantized_checkpoints"] == list(family.dequantize_on_read)
-    assert [r["applies_to"] for r in families["gpt_oss"]["refused"]] == ["slimming"]
+    assert [r["applies_to"] for r in families["gpt_oss"]["refused"]] == ["slimming:llmcompressor"]
     gpt_oss = families["gpt_oss"]
     assert gpt_oss["refused_checkpoints"] == [] and gpt_oss["dequantized_checkpoints"] == ["mxfp4"]
     assert families["mixtral"]["refused"] == [] and families["mixtral"]["refused_checkpoints"] == []

@@ -17,7 +17,7 @@ def report(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return runpy.run_path(str(ROOT / "benchmarks" / "real_size_report.py"))
 
 
-def test_recipes_drop_a_quarter_and_leave_out_what_the_family_refuses(report: dict[str, Any]) -> None:
+def test_recipes_drop_a_quarter_then_quantize_on_both_families(report: dict[str, Any]) -> None:
     glm, refused = report["build_recipe"]("glm-4.5-air", 0.25, 4, 128)
     assert glm["stages"] == [
         {"method": "expert_drop", "mode": "layerwise", "keep": 96},
@@ -25,8 +25,11 @@ def test_recipes_drop_a_quarter_and_leave_out_what_the_family_refuses(report: di
     ]
     assert refused == []
     gpt_oss, refused = report["build_recipe"]("gpt-oss-20b", 0.25, 4, 128)
-    assert gpt_oss["stages"] == [{"method": "expert_drop", "mode": "layerwise", "keep": 24}]
-    assert len(refused) == 1 and refused[0].startswith("gptq is not supported on gpt_oss")
+    assert gpt_oss["stages"] == [
+        {"method": "expert_drop", "mode": "layerwise", "keep": 24},
+        {"method": "gptq", "bits": 4, "group_size": 128},
+    ]
+    assert refused == []
 
 
 def test_layer_loops_time_each_bar_from_its_first_update_at_the_last_step(report: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from moecomp.compression.adapters import RefusedMethod, get_adapter
 from moecomp.compression.context import RunContext
+from moecomp.compression.lazy_checkpoint import read_config
 from moecomp.compression.methods.block_drop import BlockDropConfig
 from moecomp.compression.methods.layer_drop import LayerDropConfig
 from moecomp.compression.methods.pruning import MagnitudeConfig, SparseGPTConfig, WandaConfig
@@ -25,7 +26,7 @@ from moecomp.compression.slimming.run import run_streamed
 from moecomp.compression.slimming.verify import LAYER_TOLERANCE
 from moecomp.compression.structure import Decisions
 from tests.compression.dense_view import dequantized_view
-from tests.compression.tiny_moe import SLIMMING_FAMILIES, SLIMMING_REFUSED, tiny_model
+from tests.compression.tiny_moe import FAMILY_CONFIGS, LLMCOMPRESSOR_REFUSED, tiny_model
 
 STAGES = {
     "rtn": RTNConfig(),
@@ -42,17 +43,17 @@ QUANTIZATION = ("rtn", "gptq", "awq")
 def sources(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")
     tokenizer = AutoTokenizer.from_pretrained(tiny_mixtral_dir)
-    for model_type in SLIMMING_FAMILIES:
+    for model_type in FAMILY_CONFIGS:
         tiny_model(model_type).save_pretrained(root / model_type)
         tokenizer.save_pretrained(root / model_type)
-    return {model_type: root / model_type for model_type in SLIMMING_FAMILIES}
+    return {model_type: root / model_type for model_type in FAMILY_CONFIGS}
 
 
 def _router_times_norm(model_dir: Path, layer: int) -> torch.Tensor:
     """W_router * g_norm: the router's logits are (W * g) @ x_hat, so AWQ's fold must leave this product alone
     (g = offset + weight where the norm scales by 1 + weight, as Qwen3-Next's)."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    layout = get_adapter(model.config).layout
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=True)
+    layout = get_adapter(read_config(model_dir)).layout  # a checkpoint with bundled code: its stock family
     block = model.get_submodule(layout.layers)[layer]
     router = block.get_submodule(layout.router).weight
     return router.float() * (layout.norm_weight_offset + block.get_submodule(layout.post_attention_norm).weight.float())
@@ -60,7 +61,7 @@ def _router_times_norm(model_dir: Path, layer: int) -> torch.Tensor:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", STAGES)
-@pytest.mark.parametrize("model_type", SLIMMING_FAMILIES)
+@pytest.mark.parametrize("model_type", FAMILY_CONFIGS)
 def test_every_slimming_stage_on_every_family(sources: dict[str, Path], tmp_path: Path, model_type: str, method: str):
     """Every stage through the streamed pass (the default backend)."""
     source = sources[model_type]
@@ -93,30 +94,28 @@ def test_every_slimming_stage_on_every_family(sources: dict[str, Path], tmp_path
             torch.testing.assert_close(_router_times_norm(tmp_path, layer), _router_times_norm(source, layer))
 
 
-@pytest.mark.parametrize("model_type", SLIMMING_REFUSED)
-def test_families_that_refuse_slimming_say_why_before_any_work(
+@pytest.mark.parametrize("model_type", LLMCOMPRESSOR_REFUSED)
+def test_families_that_refuse_llmcompressors_backend_say_why_before_any_work(
     tmp_path: Path, tiny_mixtral_dir: Path, model_type: str
 ) -> None:
-    """compress() and the slimming passes refuse every slimming stage at once, with the adapter's reason; no
-    output folder is left; the same family's trimming still runs."""
+    """compress() refuses every slimming stage on llm-compressor's backend at once, with the adapter's reason; no
+    output folder is left; the same stage on moecomp's backend runs."""
     source = tmp_path / "source"
     tiny_model(model_type, vocab_size=8192).save_pretrained(source)  # the tokenizer's vocabulary
     AutoTokenizer.from_pretrained(tiny_mixtral_dir).save_pretrained(source)
-    reason = dict(get_adapter(AutoConfig.from_pretrained(source)).refused)["slimming"]
+    reason = dict(get_adapter(AutoConfig.from_pretrained(source)).refused)["slimming:llmcompressor"]
     calibration = CalibrationSpec(samples=2, seq_len=16, seed=0)
     for method, stage in STAGES.items():
-        recipe = Recipe(stages=[LayerDropConfig(drop=1), stage], calibration=calibration)
+        on_llmcompressor = stage.model_copy(update={"backend": "llmcompressor"})
+        recipe = Recipe(stages=[LayerDropConfig(drop=1), on_llmcompressor], calibration=calibration)
         with pytest.raises(RefusedMethod, match=f"{method} is not supported on {model_type}: ") as refused:
             compress(source, recipe, tmp_path / "out", device="cpu")
         assert reason in str(refused.value) and not (tmp_path / "out").exists()
-        with pytest.raises(RefusedMethod):
-            run_streamed(
-                source, [stage], torch.zeros(1, 8, dtype=torch.long), tmp_path / "streamed", prior=Decisions(),
-                device="cpu", dtype=torch.float32, save_dtype=torch.float32, ctx=RunContext(),
-            )  # fmt: skip
-        assert not (tmp_path / "streamed").exists()
-    recipe = Recipe(stages=[LayerDropConfig(drop=1)], calibration=calibration)
-    assert compress(source, recipe, tmp_path / "trimmed", device="cpu")["stages"][0]["method"] == "layer_drop"
+    recipe = Recipe(stages=[LayerDropConfig(drop=1), RTNConfig()], calibration=calibration)
+    assert [s["method"] for s in compress(source, recipe, tmp_path / "ours", device="cpu")["stages"]] == [
+        "layer_drop",
+        "rtn",
+    ]
 
 
 @pytest.mark.slow
@@ -129,16 +128,19 @@ def test_families_that_refuse_slimming_say_why_before_any_work(
     ],
     ids=lambda stages: "+".join(s.method for s in stages),
 )
-def test_compositions_on_deepseek_v3(tmp_path: Path, tiny_mixtral_dir: Path, stages: list) -> None:
+@pytest.mark.parametrize("model_type", ["deepseek_v3", "gpt_oss", "llama4_text"])
+def test_compositions(tmp_path: Path, tiny_mixtral_dir: Path, stages: list, model_type: str) -> None:
     """The study's headline recipes, and trimming first: the packed, trimmed checkpoint loads and is exactly
-    the dense model its weights stand for."""
+    the dense model its weights stand for. Quantized input-major experts (gpt-oss, Llama 4) always carry the code
+    that fuses them on load, also after a trimming pass re-exported them."""
     source = tmp_path / "source"
-    tiny_model("deepseek_v3", vocab_size=8192).save_pretrained(source)  # the tokenizer's vocabulary
+    tiny_model(model_type, vocab_size=8192).save_pretrained(source)  # the tokenizer's vocabulary
     AutoTokenizer.from_pretrained(tiny_mixtral_dir).save_pretrained(source)
     recipe = Recipe(stages=stages, calibration=CalibrationSpec(samples=8, seq_len=32, seed=0))
     manifest = compress(source, recipe, tmp_path / "out", device="cpu")
     assert [s["method"] for s in manifest["stages"]] == [s.method for s in stages]
-    assert manifest["output"]["loading"] == ("stock" if stages[1].method == "block_drop" else "remote_code")
+    stock = stages[1].method == "block_drop" and not get_adapter(read_config(source)).layout.experts_input_major
+    assert manifest["output"]["loading"] == ("stock" if stock else "remote_code")
     assert json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]["format"] == (
         "pack-quantized"
     )

@@ -178,9 +178,9 @@ FAMILY_CONFIGS: dict[str, dict] = {
     ),
 }
 
-# the families whose adapters refuse slimming up front (their refusal is tested in test_slimming_families.py)
-SLIMMING_REFUSED = sorted(t for t in FAMILY_CONFIGS if "slimming" in dict(FAMILIES[t].refused))
-SLIMMING_FAMILIES = [t for t in FAMILY_CONFIGS if t not in SLIMMING_REFUSED]
+# the families that refuse llm-compressor's backend for slimming (moecomp's own passes run there; the refusal is
+# tested in test_slimming_families.py)
+LLMCOMPRESSOR_REFUSED = sorted(t for t in FAMILY_CONFIGS if "slimming:llmcompressor" in dict(FAMILIES[t].refused))
 
 
 def tiny_config(model_type: str, **overrides: object) -> PretrainedConfig:

@@ -85,7 +85,7 @@ def test_the_form_lists_the_supported_families_with_their_refusals(new_job_page:
     assert listed == sorted(FAMILIES)
     assert page.is_visible("#families li[data-family=mixtral]")
     gpt_oss = page.locator("#families li[data-family=gpt_oss]").inner_text()
-    assert "refuses slimming:" in gpt_oss and "dequantizes mxfp4 checkpoints first" in gpt_oss
+    assert "refuses slimming:llmcompressor:" in gpt_oss and "dequantizes mxfp4 checkpoints first" in gpt_oss
     assert "refuses awq:llmcompressor:" in page.locator("#families li[data-family=qwen3_next]").inner_text()
     assert "refuses" not in page.locator("#families li[data-family=mixtral]").inner_text()
     page.locator("#new-job fieldset").first.screenshot(path=str(screenshots / "new-job-families.png"))

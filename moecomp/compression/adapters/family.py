@@ -127,8 +127,8 @@ class MoEFamily:
     final_norm: str = "model.norm"
     lm_head: str = "lm_head"
     attn_implementation: str = "sdpa"  # what calibration runs ("eager" where sdpa cannot: gpt-oss's sinks)
-    # (key, reason): what this family refuses up front; the key is a stage family ("slimming"), a method, or a
-    # method on one backend ("awq:llmcompressor")
+    # (key, reason): what this family refuses up front; the key is a stage family ("slimming"), a method, or
+    # either on one backend ("awq:llmcompressor", "slimming:llmcompressor")
     refused: tuple[tuple[str, str], ...] = ()
     # (quant_method, reason): checkpoints stored so are refused for every method
     refused_quantizations: tuple[tuple[str, str], ...] = ()
@@ -166,7 +166,8 @@ class MoEFamily:
         """Refuse recipe stages (their ``method`` or stage ``family``) this family cannot run, with the reason."""
         reasons = dict(self.refused)
         for stage in stages:
-            keys = (f"{stage.method}:{getattr(stage, 'backend', None)}", stage.method, stage.family)
+            backend = getattr(stage, "backend", None)
+            keys = (f"{stage.method}:{backend}", stage.method, f"{stage.family}:{backend}", stage.family)
             reason = next((reasons[key] for key in keys if key in reasons), None)
             if reason:
                 raise RefusedMethod(f"{stage.method} is not supported on {self.model_type}: {reason}")

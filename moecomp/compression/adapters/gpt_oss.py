@@ -9,18 +9,22 @@ returns ``(hidden, router_scores)``, which its decoder layer unpacks. Attention 
 one logit per head) are the layer's own weights; ``layer_types`` (sliding / full attention, alternating) is
 shortened by block drop. Every layer is sparse.
 
-Slimming is refused: the passes quantize and prune output-major ``[E, 2I, H]`` experts with concatenated
-gate/up and no biases. Hub checkpoints store the experts as mxfp4 (``*_blocks`` / ``*_scales``): they are read
-dequantized to bf16, one layer at a time, by transformers' own decoder (``dequantize_on_read``, see
-:mod:`moecomp.compression.stored_quantization`), so trimming runs on them and writes a plain bf16 checkpoint.
+Slimming runs on moecomp's own passes: the experts are input-major (``gate_up_proj [E, H, 2I]``) with gate
+and up interleaved, which the passes see as ``[E, 2I, H]`` (``ModuleLayout.experts_*``); the biases are kept
+as they are. The down projection reads ``(clamp(up) + 1) * glu(clamp(gate))`` (the module's ``_apply_gate``),
+which is not linear in up, so AWQ smooths norm -> router, experts but not up -> down. A quantized checkpoint
+stores each expert's linears packed and carries the code that fuses them back on load; a pruned one keeps the
+stock fused layout. llm-compressor's backend is refused (its gpt-oss calibration linearizes the experts into
+modules moecomp's export does not write). Hub checkpoints store the experts as mxfp4 (``*_blocks`` /
+``*_scales``): they are read dequantized to bf16, one layer at a time, by transformers' own decoder
+(``dequantize_on_read``, see :mod:`moecomp.compression.stored_quantization`), and the manifest says so.
 """
 
 from moecomp.compression.adapters.family import MoEFamily, no_dense_layers
 from moecomp.compression.structure import ModuleLayout
 
-SLIMMING_REFUSED = (
-    "gpt-oss experts are input-major (gate_up_proj [E, H, 2I]) with gate and up interleaved and per-expert "
-    "biases, a layout the slimming passes do not quantize or prune yet; trimming is supported"
+LLMCOMPRESSOR_REFUSED = (
+    "llm-compressor calibrates gpt-oss through its own linearized experts; run slimming with backend moecomp"
 )
 
 FAMILY = MoEFamily(
@@ -36,8 +40,11 @@ FAMILY = MoEFamily(
         moe_output_tuple=True,
         num_experts_key="num_local_experts",
         config_layer_lists=("layer_types",),
+        experts_input_major=True,
+        gate_up_interleaved=True,
+        expert_activation="_apply_gate",
     ),
     attn_implementation="eager",  # attention sinks: transformers' sdpa path does not take them
-    refused=(("slimming", SLIMMING_REFUSED),),
+    refused=(("slimming:llmcompressor", LLMCOMPRESSOR_REFUSED),),
     dequantize_on_read=("mxfp4",),  # as published: the experts' mxfp4 blocks and scales
 )

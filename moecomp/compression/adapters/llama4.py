@@ -6,17 +6,19 @@ token and is never dropped. MoE layers are the config's ``moe_layers`` (derived 
 ``interleave_moe_layer_step`` when not given); block drop writes the explicit list. The MoE block returns
 ``(hidden, router_logits)``, which its decoder layer unpacks. Per-layer attention lists follow block drop:
 ``no_rope_layers`` (NoPE layers) and ``layer_types`` (chunked vs full attention, ``attention_chunk_size``).
-Experts are fused as ``gate_up_proj [E, H, 2I]`` / ``down_proj [E, I, H]`` (input-major) and run on every
-token, so the slimming passes (written for output-major ``[E, 2I, H]`` experts behind the experts interface)
-refuse them. The multimodal ``llama4`` checkpoint (``Llama4ForConditionalGeneration``) is not this family.
+Experts are fused as ``gate_up_proj [E, H, 2I]`` / ``down_proj [E, I, H]`` (input-major, gate then up) and
+run on every token, scaled by its router score (a token routed elsewhere reaches an expert as zeros): the
+slimming passes see them as ``[E, 2I, H]`` and gather each expert's statistics over the tokens routed to it
+(``ModuleLayout.experts_call = "every_token"``). A quantized checkpoint stores each expert's linears packed and
+carries the code that fuses them back on load. llm-compressor's backend is refused. The multimodal ``llama4``
+checkpoint (``Llama4ForConditionalGeneration``) is not this family.
 """
 
 from moecomp.compression.adapters.family import MoEFamily, listed_moe_dense_layers
 from moecomp.compression.structure import ModuleLayout
 
-SLIMMING_REFUSED = (
-    "Llama 4's experts are stored input-major (gate_up_proj [E, H, 2I]) and run densely on every token, not "
-    "through transformers' experts interface that the slimming passes quantize and prune; trimming is supported"
+LLMCOMPRESSOR_REFUSED = (
+    "llm-compressor calibrates Llama 4 through its own linearized experts; run slimming with backend moecomp"
 )
 
 FAMILY = MoEFamily(
@@ -35,6 +37,8 @@ FAMILY = MoEFamily(
         num_experts_key="num_local_experts",
         config_layer_lists=("layer_types", "no_rope_layers"),
         config_moe_layers_key="moe_layers",
+        experts_input_major=True,
+        experts_call="every_token",
     ),
-    refused=(("slimming", SLIMMING_REFUSED),),
+    refused=(("slimming:llmcompressor", LLMCOMPRESSOR_REFUSED),),
 )

@@ -21,7 +21,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from moecomp.compression.adapters import get_adapter
 from moecomp.compression.dtypes import parse_dtype
+from moecomp.compression.lazy_checkpoint import read_config
 from moecomp.compression.manifest import MANIFEST_NAME
 from moecomp.compression.sources import config_dict
 
@@ -75,6 +77,8 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
             " dense at load (other quantized linears are decompressed at every forward), so it saves disk but"
             " neither memory nor time here; a runtime with quantized MoE kernels (e.g. vLLM) would."
         )
+        if get_adapter(read_config(path)).layout.experts_input_major:
+            notes.append(INPUT_MAJOR_NOTE)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()
     if quant == "mxfp4":
@@ -83,6 +87,10 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, notes=notes)
 
 
+INPUT_MAJOR_NOTE = (
+    "moecomp's packed runtime has no kernel for this family's experts (input-major, gpt-oss's with biases and a"
+    " clamped activation): they were loaded through transformers, dequantized"
+)
 PACKED_NOTES = {
     "w4a16": "W4A16 checkpoint served packed: int4 weights stay packed on the GPU (moecomp's W4A16 kernels)",
     "fp8": "FP8 checkpoint served packed: experts and quantized linears stay FP8 in memory, dequantized where used"
@@ -109,12 +117,14 @@ def _packed_implementation(path: Path, device: str) -> str | None:
     """The experts implementation load_packed serves the checkpoint with on ``device``, or None to load it with
     plain transformers: load_packed's own check decides the format; W4A16 only on CUDA (its Triton kernels)."""
     from moecomp.compression.evaluation.packed.loader import FP8, packed_format
-    from moecomp.compression.lazy_checkpoint import read_config as model_config
 
+    config = read_config(path)
     try:
-        fmt = packed_format(model_config(path))
+        fmt = packed_format(config)
     except ValueError:
         return None
+    if get_adapter(config).layout.experts_input_major:
+        return None  # no packed kernel takes input-major experts with biases (gpt-oss, Llama 4)
     return fmt.implementation if fmt is FP8 or device.startswith("cuda") else None
 
 

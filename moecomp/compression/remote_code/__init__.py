@@ -1,9 +1,11 @@
-"""Modeling code for trimmed checkpoints that a stock config cannot describe.
+"""Modeling code for checkpoints that a stock config cannot describe.
 
 Uneven expert counts per layer (global expert drop) and removed MoE sub-layers (layer drop) have no
-stock config key. Such a checkpoint carries three files: ``configuration_moecomp.py`` and
-``modeling_moecomp.py`` (subclasses of the family's stock config and *ForCausalLM, generated from
-templates.py) and ``moecomp_structure.py`` (moecomp/compression/structure.py, copied verbatim).
+stock config key; quantized experts of a family whose stock checkpoints hold them fused and input-major (gpt-oss,
+Llama 4) are stored one linear per expert, which no stock conversion fuses back. Such a checkpoint carries three
+files: ``configuration_moecomp.py`` and ``modeling_moecomp.py`` (subclasses of the family's stock config and
+*ForCausalLM, generated from templates.py) and ``moecomp_structure.py`` (moecomp/compression/structure.py, copied
+verbatim).
 Its config gets a model_type of its own (``moecomp_<family>``) so that plain ``from_pretrained``
 without ``trust_remote_code`` refuses it instead of loading it with the wrong shapes.
 """

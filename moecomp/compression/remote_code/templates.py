@@ -37,8 +37,34 @@ from .moecomp_structure import ModuleLayout, decoder_layers, drop_moe_sublayer, 
 
 LAYOUT = ModuleLayout.from_json({layout!r})
 
+
+
+def per_expert_mapping(layout):
+    """Input-major experts (gate_up_proj [E, H, 2I], down_proj [E, I, H]) that a quantized checkpoint stores one
+    linear per expert ([I, H] gate and up, [H, I] down): stacked, gate and up concatenated (interleaved where the
+    family alternates them) and transposed back on load. transformers' compressed-tensors loader dequantizes each
+    expert's linear before these steps, as it does for the stock per-expert families."""
+    from transformers.core_model_loading import Concatenate, Interleave, MergeModulelist, Transpose, WeightConverter
+
+    gate_up = [MergeModulelist(dim=0), Concatenate(dim=1)]
+    if layout.gate_up_interleaved:
+        gate_up.append(Interleave(dim=1, inverse=True))
+    return [
+        WeightConverter(
+            [".experts.*.gate_proj.weight", ".experts.*.up_proj.weight"],
+            ".experts.gate_up_proj",
+            [*gate_up, Transpose(1, 2)],
+        ),
+        WeightConverter(
+            [".experts.*.down_proj.weight"], ".experts.down_proj", [MergeModulelist(dim=0), Transpose(1, 2)]
+        ),
+    ]
+
+
 # The weights keep the stock on-disk names (e.g. one tensor per expert): load them as the stock family does.
 _STOCK_MAPPING = get_checkpoint_conversion_mapping("{base}")
+if _STOCK_MAPPING is None and LAYOUT.experts_input_major:
+    _STOCK_MAPPING = per_expert_mapping(LAYOUT)
 if _STOCK_MAPPING is not None:
     register_checkpoint_conversion_mapping("{model_type}", _STOCK_MAPPING, overwrite=True)
 
@@ -46,9 +72,9 @@ if _STOCK_MAPPING is not None:
 def reshape(model, config):
     """Shrink the freshly built stock model to the trimmed structure the config describes."""
     layers = decoder_layers(model, LAYOUT)
-    for idx, count in (config.moecomp_experts_per_layer or {{}}).items():
+    for idx, count in (getattr(config, "moecomp_experts_per_layer", None) or {{}}).items():
         slice_experts(layers[int(idx)], list(range(int(count))), LAYOUT)
-    for idx in config.moecomp_dropped_moe_layers or []:
+    for idx in getattr(config, "moecomp_dropped_moe_layers", None) or []:
         drop_moe_sublayer(layers[int(idx)], LAYOUT)
 
 

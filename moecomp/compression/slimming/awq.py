@@ -37,9 +37,10 @@ from torch.utils.hooks import RemovableHandle
 
 from moecomp.compression.adapters import MoEFamily
 from moecomp.compression.slimming import rtn
-from moecomp.compression.slimming.groups import WeightGroup, layer_groups
+from moecomp.compression.slimming.groups import OUTPUT_MAJOR, WeightGroup, layer_groups
 from moecomp.compression.slimming.statistics import InputStats, LayerStats, attach_statistics
 from moecomp.compression.slimming.targets import Scope
+from moecomp.compression.structure import ModuleLayout
 
 # float32 working memory of one step over a batch of weights: steps run over a few experts at a time, so the search
 # adds little to the layer's own footprint on the device (llm-compressor's AWQ holds one expert's at a time)
@@ -61,6 +62,7 @@ class Smoothed:
     param: str = "weight"
     first_row: int = 0
     offset: float = 0.0  # a norm that scales by (offset + weight) (ModuleLayout.norm_weight_offset)
+    layout: ModuleLayout = OUTPUT_MAJOR  # how fused experts are stored (rows are those of the [E, out, in] view)
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,10 @@ def grid(n_grid: int) -> list[tuple[float, bool]]:
     return [(0.0, False)] + [(i / (n_grid - 2), True) for i in range(n_grid - 1)]
 
 
-def _group(module: str, param: str = "weight", scope: Scope = "routed_experts") -> WeightGroup:
-    return WeightGroup(module, param, scope)
+def _group(
+    module: str, param: str = "weight", scope: Scope = "routed_experts", layout: ModuleLayout = OUTPUT_MAJOR
+) -> WeightGroup:
+    return WeightGroup(module, param, scope, layout)
 
 
 def _children(layer: nn.Module, path: str) -> dict[str, nn.Module]:
@@ -156,7 +160,8 @@ def _balance(path: str) -> Balance:
 
 def _moe_mappings(layer: nn.Module, family: MoEFamily, scope: list[Scope], preserve_routing: bool) -> list[Mapping]:
     """Post-attention norm -> (router,) shared experts' and routed experts' gate/up in the MoE block, then
-    up -> down inside each shared expert and each routed expert."""
+    up -> down inside each shared expert and each routed expert (not where the down projection's input is not
+    linear in up: gpt-oss's (up + 1) * glu, see ModuleLayout.expert_activation)."""
     layout = family.layout
     balances = [Balance(_group(layout.router), False)] if preserve_routing else []
     shared_mlps = []
@@ -172,16 +177,19 @@ def _moe_mappings(layer: nn.Module, family: MoEFamily, scope: list[Scope], prese
         elif preserve_routing:  # a shared path that is one linear: the shared expert's gate, never quantized
             balances.append(Balance(_group(full), False))
     experts = layout.experts
-    balances.append(Balance(_group(experts, "gate_up_proj"), True))
+    balances.append(Balance(_group(experts, "gate_up_proj", layout=layout), True))
     norm = Smoothed(layout.post_attention_norm, offset=layout.norm_weight_offset)
     pairs = [Mapping(layout.post_attention_norm, norm, tuple(balances), layout.mlp)]
     if "shared_experts" in scope:
         for full in shared_mlps:
             down = Balance(_group(f"{full}.down_proj", scope="shared_experts"), True)
             pairs.append(Mapping(f"{full}.up_proj", Smoothed(f"{full}.up_proj"), (down,), None))
-    intermediate = _group(experts, "down_proj").get(layer).shape[-1]
-    up_rows = Smoothed(experts, "gate_up_proj", first_row=intermediate)  # fused [E, 2I, H]: gate, then up
-    pairs.append(Mapping("experts.up_proj", up_rows, (Balance(_group(experts, "down_proj"), True),), None))
+    if layout.expert_activation != "act_fn":
+        return pairs
+    down_proj = _group(experts, "down_proj", layout=layout)
+    intermediate = down_proj.get(layer).shape[-1]
+    up_rows = Smoothed(experts, "gate_up_proj", first_row=intermediate, layout=layout)  # [E, 2I, H]: gate, then up
+    pairs.append(Mapping("experts.up_proj", up_rows, (Balance(down_proj, True),), None))
     return pairs
 
 
@@ -367,8 +375,11 @@ def apply(pair: Mapping, layer: nn.Module, s: torch.Tensor) -> None:
         offset = smoothed.offset
         weight.data.copy_(((offset + weight.float()) / s[0] - offset).to(weight.dtype))
     elif weight.ndim == 3:  # fused experts: expert e's rows by s_e
-        rows = weight.data[:, smoothed.first_row :]
-        rows.copy_((rows.float() / s[:, :, None]).to(weight.dtype))
+        group = _group(smoothed.module, smoothed.param, layout=smoothed.layout)
+        view = group.get(layer).detach()
+        rows = view[:, smoothed.first_row :]
+        rows.copy_((rows.float() / s[:, :, None]).to(view.dtype))
+        group.set(layer, view)
     else:
         rows = weight.data[smoothed.first_row :]
         rows.copy_((rows.float() / s[0][:, None]).to(weight.dtype))

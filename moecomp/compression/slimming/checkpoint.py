@@ -4,7 +4,10 @@ Names follow the family's checkpoints on disk (transformers applies its conversi
 experts are written one tensor per expert, ``<experts>.<e>.<gate|up|down>.weight`` (gate and up are the two
 halves of ``gate_up_proj`` along the output axis), with the family's disk renames applied (Mixtral's
 ``block_sparse_moe``, ``w1/w3/w2``). A quantized linear is written as compressed-tensors' ``pack-quantized``
-triple (``weight_packed``, ``weight_scale``, ``weight_shape``) instead of ``weight``. Layers are renumbered
+triple (``weight_packed``, ``weight_scale``, ``weight_shape``) instead of ``weight``. Families whose stock
+checkpoints hold input-major fused experts (gpt-oss, Llama 4: no per-expert names transformers would fuse) keep
+them fused where they are not quantized; quantized ones are written per expert like the others, and the
+checkpoint carries the code that fuses them back on load (:mod:`moecomp.compression.remote_code`). Layers are renumbered
 densely when trimming removed blocks. The ``quantization_config`` is the one llm-compressor writes for the
 same scheme: target regexes over the in-memory (linearized) names, routed experts first.
 """
@@ -51,7 +54,7 @@ def layer_tensors(
     fused_params = {f"{family.layout.experts}.{p}" for p in LINEARIZED}
     for name, tensor in state.items():
         result = slimmed[name][1] if name in slimmed else None
-        if name in fused_params:
+        if name in fused_params and (result is not None or not family.layout.experts_input_major):
             out.update(_fused_tensors(prefix, name, tensor, family, result))
         elif result is not None:  # a quantized linear: B = 1
             linear = disk_name(prefix + name.removesuffix(".weight"), family)
@@ -67,6 +70,7 @@ def _fused_tensors(prefix: str, name: str, tensor: torch.Tensor, family: MoEFami
     Packing runs once over the whole [E * out, in] tensor (rows are independent) and moves to the host in one
     copy; each expert's linear is then cut from it."""
     module, _, param = name.rpartition(".")
+    tensor = family.layout.experts_output_major(param, tensor)
     disk = {"gate_proj": family.disk.gate, "up_proj": family.disk.up, "down_proj": family.disk.down}
     leaves = [disk[leaf] for leaf in LINEARIZED[param]]
     experts, out_rows, cols = tensor.shape

@@ -23,12 +23,21 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from moecomp.compression.adapters import get_adapter
 from moecomp.compression.context import RunContext
 from moecomp.compression.engine import calibrate
-from moecomp.compression.export import MAX_SHARD_BYTES, ShardWriter, layer_of, source_tensors, trimmed_config_json
+from moecomp.compression.export import (
+    MAX_SHARD_BYTES,
+    ShardWriter,
+    layer_of,
+    source_config,
+    source_tensors,
+    trimmed_config_json,
+)
 from moecomp.compression.lazy_checkpoint import SafetensorsSource
 from moecomp.compression.methods.base import SlimmingConfig, StageConfig
 from moecomp.compression.methods.registry import slimming_stages
+from moecomp.compression.remote_code import write_remote_code
 from moecomp.compression.slimming.checkpoint import disk_name, quantization_config
 from moecomp.compression.slimming.observer import SlimmingObserver, StageRecord
 from moecomp.compression.slimming.verify import verify_streamed
@@ -51,10 +60,17 @@ def _copy_outside_layers(model_dir: Path, writer: ShardWriter, family: Any) -> N
                 writer.add(name, handles[path].get_tensor(name))
 
 
-def _config(model_dir: Path, out_dir: Path, prior: Decisions, quant: dict[str, Any] | None) -> dict[str, Any]:
+def _config(
+    model_dir: Path, out_dir: Path, prior: Decisions, quant: dict[str, Any] | None, per_expert: bool
+) -> dict[str, Any]:
+    """config.json of the output; ``per_expert``: routed experts that stock checkpoints of the family hold fused
+    were written one linear per expert (quantized), so the checkpoint carries the code that fuses them on load."""
     data = json.loads((model_dir / "config.json").read_text())
     if not prior.is_empty():
         data = trimmed_config_json(model_dir, prior, out_dir)
+    if per_expert and "auto_map" not in data:
+        config, _ = source_config(model_dir)
+        data.update(write_remote_code(out_dir, config, get_adapter(config).layout))
     if quant is not None:
         data["quantization_config"] = quant
     return data
@@ -107,7 +123,8 @@ def run_streamed(
     if quantizer is not None:
         ignored = _ignored(source, new_index, prior)
         quant = quantization_config(quantizer, observer.linears, ignored, quantizer.actorder)
-    config = _config(model_dir, out_dir, prior, quant)
+    routed = any(scope == "routed_experts" for _, scope, _ in observer.linears)
+    config = _config(model_dir, out_dir, prior, quant, routed and source.family.layout.experts_input_major)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for name in SIDE_FILES:
         if (model_dir / name).is_file():

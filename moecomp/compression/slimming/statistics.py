@@ -8,11 +8,13 @@ For every :class:`WeightGroup` and every batch entry b (an expert, or the one li
 GPTQ and SparseGPT use H_b = 2 S_b / n_b (llm-compressor's normalisation up to a constant, which neither
 algorithm sees: its dampening is relative to mean(diag H)); Wanda uses ||X_j||^2 = diag(S_b).
 
-Routed experts are observed on the fused experts module (one forward hook, hidden states [T, H], top-k
-indices [T, k]): expert e's ``gate_up_proj`` input is the tokens routed to e, its ``down_proj`` input is
-act(x W_gate^T) * (x W_up^T) over those tokens. With ``all_experts`` (llm-compressor's
-``moe_calibrate_all_experts``) every expert sees every token, so ``gate_up_proj`` shares one S for all
-experts; the layer's output still follows the router.
+Routed experts are observed on the fused experts module (one forward hook; how each family calls it:
+``ModuleLayout.experts_call``): expert e's ``gate_up_proj`` input is the tokens routed to e (Llama 4: scaled by
+their router score, as its experts see them), its ``down_proj`` input is act(x W_gate^T) * (x W_up^T) over those
+tokens (with the gate_up bias and the family's own activation where it has them: :func:`down_input`). With
+``all_experts`` (llm-compressor's ``moe_calibrate_all_experts``) every expert sees every token (Llama 4: the MoE
+block's unscaled input), so ``gate_up_proj`` shares one S for all experts; the layer's output still follows the
+router.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from moecomp.compression.slimming.groups import WeightGroup
+from moecomp.compression.structure import ModuleLayout
 
 
 @dataclass
@@ -105,28 +108,64 @@ def _linear_hook(stats: InputStats):
     return hook
 
 
-def _experts_hook(stats: LayerStats, groups: dict[str, WeightGroup], all_experts: bool):
+def down_input(module: Any, layout: ModuleLayout, expert: int, x: torch.Tensor) -> torch.Tensor:
+    """Expert ``expert``'s down-projection input for its inputs x [n, H], as the family's experts module computes
+    it (weights as stored, gate_up bias where there is one, the layout's activation)."""
+    weight = module.gate_up_proj[expert]
+    gate_up = x @ weight if layout.experts_input_major else nn.functional.linear(x, weight)
+    bias = getattr(module, "gate_up_proj_bias", None)
+    if bias is not None:
+        gate_up = gate_up + bias[expert]
+    if layout.expert_activation != "act_fn":
+        return getattr(module, layout.expert_activation)(gate_up)
+    if layout.gate_up_interleaved:
+        gate, up = gate_up[..., 0::2], gate_up[..., 1::2]
+    else:
+        gate, up = gate_up.chunk(2, dim=-1)
+    return module.act_fn(gate) * up
+
+
+def _routed_rows(args: tuple, experts: int, layout: ModuleLayout) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Of one experts call: the hidden states each expert's inputs are rows of, and those rows for every expert.
+
+    ``routed`` calls pass (hidden [T, H], top_k_index [T, k]): expert e's inputs are the tokens routed to it.
+    ``every_token`` calls pass x [E * T, H], token t's row of expert e scaled by its router score: the rows of a
+    token routed elsewhere are exactly zero, and are left out."""
+    if layout.experts_call == "every_token":
+        x = args[0].reshape(experts, -1, args[0].shape[-1])
+        return x.reshape(-1, x.shape[-1]), [
+            (x[e].abs().amax(dim=-1) > 0).nonzero().squeeze(-1) + e * x.shape[1] for e in range(experts)
+        ]
+    hidden, top_k_index = args[0], args[1]
+    return hidden, [(top_k_index == e).any(dim=-1).nonzero().squeeze(-1) for e in range(experts)]
+
+
+def _experts_hook(stats: LayerStats, groups: dict[str, WeightGroup], all_experts: bool, layout: ModuleLayout):
     gate_up_group, down_group = groups.get("gate_up_proj"), groups.get("down_proj")
+    block_input: list[torch.Tensor] = []  # every_token + all_experts: the MoE block's unscaled input
+
+    def pre_hook(module: nn.Module, args: tuple) -> None:
+        block_input[:] = [args[0].reshape(-1, args[0].shape[-1])]
 
     def hook(module: Any, args: tuple, output: Any) -> None:  # a family's experts module (its own attributes)
-        hidden, top_k_index = args[0], args[1]  # every family calls experts(hidden [T, H], top_k_index [T, k], ...)
         experts = module.gate_up_proj.shape[0]
-        hits = torch.bincount(top_k_index.reshape(-1), minlength=experts)[:experts]
+        hidden, rows = _routed_rows(args, experts, layout)
+        hits = torch.tensor([len(r) for r in rows], device=hidden.device)
         stats.routed_tokens = hits if stats.routed_tokens is None else stats.routed_tokens + hits
-        if gate_up_group is not None and all_experts:
-            stats.by_group[gate_up_group.name].add(0, hidden)
+        if all_experts:
+            hidden = block_input[0] if layout.experts_call == "every_token" else hidden
+            if gate_up_group is not None:
+                stats.by_group[gate_up_group.name].add(0, hidden)
         for e in range(experts):
-            rows = None if all_experts else (top_k_index == e).any(dim=-1).nonzero().squeeze(-1)
-            x = hidden if rows is None else hidden[rows]  # [n, H]
+            x = hidden if all_experts else hidden[rows[e]]  # [n, H]
             if x.shape[0] == 0:
                 continue
             if gate_up_group is not None and not all_experts:
                 stats.by_group[gate_up_group.name].add(e, x)
             if down_group is not None:
-                gate, up = nn.functional.linear(x, module.gate_up_proj[e]).chunk(2, dim=-1)
-                stats.by_group[down_group.name].add(e, module.act_fn(gate) * up)  # [n, I]
+                stats.by_group[down_group.name].add(e, down_input(module, layout, e, x))  # [n, I]
 
-    return hook
+    return pre_hook, hook
 
 
 def attach_statistics(
@@ -150,6 +189,9 @@ def attach_statistics(
                 layer.get_submodule(group.module).register_forward_hook(_linear_hook(stats.by_group[group.name]))
             )
     for path, members in fused.items():
-        hook = _experts_hook(stats, members, all_experts)
+        layout = next(iter(members.values())).layout
+        pre_hook, hook = _experts_hook(stats, members, all_experts, layout)
         handles.append(layer.get_submodule(path).register_forward_hook(hook))
+        if all_experts and layout.experts_call == "every_token":
+            handles.append(layer.get_submodule(layout.mlp).register_forward_pre_hook(pre_hook))
     return stats, handles

@@ -152,6 +152,72 @@ def test_attach_statistics_on_fused_experts_matches_per_expert_loop(model_type: 
         assert gate_up_n == hits  # top-k experts of a token are distinct
 
 
+def input_major_reference(model_type: str, moe: nn.Module, hidden: torch.Tensor, all_experts: bool):
+    """The same per-expert loop written from each family's modeling code: gpt-oss routes top-k tokens to experts
+    whose down input is (clamp(up) + 1) * clamp(gate) * sigmoid(alpha * gate) of x W + b (gate and up interleaved);
+    Llama 4 runs every expert on every token scaled by its top-1 sigmoid score, so its routed tokens are those with
+    a non-zero score. Weights are input-major ([E, H, 2I], [E, I, H])."""
+    experts = moe.experts
+    num = experts.gate_up_proj.shape[0]
+    if model_type == "gpt_oss":
+        _, _, top_k_index = moe.router(hidden)
+        inputs = [hidden[(top_k_index == e).any(dim=-1)] for e in range(num)]
+    else:
+        scores, _ = moe.router(hidden)  # [T, E], zero where not chosen
+        inputs = [(hidden * scores[:, e : e + 1])[scores[:, e] > 0] for e in range(num)]
+    hits = [x.shape[0] for x in inputs]
+    gate_up, down = [], []
+    for e in range(num):
+        x = hidden if all_experts else inputs[e]
+        h = x @ experts.gate_up_proj[e]
+        if model_type == "gpt_oss":
+            h = h + experts.gate_up_proj_bias[e]
+            gate, up = h[:, 0::2].clamp(max=experts.limit), h[:, 1::2].clamp(-experts.limit, experts.limit)
+            act = (up + 1) * gate * torch.sigmoid(gate * experts.alpha)
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            act = experts.act_fn(gate) * up
+        gate_up.append(x.T @ x)
+        down.append(act.T @ act)
+    return torch.stack(gate_up), torch.stack(down), hits
+
+
+@pytest.mark.parametrize("model_type", ["gpt_oss", "llama4_text"])
+@pytest.mark.parametrize("all_experts", [False, True])
+@torch.no_grad()
+def test_attach_statistics_on_input_major_experts_matches_each_familys_own_loop(model_type: str, all_experts: bool):
+    """The hooks on gpt-oss's and Llama 4's experts (input-major, called each their own way) against the loop
+    above; the weight groups are the [E, 2I, H] / [E, H, I] view, gate rows then up rows."""
+    model = tiny_model(model_type, num_hidden_layers=2)
+    family = get_adapter(model.config)
+    layer = model.model.layers[1]  # Llama 4's first MoE layer
+    moe = layer.get_submodule(family.layout.mlp)
+    if model_type == "gpt_oss":  # biases the tiny model initialises to zero
+        moe.experts.gate_up_proj_bias.normal_(0, 0.5, generator=generator(1))
+    groups = layer_groups(layer, family, ["routed_experts"])
+    experts = moe.experts.gate_up_proj.shape[0]
+    view = groups[0].get(layer)
+    intermediate = view.shape[1] // 2
+    stored = moe.experts.gate_up_proj
+    gate_cols = slice(0, None, 2) if family.layout.gate_up_interleaved else slice(0, intermediate)
+    torch.testing.assert_close(view[:, :intermediate], stored[..., gate_cols].transpose(1, 2), rtol=0, atol=0)
+    assert groups[1].get(layer).shape == (experts, model.config.hidden_size, intermediate)
+    hidden = torch.randn(3, 16, model.config.hidden_size, generator=generator(3))
+
+    stats, handles = attach_statistics(layer, groups, all_experts, torch.device("cpu"))
+    moe(hidden)
+    for handle in handles:
+        handle.remove()
+
+    gate_up, down, hits = input_major_reference(model_type, moe, hidden.reshape(-1, hidden.shape[-1]), all_experts)
+    assert min(hits) > 0 and len(set(hits)) > 1  # routing is neither empty nor uniform: the check means something
+    assert stats.routed_tokens.tolist() == hits
+    got_gate_up, got_down = stats.by_group[groups[0].name], stats.by_group[groups[1].name]
+    torch.testing.assert_close(got_gate_up.sums.expand(experts, -1, -1), gate_up, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_down.sums, down, rtol=1e-5, atol=1e-5)
+    assert got_down.counts.tolist() == ([48] * experts if all_experts else hits)
+
+
 # ---------------------------------------------------------------------------------------------- quantization
 
 

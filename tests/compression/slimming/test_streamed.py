@@ -26,7 +26,7 @@ from moecomp.compression.slimming.llmcompressor_pass import run_slimming
 from moecomp.compression.slimming.run import run_streamed
 from moecomp.compression.structure import Decisions
 from tests.compression.slimming_fixtures import calibration_ids, heldout_ids, perplexity
-from tests.compression.tiny_moe import FAMILY_CONFIGS, SLIMMING_FAMILIES, tiny_model
+from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
 
 STAGES = {
     "gptq": GPTQConfig(group_size=32),
@@ -70,10 +70,10 @@ assert "moecomp" not in sys.modules
 def sources(tmp_path_factory: pytest.TempPathFactory, tiny_mixtral_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")
     tokenizer = AutoTokenizer.from_pretrained(tiny_mixtral_dir)
-    for model_type in SLIMMING_FAMILIES:
+    for model_type in FAMILY_CONFIGS:
         tiny_model(model_type, dtype=torch.bfloat16).save_pretrained(root / model_type)
         tokenizer.save_pretrained(root / model_type)
-    return {model_type: root / model_type for model_type in SLIMMING_FAMILIES}
+    return {model_type: root / model_type for model_type in FAMILY_CONFIGS}
 
 
 def _slim(
@@ -106,7 +106,7 @@ def _reload_errors(out: Path, probes: dict, tmp_path: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["gptq"])  # every method on every family: test_slimming_families.py
-@pytest.mark.parametrize("model_type", SLIMMING_FAMILIES)
+@pytest.mark.parametrize("model_type", FAMILY_CONFIGS)
 def test_every_family_reloads_with_stock_transformers_layer_by_layer(
     sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_type: str, method: str
 ) -> None:
@@ -121,7 +121,7 @@ def test_every_family_reloads_with_stock_transformers_layer_by_layer(
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", ["gptq", "sparsegpt", "wanda"])
-@pytest.mark.parametrize("model_type", SLIMMING_FAMILIES)
+@pytest.mark.parametrize("model_type", FAMILY_CONFIGS)
 def test_on_cuda_every_family_reloads_with_stock_transformers_layer_by_layer(
     sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_type: str, method: str
 ) -> None:

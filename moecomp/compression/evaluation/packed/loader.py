@@ -244,6 +244,8 @@ def load_packed(
     config = read_config(model_dir)
     fmt, quant = packed_format(config), _quantization(config)
     family = get_adapter(config)
+    if family.layout.experts_input_major:
+        raise ValueError(f"{model_dir}: {config.model_type}'s input-major experts have no packed kernel")
     del config.quantization_config
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config).to(dtype)

@@ -8,20 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from moecomp.compression.adapters import FAMILIES
+from moecomp.compression.evaluation.loading import INPUT_MAJOR_NOTE, load_checkpoint
 from moecomp.compression.evaluation.packed import fp8, load_packed, modules
 from moecomp.compression.evaluation.served import served_greedy
 from moecomp.compression.evaluation.speed import EagerDecoder, greedy
+from moecomp.compression.manifest import SCHEMA, write_manifest
 from tests.compression.evaluation.packed.conftest import write_fp8, write_w4a16
-from tests.compression.tiny_moe import SLIMMING_FAMILIES, tiny_model
+from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
 
+# the families whose experts the packed runtime serves (not input-major ones: gpt-oss, Llama 4)
+PACKED_FAMILIES = [t for t in FAMILY_CONFIGS if not FAMILIES[t].layout.experts_input_major]
 FORMATS = {"w4a16": (write_w4a16, modules.IMPLEMENTATION), "fp8": (write_fp8, fp8.IMPLEMENTATION)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-@pytest.mark.parametrize("model_type", SLIMMING_FAMILIES)
+@pytest.mark.parametrize("model_type", PACKED_FAMILIES)
 def test_packed_checkpoints_are_stock_transformers_on_every_family(model_type: str, fmt: str, tmp_path: Path) -> None:
     write, implementation = FORMATS[fmt]
     source = tmp_path / "source"
@@ -41,3 +46,21 @@ def test_packed_checkpoints_are_stock_transformers_on_every_family(model_type: s
     with torch.inference_mode():
         assert torch.equal(greedy(EagerDecoder(packed), prompt, 6), greedy(EagerDecoder(stock), prompt, 6))
     assert torch.equal(served_greedy(packed, prompt, 6), served_greedy(stock, prompt, 6))
+
+
+@pytest.mark.parametrize("model_type", sorted(set(FAMILY_CONFIGS) - set(PACKED_FAMILIES)))
+def test_families_without_a_packed_kernel_load_through_transformers_and_say_so(
+    model_type: str, tmp_path: Path, tiny_mixtral_dir: Path
+) -> None:
+    """An FP8 checkpoint (served packed on any device where a kernel exists) of a family whose experts no packed
+    kernel takes: evaluation loads it with transformers, dequantized, the note says why, and load_packed refuses."""
+    source = tmp_path / "source"
+    tiny_model(model_type, dtype=torch.bfloat16).save_pretrained(source)
+    checkpoint = write_fp8(source, tmp_path / "fp8")
+    write_manifest(checkpoint, {"schema": SCHEMA})  # moecomp's own checkpoint: its bundled code may run
+    AutoTokenizer.from_pretrained(tiny_mixtral_dir).save_pretrained(checkpoint)
+    loaded = load_checkpoint(checkpoint, device="cpu")
+    assert INPUT_MAJOR_NOTE in loaded.notes
+    assert loaded.model.config._experts_implementation != fp8.IMPLEMENTATION
+    with pytest.raises(ValueError, match="no packed kernel"):
+        load_packed(checkpoint)
