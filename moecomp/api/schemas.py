@@ -156,7 +156,7 @@ class FamilyPublic(BaseModel):
     dequantized_checkpoints: list[str] = Field(
         default_factory=list,
         description="Checkpoint quantizations (`mxfp4`) read dequantized: every stage runs on the dequantized "
-        "weights and the output is a plain checkpoint; its manifest's `notes` say so.",
+        "weights and the output holds none of that format; its manifest's `notes` say so.",
     )
 
 

@@ -33,7 +33,7 @@ from moecomp.compression.adapters import get_adapter
 from moecomp.compression.context import RunContext
 from moecomp.compression.data import load_calibration
 from moecomp.compression.dtypes import DTYPES, parse_dtype
-from moecomp.compression.export import export_trimmed
+from moecomp.compression.export import export_trimmed, source_config
 from moecomp.compression.lazy_checkpoint import checkpoint_structure, read_config
 from moecomp.compression.manifest import build_manifest, sha256_file, update_manifest, write_manifest
 from moecomp.compression.methods.base import StageConfig
@@ -156,7 +156,12 @@ def _streamed_slimming_pass(job: PassJob) -> PassResult:
         "model_type": saved["model_type"],
         "num_hidden_layers": saved["num_hidden_layers"],
     }
-    write_manifest(job.out_dir, {**job.manifest, "decisions": job.decisions.to_json(), "output": output})
+    manifest = {**job.manifest, "decisions": job.decisions.to_json(), "output": output}
+    _, stored = source_config(job.model_dir)
+    if stored is not None:  # gpt-oss's mxfp4 experts: slimmed as the bf16 they were read as
+        job.ctx.message(job.stages[0].method, stored.note())
+        manifest["notes"] = [*manifest.get("notes", []), stored.note()]
+    write_manifest(job.out_dir, manifest)
     return PassResult(reports, job.decisions)
 
 

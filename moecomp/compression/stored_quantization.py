@@ -48,7 +48,7 @@ class StoredFormat:
         dtype = str(self.dtype).removeprefix("torch.")
         return (
             f"the source checkpoint's experts were stored as {self.method}; they were dequantized to {dtype} "
-            f"({self.decoded_as}) before compression, and the output is a plain {dtype} checkpoint"
+            f"({self.decoded_as}) before compression, so the output holds no {self.method} weights"
         )
 
 

@@ -1,6 +1,7 @@
 """gpt-oss as the hub ships it: experts stored as mxfp4 blocks and scales (``quantization_config.quant_method``
-"mxfp4"). Trimming reads them dequantized and writes a plain bf16 checkpoint; the reference is transformers' own
-dequantizing loader (``Mxfp4Config(dequantize=True)``, which runs on CPU with neither triton nor kernels)."""
+"mxfp4"). Trimming and slimming read them dequantized (trimming writes a plain bf16 checkpoint); the reference is
+transformers' own dequantizing loader (``Mxfp4Config(dequantize=True)``, which runs on CPU with neither triton nor
+kernels)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from safetensors.torch import load_file, save_file
 from test_export import decided_logits
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Mxfp4Config, PreTrainedModel
 
-from moecomp.compression.adapters import RefusedMethod
 from moecomp.compression.context import RunContext
 from moecomp.compression.evaluation.loading import load_checkpoint
 from moecomp.compression.lazy_checkpoint import SafetensorsSource
@@ -209,11 +209,34 @@ def test_layer_and_block_drop_reload_as_the_dequantized_model_decided(
     _assert_notes(manifest, messages, tmp_path / "out")
 
 
-def test_slimming_is_still_refused_up_front_for_its_layout(mxfp4_dir: Path, tmp_path: Path) -> None:
-    for stages in ([{"method": "rtn"}], [{"method": "layer_drop", "drop": 1}, {"method": "gptq"}]):
-        with pytest.raises(RefusedMethod, match="rtn|gptq") as refused:
-            _compress(mxfp4_dir, stages, tmp_path / "out")
-        assert "input-major" in str(refused.value) and not (tmp_path / "out").exists()
+@pytest.mark.parametrize(
+    "stages",
+    [
+        [{"method": "rtn"}],
+        [{"method": "wanda", "pattern": "2:4"}],
+        [{"method": "layer_drop", "drop": 1}, {"method": "gptq"}],
+    ],
+    ids=lambda stages: "+".join(s["method"] for s in stages),
+)
+def test_slimming_dequantizes_mxfp4_experts_first_and_says_so(
+    mxfp4_dir: Path, dequantized_dir: Path, tmp_path: Path, stages: list[dict[str, Any]]
+) -> None:
+    """Slimming an mxfp4 checkpoint writes what slimming its dequantized bf16 copy writes, tensor for tensor, with no
+    mxfp4 ``quantization_config`` left behind; the manifest, the job's messages and the model card say so."""
+    manifest, messages = _compress(mxfp4_dir, stages, tmp_path / "out")
+    reference, _ = _compress(dequantized_dir, stages, tmp_path / "reference")
+    got, want = _tensors(tmp_path / "out"), _tensors(tmp_path / "reference")
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, atol=0, rtol=0, msg=name)
+    quantization = json.loads((tmp_path / "out" / "config.json").read_text()).get("quantization_config")
+    assert quantization == json.loads((tmp_path / "reference" / "config.json").read_text()).get("quantization_config")
+    assert manifest["output"] == reference["output"]
+    _assert_notes(manifest, messages, tmp_path / "out")
+
+
+def _tensors(out: Path) -> dict[str, torch.Tensor]:
+    return {name: t for path in sorted(out.glob("*.safetensors")) for name, t in load_file(path).items()}
 
 
 def test_a_plain_gpt_oss_checkpoint_carries_no_note(tmp_path: Path, tiny_mixtral_dir: Path) -> None:

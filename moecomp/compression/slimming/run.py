@@ -66,10 +66,12 @@ def _config(
     """config.json of the output; ``per_expert``: routed experts that stock checkpoints of the family hold fused
     were written one linear per expert (quantized), so the checkpoint carries the code that fuses them on load."""
     data = json.loads((model_dir / "config.json").read_text())
+    config, stored = source_config(model_dir)
+    if stored is not None:  # read dequantized (gpt-oss's mxfp4 experts): not stored so in the output
+        del data["quantization_config"]
     if not prior.is_empty():
         data = trimmed_config_json(model_dir, prior, out_dir)
     if per_expert and "auto_map" not in data:
-        config, _ = source_config(model_dir)
         data.update(write_remote_code(out_dir, config, get_adapter(config).layout))
     if quant is not None:
         data["quantization_config"] = quant
