@@ -157,8 +157,7 @@ class ModuleLayout:
         if not self.experts_input_major:
             return tensor
         if param == "gate_up_proj" and self.gate_up_interleaved:
-            experts, rows, cols = tensor.shape
-            tensor = tensor.reshape(experts, 2, rows // 2, cols).transpose(1, 2).reshape(experts, rows, cols)
+            tensor = interleave_halves(tensor)
         return tensor.transpose(-1, -2)
 
     def per_expert_tensors(self) -> dict[str, int]:
@@ -176,6 +175,12 @@ class ModuleLayout:
             return tuple(frozen(v) for v in value) if isinstance(value, list) else value
 
         return cls(**{k: frozen(v) for k, v in data.items()})
+
+
+def interleave_halves(tensor: torch.Tensor) -> torch.Tensor:
+    """[E, 2n, ...] holding rows a_0..a_n-1 then b_0..b_n-1 -> [E, 2n, ...] holding a_0, b_0, a_1, b_1, ..."""
+    experts, rows = tensor.shape[:2]
+    return tensor.reshape(experts, 2, rows // 2, *tensor.shape[2:]).transpose(1, 2).reshape(tensor.shape)
 
 
 class DroppedMLP(nn.Module):

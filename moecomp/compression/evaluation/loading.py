@@ -77,8 +77,8 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
             " dense at load (other quantized linears are decompressed at every forward), so it saves disk but"
             " neither memory nor time here; a runtime with quantized MoE kernels (e.g. vLLM) would."
         )
-        if get_adapter(read_config(path)).layout.experts_input_major:
-            notes.append(INPUT_MAJOR_NOTE)
+        if get_adapter(read_config(path)).layout.experts_call != "routed":
+            notes.append(NO_PACKED_KERNEL_NOTE)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()
     if quant == "mxfp4":
@@ -87,9 +87,9 @@ def load_checkpoint(path: Path, *, device: str = "cpu", dtype: str = "auto") -> 
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, notes=notes)
 
 
-INPUT_MAJOR_NOTE = (
-    "moecomp's packed runtime has no kernel for this family's experts (input-major, gpt-oss's with biases and a"
-    " clamped activation): they were loaded through transformers, dequantized"
+NO_PACKED_KERNEL_NOTE = (
+    "moecomp's packed runtime cannot serve this family's experts (Llama 4 runs every expert on every token outside"
+    " transformers' experts interface): they were loaded through transformers, dequantized"
 )
 PACKED_NOTES = {
     "w4a16": "W4A16 checkpoint served packed: int4 weights stay packed on the GPU (moecomp's W4A16 kernels)",
@@ -123,8 +123,8 @@ def _packed_implementation(path: Path, device: str) -> str | None:
         fmt = packed_format(config)
     except ValueError:
         return None
-    if get_adapter(config).layout.experts_input_major:
-        return None  # no packed kernel takes input-major experts with biases (gpt-oss, Llama 4)
+    if get_adapter(config).layout.experts_call != "routed":
+        return None  # Llama 4's experts: no experts interface to plug a packed kernel into
     return fmt.implementation if fmt is FP8 or device.startswith("cuda") else None
 
 

@@ -44,9 +44,12 @@ from moecomp.compression.lazy_checkpoint import (
     read_config,
 )
 from moecomp.compression.slimming.dequant import weight_args_of
-from moecomp.compression.structure import apply_decisions, decoder_layers
+from moecomp.compression.structure import apply_decisions, decoder_layers, interleave_halves
 
 SUPPORTED = {"num_bits": 4, "type": "int", "symmetric": True}
+NO_EXPERTS_INTERFACE = (
+    "its experts run every token outside transformers' experts interface (Llama 4), where no packed kernel plugs in"
+)
 FP8_SUPPORTED = {"num_bits": 8, "type": "float", "symmetric": True}
 
 # (disk tensors, a quantized linear's name, device, its bias, the quantization config) -> its serving module.
@@ -169,8 +172,9 @@ def _experts_tensors(
     gate, up, down = family.disk.gate, family.disk.up, family.disk.down
     out = {}
     for stored, suffix in fmt.buffers.items():
-        gate_up = [[f"{path}.{e}.{p}.{stored}" for p in (gate, up)] for e in range(count)]
-        out[f"gate_up_{suffix}"] = _stacked(disk, gate_up, device)
+        gate_up = _stacked(disk, [[f"{path}.{e}.{p}.{stored}" for p in (gate, up)] for e in range(count)], device)
+        # rows in the order the module's _apply_gate reads them: gate then up, or alternating (gpt-oss)
+        out[f"gate_up_{suffix}"] = interleave_halves(gate_up) if family.layout.gate_up_interleaved else gate_up
         out[f"down_{suffix}"] = _stacked(disk, [[f"{path}.{e}.{down}.{stored}"] for e in range(count)], device)
     return out
 
@@ -244,8 +248,8 @@ def load_packed(
     config = read_config(model_dir)
     fmt, quant = packed_format(config), _quantization(config)
     family = get_adapter(config)
-    if family.layout.experts_input_major:
-        raise ValueError(f"{model_dir}: {config.model_type}'s input-major experts have no packed kernel")
+    if family.layout.experts_call != "routed":
+        raise ValueError(f"{model_dir}: {NO_EXPERTS_INTERFACE}")
     del config.quantization_config
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config).to(dtype)

@@ -40,14 +40,19 @@ def routed_experts_forward(
     stored: str,
 ) -> torch.Tensor:
     """hidden_states [T, H], top_k_index/weights [T, k] -> [T, H] through the experts' ``gate_up_<stored>`` /
-    ``down_<stored>`` buffers and their scales: the arithmetic of transformers' batched_mm (gate and up halves,
-    ``_apply_gate``, routing weights, sum over a token's k pairs in its dtype)."""
+    ``down_<stored>`` buffers and their scales: the arithmetic of transformers' batched_mm (the experts' biases
+    added to each product in its dtype where they have them, ``_apply_gate``, routing weights, sum over a token's
+    k pairs in its dtype)."""
     num_tokens, hidden = hidden_states.shape
     top_k = top_k_index.shape[-1]
     ids = top_k_index.reshape(-1)  # [S = T * k], pair p = t * k + slot
     gate_up = matmul(hidden_states, ids, getattr(self, f"gate_up_{stored}"), self.gate_up_scale, top_k)  # [S, 2I]
+    if getattr(self, "has_bias", False):
+        gate_up = gate_up + self.gate_up_proj_bias[ids]
     act = self._apply_gate(gate_up)  # [S, I]
     down = matmul(act, ids, getattr(self, f"down_{stored}"), self.down_scale, 1)  # [S, H]
+    if getattr(self, "has_bias", False):
+        down = down + self.down_proj_bias[ids]
     weighted = down * top_k_weights.reshape(-1, 1)  # [S, H]
     return weighted.view(num_tokens, top_k, hidden).sum(dim=1).to(hidden_states.dtype)
 
@@ -64,12 +69,11 @@ ALL_EXPERTS_FUNCTIONS.register(IMPLEMENTATION, w4a16_experts_forward)
 
 def pack_experts(experts: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Turn a family's experts module into a packed one: its dense gate_up_proj/down_proj give way to the buffers
-    in ``tensors`` (EXPERT_BUFFERS, or fp8.EXPERT_BUFFERS). Only gated, bias-free, [E, out, in] experts with gate
-    rows before up rows (every family moecomp reads; the loader stacks them so)."""
-    if not getattr(experts, "has_gate", True) or getattr(experts, "has_bias", False):
-        raise ValueError(f"{type(experts).__name__}: only gated experts without bias can be served packed")
-    if getattr(experts, "is_transposed", False) or not getattr(experts, "is_concatenated", True):
-        raise ValueError(f"{type(experts).__name__}: transposed or interleaved expert weights cannot be served packed")
+    in ``tensors`` (EXPERT_BUFFERS, or fp8.EXPERT_BUFFERS), [E, out, in] whatever the module's own layout, with
+    gate_up's rows in the order its ``_apply_gate`` reads them (the loader stacks them so); biases, where the
+    experts have them (gpt-oss), stay its parameters. Only gated experts."""
+    if not getattr(experts, "has_gate", True):
+        raise ValueError(f"{type(experts).__name__}: only gated experts can be served packed")
     for name in ("gate_up_proj", "down_proj"):
         delattr(experts, name)
     for name, tensor in tensors.items():

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from moecomp.compression.adapters import FAMILIES
-from moecomp.compression.evaluation.loading import INPUT_MAJOR_NOTE, load_checkpoint
+from moecomp.compression.evaluation.loading import NO_PACKED_KERNEL_NOTE, load_checkpoint
 from moecomp.compression.evaluation.packed import fp8, load_packed, modules
 from moecomp.compression.evaluation.served import served_greedy
 from moecomp.compression.evaluation.speed import EagerDecoder, greedy
@@ -19,8 +19,9 @@ from moecomp.compression.manifest import SCHEMA, write_manifest
 from tests.compression.evaluation.packed.conftest import write_fp8, write_w4a16
 from tests.compression.tiny_moe import FAMILY_CONFIGS, tiny_model
 
-# the families whose experts the packed runtime serves (not input-major ones: gpt-oss, Llama 4)
-PACKED_FAMILIES = [t for t in FAMILY_CONFIGS if not FAMILIES[t].layout.experts_input_major]
+# the families whose experts the packed runtime serves: every family behind transformers' experts interface (not
+# Llama 4, whose experts run every token in their own forward)
+PACKED_FAMILIES = [t for t in FAMILY_CONFIGS if FAMILIES[t].layout.experts_call == "routed"]
 FORMATS = {"w4a16": (write_w4a16, modules.IMPLEMENTATION), "fp8": (write_fp8, fp8.IMPLEMENTATION)}
 
 
@@ -33,7 +34,7 @@ def test_packed_checkpoints_are_stock_transformers_on_every_family(model_type: s
     tiny_model(model_type, dtype=torch.bfloat16).save_pretrained(source)
     checkpoint = write(source, tmp_path / fmt)
     packed = load_packed(checkpoint)
-    stock = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    stock = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()  # gpt-oss: its code
     assert packed.config._experts_implementation == implementation
     ids = torch.randint(0, 100, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -60,7 +61,7 @@ def test_families_without_a_packed_kernel_load_through_transformers_and_say_so(
     write_manifest(checkpoint, {"schema": SCHEMA})  # moecomp's own checkpoint: its bundled code may run
     AutoTokenizer.from_pretrained(tiny_mixtral_dir).save_pretrained(checkpoint)
     loaded = load_checkpoint(checkpoint, device="cpu")
-    assert INPUT_MAJOR_NOTE in loaded.notes
+    assert NO_PACKED_KERNEL_NOTE in loaded.notes
     assert loaded.model.config._experts_implementation != fp8.IMPLEMENTATION
-    with pytest.raises(ValueError, match="no packed kernel"):
+    with pytest.raises(ValueError, match="no packed kernel plugs in"):
         load_packed(checkpoint)
