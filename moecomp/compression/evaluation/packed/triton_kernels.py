@@ -11,8 +11,9 @@ x[:, 8i + j]. Two paths:
   - GEMV (a few pairs, batch-1 decode): one program per (pair, N tile, K split), products summed on the CUDA
     cores, float32 partial sums added atomically (split-K keeps every SM busy when N is small). It reads an
     expert's weights once per pair, where the grouped GEMM reads them once per routed expert but pads each
-    expert's run to BLOCK_M rows and sorts the pairs first: while the pairs are at most half the experts
-    (Qwen3-30B-A3B's 128 experts at top-8: batch 8), most experts take one pair, so the GEMV reads no more.
+    expert's run to BLOCK_M rows and sorts the pairs first, so the GEMV is faster while the pairs are at most
+    twice the experts (measured on an H100, benchmarks/results/w4a16_paths_h100.md: Mixtral-8x7B's experts up to
+    16 pairs, 1.2-2.1x; Qwen3-30B-A3B's up to 256 pairs, 2.1-8.6x).
     It is bound by instructions per weight, not by bandwidth, so each word's 8 products q * x are summed
     before its scale is applied once, and nibbles become floats by bit arithmetic (_nibble).
   - dense (many pairs: prefill, evaluation over long texts): the experts are dequantized to bf16 by one Triton
@@ -30,7 +31,7 @@ import triton.language as tl  # type: ignore[import-not-found, unused-ignore]
 
 from moecomp.compression.evaluation.packed.grouped import dense_grouped_matmul
 
-GEMV_MAX_PAIRS = 4  # up to this many routed pairs (or half the experts) each reads its expert's weights itself
+GEMV_PAIRS_PER_EXPERT = 2  # up to this many routed pairs per expert, each pair reads its expert's weights itself
 DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
 DENSE_MIN_PAIRS = 512  # from here on (a 256-token prompt at top-2) dequantize, then one grouped GEMM
 TARGET_PROGRAMS = 1024  # GEMV: split K until about this many programs run (132 SMs on an H100/H200)
@@ -207,7 +208,7 @@ def path_for(pairs: int, experts: int, k: int, dtype: torch.dtype) -> str:
     """The kernel path (a key of PATHS) for ``pairs`` routed pairs over ``experts`` experts of K columns."""
     if pairs >= DENSE_MIN_PAIRS and dtype == torch.bfloat16:  # grouped_mm's tensor-core path is bf16
         return "dense"
-    if pairs <= max(GEMV_MAX_PAIRS, experts // 2) or k % DOT_BLOCK_K:
+    if pairs <= GEMV_PAIRS_PER_EXPERT * experts or k % DOT_BLOCK_K:
         return "gemv"
     return "grouped"
 
