@@ -295,7 +295,10 @@ def test_a_running_jobs_page_shows_its_stage_at_layer_k_of_n_with_elapsed_time_a
     steps = [v for v in running if v["stage"] == "evaluate"]
     assert steps and all(re.search(r"step [1-5] of 6 \((baseline|candidate) \w+\)$", v["bar"]) for v in steps), steps
 
-    # Done: every stage says how long it took and none says how long it has left.
+    # Done: every stage says how long it took and none says how long it has left. The status (polled) can show
+    # "succeeded" a moment before the event stream delivers the last stage's final step: wait for the stream.
+    all_done = "() => [...document.querySelectorAll('#stage-list li')].every((li) => li.dataset.state === 'done')"
+    page.wait_for_function(all_done, timeout=15_000)
     stages = page.eval_on_selector_all("#stage-list li", "items => items.map((li) => li.dataset.state)")
     assert stages and set(stages) == {"done"}, stages
     assert page.locator("#stage-list .stage-eta").count() == 0
