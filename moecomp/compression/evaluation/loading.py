@@ -123,8 +123,6 @@ def _packed_implementation(path: Path, device: str) -> str | None:
         fmt = packed_format(config)
     except ValueError:
         return None
-    if get_adapter(config).layout.experts_call != "routed":
-        return None  # Llama 4's experts: no experts interface to plug a packed kernel into
     return fmt.implementation if fmt is FP8 or device.startswith("cuda") else None
 
 

@@ -102,7 +102,10 @@ def _quantization(config: Any) -> dict[str, Any]:
 
 def packed_format(config: Any) -> PackedFormat:
     """The format load_packed serves the checkpoint of ``config`` in; ValueError for any it does not serve (only
-    int4 symmetric pack-quantized and per-channel FP8 float-quantized, as moecomp's stages write them)."""
+    int4 symmetric pack-quantized and per-channel FP8 float-quantized, as moecomp's stages write them, of a family
+    whose experts run behind transformers' experts interface)."""
+    if get_adapter(config).layout.experts_call != "routed":
+        raise ValueError(NO_EXPERTS_INTERFACE)
     quant = _quantization(config)
     if quant.get("format") == "pack-quantized":
         args = weight_args_of(quant)
@@ -248,8 +251,6 @@ def load_packed(
     config = read_config(model_dir)
     fmt, quant = packed_format(config), _quantization(config)
     family = get_adapter(config)
-    if family.layout.experts_call != "routed":
-        raise ValueError(f"{model_dir}: {NO_EXPERTS_INTERFACE}")
     del config.quantization_config
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config).to(dtype)
