@@ -42,9 +42,9 @@ RELOAD = r"""
 import json, sys, torch
 from transformers import AutoModelForCausalLM
 assert "moecomp" not in sys.modules
-out_dir, probes_path = sys.argv[1], sys.argv[2]
-model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.bfloat16, trust_remote_code=True).eval()
-probes = torch.load(probes_path)
+out_dir, probes_path, device = sys.argv[1], sys.argv[2], sys.argv[3]
+model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.bfloat16, trust_remote_code=True).eval().to(device)
+probes = torch.load(probes_path, map_location=device)
 layers = model.model.layers
 kwargs = {}
 def keep(i):
@@ -54,7 +54,7 @@ def keep(i):
 handles = [layer.register_forward_pre_hook(keep(i), with_kwargs=True) for i, layer in enumerate(layers)]
 seq = next(iter(probes.values()))[0].shape[1]
 with torch.no_grad():
-    model(torch.zeros(1, seq, dtype=torch.long), use_cache=False)  # also decompresses packed linears
+    model(torch.zeros(1, seq, dtype=torch.long, device=device), use_cache=False)  # also decompresses packed linears
     errors = {}
     for i, (x, y) in probes.items():
         got = layers[int(i)](x.to(torch.bfloat16), **kwargs[int(i)])
@@ -96,10 +96,11 @@ def _slim(
     return reports, probes
 
 
-def _reload_errors(out: Path, probes: dict, tmp_path: Path) -> dict[str, float]:
+def _reload_errors(out: Path, probes: dict, tmp_path: Path, device: str = "cpu") -> dict[str, float]:
     path = tmp_path / "probes.pt"
     torch.save({str(k): v for k, v in probes.items()}, path)
-    done = subprocess.run([sys.executable, "-c", RELOAD, str(out), str(path)], capture_output=True, text=True)
+    command = [sys.executable, "-c", RELOAD, str(out), str(path), device]
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -125,13 +126,14 @@ def test_every_family_reloads_with_stock_transformers_layer_by_layer(
 def test_on_cuda_every_family_reloads_with_stock_transformers_layer_by_layer(
     sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_type: str, method: str
 ) -> None:
-    """The same pass on the GPU (llm-compressor's Triton GPTQ kernel there); the reload runs on the CPU, so bf16
-    kernels differ between the two sides."""
+    """The same pass on the GPU; stock transformers reloads it on the GPU too. (Reloaded on the CPU, a token whose
+    router scores nearly tie can pick other experts than on the GPU: gpt_oss gptq once differed by 0.027 on one
+    layer that way, while every other layer agreed exactly.)"""
     out = tmp_path / "out"
     reports, probes = _slim(sources[model_type], [STAGES[method]], out, Decisions(), monkeypatch, device="cuda")
     assert reports[0]["results"]["routers_unchanged"]
-    errors = _reload_errors(out, probes, tmp_path)
-    assert len(errors) == len(probes) and max(errors.values()) < 2e-2, errors
+    errors = _reload_errors(out, probes, tmp_path, device="cuda")
+    assert len(errors) == len(probes) and max(errors.values()) < 1e-2, errors
 
 
 @pytest.mark.slow
