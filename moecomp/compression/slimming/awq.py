@@ -146,7 +146,7 @@ def _attention_mappings(layer: nn.Module, family: MoEFamily) -> list[Mapping]:
         weight = cast(torch.Tensor, layer.get_submodule(pair.smoothed).weight)  # a norm's [out], a linear's [out, in]
         smoothed = Smoothed(pair.smoothed, offset=family.layout.norm_weight_offset if weight.ndim == 1 else 0.0)
         if len(pair.balances) == 1:
-            width = _group(pair.balances[0]).get(layer).shape[-1]  # [1, out, in]
+            width = _group(pair.balances[0]).in_features(layer)
             if weight.shape[0] == width:
                 pairs.append(Mapping(pair.smoothed, smoothed, (_balance(pair.balances[0]),), None))
             continue
@@ -187,7 +187,7 @@ def _moe_mappings(layer: nn.Module, family: MoEFamily, scope: list[Scope], prese
     if layout.expert_activation != "act_fn":
         return pairs
     down_proj = _group(experts, "down_proj", layout=layout)
-    intermediate = down_proj.get(layer).shape[-1]
+    intermediate = down_proj.in_features(layer)
     up_rows = Smoothed(experts, "gate_up_proj", first_row=intermediate, layout=layout)  # [E, 2I, H]: gate, then up
     pairs.append(Mapping("experts.up_proj", up_rows, (Balance(down_proj, True),), None))
     return pairs

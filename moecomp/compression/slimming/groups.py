@@ -52,6 +52,11 @@ class WeightGroup:
         weight = getattr(layer.get_submodule(self.module), self.param)
         return self.layout.experts_output_major(self.param, weight) if self.fused else weight.unsqueeze(0)
 
+    def in_features(self, layer: nn.Module) -> int:
+        """The ``in`` of :meth:`get`'s ``[B, out, in]``, read off the stored weight (``get`` may copy it)."""
+        weight = getattr(layer.get_submodule(self.module), self.param)
+        return weight.shape[-2] if self.fused and self.layout.experts_input_major else weight.shape[-1]
+
     def set(self, layer: nn.Module, value: torch.Tensor) -> None:
         """Write [B, out, in] back in place (same dtype as the layer's weight)."""
         weight = getattr(layer.get_submodule(self.module), self.param)

@@ -131,7 +131,7 @@ class SlimmingObserver(Observer):
             self.routers = router_tensors(layer, info.family)
         started = time.perf_counter()
         groups = layer_groups(layer, info.family, stage.scope)
-        widths = {g.name: g.get(layer).shape[-1] for g in groups}
+        widths = {g.name: g.in_features(layer) for g in groups}
         sizes = {g.name: group_size_for(stage, g, widths) if stage.quantizes else None for g in groups}
         if stage.smooths:
             assert isinstance(self.stats, awq.AWQStats)  # attach() gathered AWQ's statistics for this stage

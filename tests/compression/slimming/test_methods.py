@@ -202,6 +202,7 @@ def test_attach_statistics_on_input_major_experts_matches_each_familys_own_loop(
     gate_cols = slice(0, None, 2) if family.layout.gate_up_interleaved else slice(0, intermediate)
     torch.testing.assert_close(view[:, :intermediate], stored[..., gate_cols].transpose(1, 2), rtol=0, atol=0)
     assert groups[1].get(layer).shape == (experts, model.config.hidden_size, intermediate)
+    assert [g.in_features(layer) for g in groups] == [g.get(layer).shape[-1] for g in groups]
     hidden = torch.randn(3, 16, model.config.hidden_size, generator=generator(3))
 
     stats, handles = attach_statistics(layer, groups, all_experts, torch.device("cpu"))
