@@ -46,12 +46,13 @@ def routed_experts_forward(
     num_tokens, hidden = hidden_states.shape
     top_k = top_k_index.shape[-1]
     ids = top_k_index.reshape(-1)  # [S = T * k], pair p = t * k + slot
+    has_bias = getattr(self, "has_bias", False)
     gate_up = matmul(hidden_states, ids, getattr(self, f"gate_up_{stored}"), self.gate_up_scale, top_k)  # [S, 2I]
-    if getattr(self, "has_bias", False):
+    if has_bias:
         gate_up = gate_up + self.gate_up_proj_bias[ids]
     act = self._apply_gate(gate_up)  # [S, I]
     down = matmul(act, ids, getattr(self, f"down_{stored}"), self.down_scale, 1)  # [S, H]
-    if getattr(self, "has_bias", False):
+    if has_bias:
         down = down + self.down_proj_bias[ids]
     weighted = down * top_k_weights.reshape(-1, 1)  # [S, H]
     return weighted.view(num_tokens, top_k, hidden).sum(dim=1).to(hidden_states.dtype)
