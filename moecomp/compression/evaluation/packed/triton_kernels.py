@@ -84,6 +84,7 @@ def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, N, K_SPLIT,
     stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
     ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ATOMIC: tl.constexpr,
 ):  # fmt: skip
     pair = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -106,7 +107,49 @@ def _gemv_kernel(
             word_dot += _nibble(words, j) * x[None, :]
         acc += word_dot * scale.to(tl.float32)  # a word's 8 columns share one scale
     total = tl.sum(acc, axis=1)  # [BN]
-    tl.atomic_add(out_ptr + pair.to(tl.int64) * stride_om + offs_n, total, mask=mask_n)
+    out = out_ptr + pair.to(tl.int64) * stride_om + offs_n
+    if ATOMIC:  # one of several K splits: float32 partial sums
+        tl.atomic_add(out, total, mask=mask_n)
+    else:
+        tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def _gemv_words_kernel(
+    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, N, K_SPLIT,
+    stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
+    ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ATOMIC: tl.constexpr,
+):  # fmt: skip
+    pair = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    expert = tl.load(ids_ptr + pair).to(tl.int64)
+    x_row = x_ptr + (pair // ROW_DIV).to(tl.int64) * stride_xm
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    words_k = tl.arange(0, BLOCK_K // 8)
+    j = tl.arange(0, 8)
+    w_rows = w_ptr + expert * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
+    s_rows = s_ptr + expert * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
+    acc = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+    for step in range(0, K_SPLIT, BLOCK_K):
+        k0 = pid_k * K_SPLIT + step
+        words = tl.load(w_rows + (k0 // 8 + words_k)[None, :], mask=mask_n[:, None], other=0)  # [BN, BK/8]
+        scale = tl.load(s_rows + ((k0 + words_k * 8) // GROUP)[None, :], mask=mask_n[:, None], other=0.0)
+        x = tl.load(x_row + k0 + (words_k * 8)[:, None] + j[None, :]).to(tl.float32)  # [BK/8, 8]
+        bits = ((words[:, :, None] >> (4 * j)[None, None, :]) & 0xF) | 0x4B000000  # [BN, BK/8, 8]
+        q = bits.to(tl.float32, bitcast=True) - 8388616.0
+        acc += tl.sum(q * x[None, :, :], axis=2) * scale.to(tl.float32)
+    total = tl.sum(acc, axis=1)
+    out = out_ptr + pair.to(tl.int64) * stride_om + offs_n
+    if ATOMIC:
+        tl.atomic_add(out, total, mask=mask_n)
+    else:
+        tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+GEMV_KERNELS = {"planes": _gemv_kernel, "words": _gemv_words_kernel}
 
 
 @triton.jit
@@ -166,18 +209,34 @@ def _block_k(k: int, largest: int) -> int:
     return block
 
 
-def _gemv(x: torch.Tensor, ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, row_div: int, group: int):
+def _gemv(
+    x: torch.Tensor,
+    ids: torch.Tensor,
+    packed: torch.Tensor,
+    scale: torch.Tensor,
+    row_div: int,
+    group: int,
+    *,
+    kernel: str = "planes",
+    block_n: int = 32,
+    block_k: int = 256,
+    num_warps: int = 4,
+    num_stages: int = 3,
+    target_programs: int = TARGET_PROGRAMS,
+) -> torch.Tensor:
+    """The GEMV path; the keyword arguments are its kernel and tile (benchmarks/w4a16_gemv.py times the choices)."""
     num_pairs, n, k = ids.shape[0], packed.shape[1], x.shape[1]
-    block_n, block_k = 32, _block_k(k, 256)
+    block_k = _block_k(k, block_k)
     splits = 1
-    while num_pairs * triton.cdiv(n, block_n) * splits * 2 <= TARGET_PROGRAMS and (k // block_k) % (splits * 2) == 0:
+    while num_pairs * triton.cdiv(n, block_n) * splits * 2 <= target_programs and (k // block_k) % (splits * 2) == 0:
         splits *= 2
-    out = torch.zeros(num_pairs, n, dtype=torch.float32, device=x.device)
+    # One split stores its sums directly; several add float32 partial sums into a zeroed buffer.
+    out = torch.zeros(num_pairs, n, dtype=torch.float32, device=x.device) if splits > 1 else x.new_empty(num_pairs, n)
     grid = (num_pairs, triton.cdiv(n, block_n), splits)
-    _gemv_kernel[grid](
+    GEMV_KERNELS[kernel][grid](
         x, packed, scale, out, ids, n, k // splits, x.stride(0), packed.stride(0), packed.stride(1),
         scale.stride(0), scale.stride(1), out.stride(0), ROW_DIV=row_div, GROUP=group, BLOCK_N=block_n,
-        BLOCK_K=block_k, num_warps=4,
+        BLOCK_K=block_k, ATOMIC=splits > 1, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out.to(x.dtype)
 
