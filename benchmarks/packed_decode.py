@@ -156,14 +156,17 @@ def use_swept_gemv(sweep: dict[str, Any]) -> dict[str, Any]:
 
     tile = sweep["decode_step"]["tile"]
     triton_kernels.PATHS["gemv"] = partial(triton_kernels._gemv, **tile)
-    times = {"gemv": 0.0, "grouped": 0.0}
+    times = {"gemv": 0.0, "grouped": 0.0, "runtime": 0.0}  # the 16-pair shapes; runtime: the GEMV's old tile
+    tiled = 0
     for row in sweep["rows"]:
         if row["shape"].endswith("x16") and "us" in row:
-            if row["kernel"] == "grouped":
-                times["grouped"] += row["us"]
+            if row["kernel"] in ("grouped", "runtime"):
+                times[row["kernel"]] += row["us"]
             elif all(row.get(key) == value for key, value in tile.items()):
                 times["gemv"] += row["us"]
-    if 0 < times["grouped"] < times["gemv"]:
+                tiled += 1
+    gemv = times["gemv"] if tiled == 2 else times["runtime"]
+    if 0 < times["grouped"] < gemv:
         triton_kernels.GEMV_PAIRS_PER_EXPERT = 1
     return {"tile": tile, "x16_us": times, "gemv_pairs_per_expert": triton_kernels.GEMV_PAIRS_PER_EXPERT}
 
