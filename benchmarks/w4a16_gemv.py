@@ -4,8 +4,9 @@
 
 Shapes: one MoE layer's gate_up and down of Mixtral-8x7B (8 x 14336 x 4096, top-2) at 2 and 16 pairs (batch 1
 and 8) and of Qwen3-30B-A3B (128 x 768 x 2048, top-8) at 8 pairs, and Mixtral-8x7B's attention linears at one
-token. For each kernel ("planes": triton_kernels._gemv_kernel, what the runtime runs; "words": the variant
-below, which unpacks a word's 8 nibbles as a third tile axis and meets a contiguous x tile) and each tile
+token. For each kernel ("planes": triton_kernels._gemv_kernel, what the runtime runs; "words":
+triton_kernels._gemv_words_kernel, which unpacks a word's 8 nibbles as a third tile axis against a contiguous x
+tile) and each tile
 (block_n, block_k, num_warps, num_stages, target_programs: how far K is split), the result is first checked
 against reference.grouped_matmul, then timed as served: the calls captured in one CUDA graph (with the zeroing
 and the cast split-K adds), each on its own copy of the weights so that none is served from L2, replayed
@@ -21,6 +22,7 @@ import argparse
 import itertools
 import json
 import statistics
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -28,9 +30,12 @@ from typing import Any
 
 import torch
 
-from moecomp.compression.evaluation.packed import reference, triton_kernels
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-GROUP = 128
+from w4a16_paths import GROUP, random_layer  # noqa: E402
+
+from moecomp.compression.evaluation.packed import reference, triton_kernels  # noqa: E402
+
 # name: (experts, N, K, pairs, row_div, calls in one Mixtral-8x7B decode step at batch 1 after Layer Drop 8/32)
 SHAPES = {
     "mixtral gate_up x2": (8, 28672, 4096, 2, 2, 24),
@@ -76,11 +81,7 @@ def _shape_inputs(experts: int, n: int, k: int, pairs: int, row_div: int, gen: t
     ids = ids.reshape(-1)[:pairs].contiguous()
     touched = len(ids.unique()) * n * k // 2
     copies = max(2, min(64, -(-UNCACHED_BYTES // touched)))
-    weights = []
-    for _ in range(copies):
-        words = torch.randint(-(2**31), 2**31 - 1, (experts, n, k // 8), dtype=torch.int32, device="cuda")
-        scale = (0.002 + 0.004 * torch.rand(experts, n, k // GROUP, device="cuda", generator=gen)).to(torch.bfloat16)
-        weights.append((words, scale))
+    weights = [random_layer(experts, n, k, gen) for _ in range(copies)]
     x = torch.randn(pairs // row_div, k, device="cuda", generator=gen).to(torch.bfloat16)
     ref = reference.grouped_matmul(x, ids, *weights[0], row_div, None).float()
     return {"ids": ids, "weights": weights, "x": x, "ref": ref, "bytes": pairs * n * (k // 2 + k // GROUP * 2)}
@@ -110,10 +111,11 @@ def main() -> None:
         default = [partial(triton_kernels.grouped_matmul, x, ids, *w, row_div) for w in inputs["weights"]]
         rows.append({"shape": name, "kernel": "runtime", "path": triton_kernels.path_for(pairs, experts, k, x.dtype),
                      "us": round(_graph_us(default, args.repeats), 1)})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
         if pairs >= 16:
             grouped = [partial(triton_kernels._grouped, x, ids, *w, row_div, GROUP) for w in inputs["weights"]]
             rows.append({"shape": name, "kernel": "grouped", "us": round(_graph_us(grouped, args.repeats), 1)})
-        print(json.dumps(rows[-1]), flush=True)
+            print(json.dumps(rows[-1]), flush=True)
         began = time.monotonic()
         budget = args.budget_s if SHAPES[name][-1] else args.budget_s / 2
         tiles = itertools.product(args.block_n, args.block_k, args.stages, args.targets, args.kernels)

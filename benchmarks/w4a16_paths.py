@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 SHAPES = {"mixtral-8x7b": (8, 4096, 14336, 2), "qwen3-30b-a3b": (128, 2048, 768, 8)}  # E, H, I, top-k
-GROUP = 128
+GROUP = 128  # shared with w4a16_gemv.py
 
 
 def _time_us(call, repeats: int) -> float:
@@ -36,7 +36,7 @@ def _time_us(call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _layer(experts: int, n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_layer(experts: int, n: int, k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     words = torch.randint(-(2**31), 2**31 - 1, (experts, n, k // 8), dtype=torch.int32, device="cuda", generator=gen)
     scale = (0.002 + 0.004 * torch.rand(experts, n, k // GROUP, device="cuda", generator=gen)).to(torch.bfloat16)
     return words, scale
@@ -54,7 +54,7 @@ def main() -> None:
     rows = []
     for shape, (experts, hidden, intermediate, top_k) in SHAPES.items():
         projections = {"gate_up": (2 * intermediate, hidden, top_k), "down": (hidden, intermediate, 1)}
-        weights = {name: _layer(experts, n, k, gen) for name, (n, k, _) in projections.items()}
+        weights = {name: random_layer(experts, n, k, gen) for name, (n, k, _) in projections.items()}
         for tokens in args.tokens:
             ids = torch.stack([torch.randperm(experts, device="cuda", generator=gen)[:top_k] for _ in range(tokens)])
             ids = ids.reshape(-1).contiguous()
