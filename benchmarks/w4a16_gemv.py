@@ -6,7 +6,8 @@ Shapes: one MoE layer's gate_up and down of Mixtral-8x7B (8 x 14336 x 4096, top-
 and 8) and of Qwen3-30B-A3B (128 x 768 x 2048, top-8) at 8 pairs, and Mixtral-8x7B's attention linears at one
 token. For each kernel ("planes": triton_kernels._gemv_kernel, what the runtime runs; "words":
 triton_kernels._gemv_words_kernel, which unpacks a word's 8 nibbles as a third tile axis against a contiguous x
-tile) and each tile
+tile; "offset": triton_kernels._gemv_offset_kernel, nibbles as 1 + q/16 and the offset taken off once a word) and
+each tile
 (block_n, block_k, num_warps, num_stages, target_programs: how far K is split), the result is first checked
 against reference.grouped_matmul, then timed as served: the calls captured in one CUDA graph (with the zeroing
 and the cast split-K adds), each on its own copy of the weights so that none is served from L2, replayed

@@ -149,7 +149,56 @@ def _gemv_words_kernel(
         tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
-GEMV_KERNELS = {"planes": _gemv_kernel, "words": _gemv_words_kernel}
+@triton.jit
+def _unit_nibble(words, j: tl.constexpr):
+    """Value j of each word as float32 1 + q/16: the nibble as the top mantissa bits of 1.0 (a shift and a
+    bit select; _nibble's subtraction is left to the caller, once a word)."""
+    if 4 * j <= 19:
+        bits = (words << (19 - 4 * j)) & 0x00780000
+    else:
+        bits = (words >> (4 * j - 19)) & 0x00780000
+    return (bits | 0x3F800000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _gemv_offset_kernel(
+    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, N, K_SPLIT,
+    stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
+    ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ATOMIC: tl.constexpr,
+):  # fmt: skip
+    pair = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    expert = tl.load(ids_ptr + pair).to(tl.int64)
+    x_row = x_ptr + (pair // ROW_DIV).to(tl.int64) * stride_xm
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    words_k = tl.arange(0, BLOCK_K // 8)
+    w_rows = w_ptr + expert * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
+    s_rows = s_ptr + expert * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
+    acc = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+    for step in range(0, K_SPLIT, BLOCK_K):
+        k0 = pid_k * K_SPLIT + step
+        words = tl.load(w_rows + (k0 // 8 + words_k)[None, :], mask=mask_n[:, None], other=0)  # [BN, BK/8]
+        scale = tl.load(s_rows + ((k0 + words_k * 8) // GROUP)[None, :], mask=mask_n[:, None], other=0.0)
+        word_dot = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)  # sum over a word's columns of (1 + q/16) x
+        x_sum = tl.zeros((BLOCK_K // 8,), dtype=tl.float32)
+        for j in tl.static_range(8):
+            x = tl.load(x_row + k0 + words_k * 8 + j).to(tl.float32)  # [BK/8]
+            word_dot += _unit_nibble(words, j) * x[None, :]
+            x_sum += x
+        # (1 + q/16) - 1.5 = (q - 8) / 16: the offset comes off once a word, not once a nibble
+        acc += (word_dot - 1.5 * x_sum[None, :]) * scale.to(tl.float32)
+    total = tl.sum(acc, axis=1) * 16.0
+    out = out_ptr + pair.to(tl.int64) * stride_om + offs_n
+    if ATOMIC:
+        tl.atomic_add(out, total, mask=mask_n)
+    else:
+        tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+GEMV_KERNELS = {"planes": _gemv_kernel, "words": _gemv_words_kernel, "offset": _gemv_offset_kernel}
 
 
 @triton.jit
