@@ -1,0 +1,60 @@
+"""Where a served decode step of the packed Layer Drop 8/32 + W4A16 model spends its GPU time (CUDA only).
+
+    python benchmarks/decode_profile.py [--gemv-tile SWEEP.json] > $OUT/decode_profile.txt
+
+Builds packed_decode.py's model (Mixtral-8x7B shape, random packed weights on the GPU), decodes with
+evaluation.served.ServedDecoder (static cache, compiled step in a CUDA graph) after a 128-token prompt, then
+profiles --steps steps with torch.profiler: milliseconds a step, and the kernels by GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from packed_decode import DROPPED, build_packed_model, use_swept_gemv  # noqa: E402
+from served_decode import FULL  # noqa: E402
+
+from moecomp.compression.evaluation.served import ServedDecoder  # noqa: E402
+from moecomp.compression.evaluation.speed import random_prompt  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--gemv-tile", type=Path, help="a benchmarks/w4a16_gemv.py result: run its decode-step tile")
+    args = parser.parse_args()
+    if args.gemv_tile:
+        print(use_swept_gemv(json.loads(args.gemv_tile.read_text())))
+    model = build_packed_model(dict(FULL), DROPPED, "cuda")
+    prompt = random_prompt(model, args.batch, 128, torch.device("cuda"))
+    with torch.no_grad():
+        decoder = ServedDecoder(model, 128 + 3 * args.steps + 8, compile=True)
+        token = decoder.prefill(prompt)
+        for _ in range(args.steps):  # compile, record the graph, warm up
+            token = decoder.step(token)
+        torch.cuda.synchronize()
+        began = time.perf_counter()
+        for _ in range(args.steps):
+            token = decoder.step(token)
+        torch.cuda.synchronize()
+        step_ms = (time.perf_counter() - began) * 1000 / args.steps
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.steps):
+                token = decoder.step(token)
+            torch.cuda.synchronize()
+    print(f"== packed 32 layers (8 MoE dropped) batch {args.batch}: {step_ms:.3f} ms/step ({1000 / step_ms:.1f} tok/s)")
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    main()
