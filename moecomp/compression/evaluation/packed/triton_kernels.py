@@ -258,6 +258,14 @@ def _block_k(k: int, largest: int) -> int:
     return block
 
 
+def gemv_splits(num_pairs: int, n: int, k: int, block_n: int, block_k: int, target_programs: int) -> int:
+    """How many parts the GEMV splits K into: doubling while the programs stay within ``target_programs``."""
+    splits = 1
+    while num_pairs * triton.cdiv(n, block_n) * splits * 2 <= target_programs and (k // block_k) % (splits * 2) == 0:
+        splits *= 2
+    return splits
+
+
 def _gemv(
     x: torch.Tensor,
     ids: torch.Tensor,
@@ -276,9 +284,7 @@ def _gemv(
     """The GEMV path; the keyword arguments are its kernel and tile (benchmarks/w4a16_gemv.py times the choices)."""
     num_pairs, n, k = ids.shape[0], packed.shape[1], x.shape[1]
     block_k = _block_k(k, block_k)
-    splits = 1
-    while num_pairs * triton.cdiv(n, block_n) * splits * 2 <= target_programs and (k // block_k) % (splits * 2) == 0:
-        splits *= 2
+    splits = gemv_splits(num_pairs, n, k, block_n, block_k, target_programs)
     # One split stores its sums directly; several add float32 partial sums into a zeroed buffer.
     out = torch.zeros(num_pairs, n, dtype=torch.float32, device=x.device) if splits > 1 else x.new_empty(num_pairs, n)
     grid = (num_pairs, triton.cdiv(n, block_n), splits)
