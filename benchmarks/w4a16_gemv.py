@@ -8,7 +8,8 @@ token. For each kernel ("planes": triton_kernels._gemv_kernel, what the runtime 
 triton_kernels._gemv_words_kernel, which unpacks a word's 8 nibbles as a third tile axis against a contiguous x
 tile; "offset": triton_kernels._gemv_offset_kernel, nibbles as 1 + q/16 and the offset taken off once a word) and
 each tile
-(block_n, block_k, num_warps, num_stages, target_programs: how far K is split), the result is first checked
+(block_n, block_k, num_warps, num_stages, target_programs: how far K is split; semaphore: how split sums meet,
+see triton_kernels._store_sums), the result is first checked
 against reference.grouped_matmul, then timed as served: the calls captured in one CUDA graph (with the zeroing
 and the cast split-K adds), each on its own copy of the weights so that none is served from L2, replayed
 --repeats times; microseconds per call (median) and the weight bytes per second that makes. The tile that
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--block-k", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--stages", type=int, nargs="+", default=[3])
     parser.add_argument("--targets", type=int, nargs="+", default=[0, 1024], help="target_programs (0: no split)")
+    parser.add_argument("--semaphore", type=int, nargs="+", default=[0, 1], help="split-K sums: 1 semaphore, 0 zeroed")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
@@ -120,18 +122,18 @@ def main() -> None:
         began = time.monotonic()
         budget = args.budget_s if SHAPES[name][-1] else args.budget_s / 2
         timed: dict[tuple[Any, ...], dict[str, Any]] = {}
-        tiles = itertools.product(args.block_n, args.block_k, args.stages, args.targets, args.kernels)
-        for block_n, block_k, stages, target, kernel in tiles:
+        tiles = itertools.product(args.block_n, args.block_k, args.stages, args.targets, args.semaphore, args.kernels)
+        for block_n, block_k, stages, target, semaphore, kernel in tiles:
             if time.monotonic() - began > budget:
                 break
             warps = 4 if block_n * block_k // 8 <= 1024 else 8  # at most 8 words a thread
             tile = dict(kernel=kernel, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
-                        target_programs=target)  # fmt: skip
+                        target_programs=target, semaphore=bool(semaphore))  # fmt: skip
             row: dict[str, Any] = {"shape": name, **tile}
-            # Targets that give the same K split run the same kernel: time it once.
+            # Tiles that give the same K split run the same kernel (and one split no semaphore): time it once.
             splits = triton_kernels.gemv_splits(pairs, n, k, block_n, triton_kernels._block_k(k, block_k), target)
             row["splits"] = splits
-            same = (kernel, block_n, block_k, warps, stages, splits)
+            same = (kernel, block_n, block_k, warps, stages, splits, splits > 1 and semaphore)
             if same in timed:
                 rows.append({**row, **{key: timed[same][key] for key in ("us", "gb_s", "max_err", "error")
                                        if key in timed[same]}})  # fmt: skip
@@ -173,7 +175,8 @@ def decode_step(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if row["kernel"] == "runtime":
             runtime += weights[row["shape"]] * row["us"]
             continue
-        tile = {key: row[key] for key in ("kernel", "block_n", "block_k", "num_warps", "num_stages", "target_programs")}
+        keys = ("kernel", "block_n", "block_k", "num_warps", "num_stages", "target_programs", "semaphore")
+        tile = {key: row[key] for key in keys}
         key = json.dumps(tile, sort_keys=True)
         totals[key] = totals.get(key, 0.0) + weights[row["shape"]] * row["us"]
         seen.setdefault(key, set()).add(row["shape"])

@@ -25,6 +25,8 @@ Imported only on CUDA (moecomp.compression.evaluation.packed.ops); TRITON_INTERP
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton  # type: ignore[import-not-found, unused-ignore]
 import triton.language as tl  # type: ignore[import-not-found, unused-ignore]
@@ -80,11 +82,39 @@ def _grouped_kernel(
 
 
 @triton.jit
+def _store_sums(
+    total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om,
+    SPLITS: tl.constexpr, SEMAPHORE: tl.constexpr,
+):  # fmt: skip
+    """Store a GEMV program's sums ``total`` [BN] of output row ``pair``, columns ``offs_n``.
+
+    One K split stores them. Several add float32 partial sums: into the zeroed float32 output (the caller casts it),
+    or with SEMAPHORE into ``sums``, a buffer that is all zeros between calls: the split that finishes a tile last
+    (``counts`` counts them) takes the totals out, leaving zeros, and stores them; then no zeroing and no casting
+    kernel runs around this one."""
+    out = out_ptr + pair.to(tl.int64) * stride_om + offs_n
+    if SPLITS == 1:
+        tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+    elif not SEMAPHORE:
+        tl.atomic_add(out, total, mask=mask_n)
+    else:
+        sums = sums_ptr + pair.to(tl.int64) * N + offs_n
+        tl.atomic_add(sums, total, mask=mask_n)
+        tl.debug_barrier()  # every thread's adds come before the count (released with it)
+        tile = counts_ptr + pair * tl.num_programs(1) + pid_n
+        if tl.atomic_add(tile, 1) == SPLITS - 1:
+            total = tl.atomic_add(sums, 0.0, mask=mask_n)  # read where the adds went (L2), not through L1
+            tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+            tl.store(sums, tl.zeros_like(total), mask=mask_n)
+            tl.store(tile, 0)
+
+
+@triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, N, K_SPLIT,
+    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, sums_ptr, counts_ptr, N, K_SPLIT,
     stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
     ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ATOMIC: tl.constexpr,
+    SPLITS: tl.constexpr, SEMAPHORE: tl.constexpr,
 ):  # fmt: skip
     pair = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -107,19 +137,15 @@ def _gemv_kernel(
             word_dot += _nibble(words, j) * x[None, :]
         acc += word_dot * scale.to(tl.float32)  # a word's 8 columns share one scale
     total = tl.sum(acc, axis=1)  # [BN]
-    out = out_ptr + pair.to(tl.int64) * stride_om + offs_n
-    if ATOMIC:  # one of several K splits: float32 partial sums
-        tl.atomic_add(out, total, mask=mask_n)
-    else:
-        tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+    _store_sums(total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om, SPLITS, SEMAPHORE)
 
 
 @triton.jit
 def _gemv_words_kernel(
-    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, N, K_SPLIT,
+    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, sums_ptr, counts_ptr, N, K_SPLIT,
     stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
     ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ATOMIC: tl.constexpr,
+    SPLITS: tl.constexpr, SEMAPHORE: tl.constexpr,
 ):  # fmt: skip
     pair = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -142,11 +168,7 @@ def _gemv_words_kernel(
         q = bits.to(tl.float32, bitcast=True) - 8388616.0
         acc += tl.sum(q * x[None, :, :], axis=2) * scale.to(tl.float32)
     total = tl.sum(acc, axis=1)
-    out = out_ptr + pair.to(tl.int64) * stride_om + offs_n
-    if ATOMIC:
-        tl.atomic_add(out, total, mask=mask_n)
-    else:
-        tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+    _store_sums(total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om, SPLITS, SEMAPHORE)
 
 
 @triton.jit
@@ -162,10 +184,10 @@ def _unit_nibble(words, j: tl.constexpr):
 
 @triton.jit
 def _gemv_offset_kernel(
-    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, N, K_SPLIT,
+    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, sums_ptr, counts_ptr, N, K_SPLIT,
     stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
     ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ATOMIC: tl.constexpr,
+    SPLITS: tl.constexpr, SEMAPHORE: tl.constexpr,
 ):  # fmt: skip
     pair = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -191,11 +213,7 @@ def _gemv_offset_kernel(
         # (1 + q/16) - 1.5 = (q - 8) / 16: the offset comes off once a word, not once a nibble
         acc += (word_dot - 1.5 * x_sum[None, :]) * scale.to(tl.float32)
     total = tl.sum(acc, axis=1) * 16.0
-    out = out_ptr + pair.to(tl.int64) * stride_om + offs_n
-    if ATOMIC:
-        tl.atomic_add(out, total, mask=mask_n)
-    else:
-        tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
+    _store_sums(total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om, SPLITS, SEMAPHORE)
 
 
 GEMV_KERNELS = {"planes": _gemv_kernel, "words": _gemv_words_kernel, "offset": _gemv_offset_kernel}
@@ -280,20 +298,37 @@ def _gemv(
     num_warps: int = 4,
     num_stages: int = 3,
     target_programs: int = TARGET_PROGRAMS,
+    semaphore: bool = False,
 ) -> torch.Tensor:
     """The GEMV path; the keyword arguments are its kernel and tile (benchmarks/w4a16_gemv.py times the choices)."""
     num_pairs, n, k = ids.shape[0], packed.shape[1], x.shape[1]
     block_k = _block_k(k, block_k)
     splits = gemv_splits(num_pairs, n, k, block_n, block_k, target_programs)
-    # One split stores its sums directly; several add float32 partial sums into a zeroed buffer.
-    out = torch.zeros(num_pairs, n, dtype=torch.float32, device=x.device) if splits > 1 else x.new_empty(num_pairs, n)
     grid = (num_pairs, triton.cdiv(n, block_n), splits)
+    zeroed = splits > 1 and not semaphore  # partial sums added into a zeroed float32 output (see _store_sums)
+    out = torch.zeros(num_pairs, n, dtype=torch.float32, device=x.device) if zeroed else x.new_empty(num_pairs, n)
+    scratch = splits > 1 and semaphore
+    sums, counts = _split_scratch(x.device, num_pairs * n, num_pairs * grid[1]) if scratch else (out, ids)
     GEMV_KERNELS[kernel][grid](
-        x, packed, scale, out, ids, n, k // splits, x.stride(0), packed.stride(0), packed.stride(1),
+        x, packed, scale, out, ids, sums, counts, n, k // splits, x.stride(0), packed.stride(0), packed.stride(1),
         scale.stride(0), scale.stride(1), out.stride(0), ROW_DIV=row_div, GROUP=group, BLOCK_N=block_n,
-        BLOCK_K=block_k, ATOMIC=splits > 1, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_K=block_k, SPLITS=splits, SEMAPHORE=semaphore, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out.to(x.dtype)
+
+
+SCRATCH_FLOATS = 1 << 17  # split GEMVs have at most TARGET_PROGRAMS / 2 tiles of 128 columns: 512 KB
+
+
+def _split_scratch(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zeroed sums and counts of semaphore split-K (_store_sums), at least ``floats`` and ``tiles`` long."""
+    return _scratch(device, max(SCRATCH_FLOATS, triton.next_power_of_2(floats)), triton.next_power_of_2(tiles))
+
+
+@functools.cache
+def _scratch(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # Kept for the life of the process: a CUDA graph that captured a call keeps replaying on these addresses.
+    return torch.zeros(floats, dtype=torch.float32, device=device), torch.zeros(tiles, dtype=torch.int32, device=device)
 
 
 def _grouped(x: torch.Tensor, ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, row_div: int, group: int):
