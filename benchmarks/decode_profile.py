@@ -1,6 +1,6 @@
 """Where a served decode step of the packed Layer Drop 8/32 + W4A16 model spends its GPU time (CUDA only).
 
-    python benchmarks/decode_profile.py [--gemv-tile SWEEP.json] > $OUT/decode_profile.txt
+    python benchmarks/decode_profile.py > $OUT/decode_profile.txt
 
 Builds packed_decode.py's model (Mixtral-8x7B shape, random packed weights on the GPU), decodes with
 evaluation.served.ServedDecoder (static cache, compiled step in a CUDA graph) after a 128-token prompt, then
@@ -10,7 +10,6 @@ profiles --steps steps with torch.profiler: milliseconds a step, and the kernels
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from packed_decode import DROPPED, build_packed_model, use_swept_gemv  # noqa: E402
+from packed_decode import DROPPED, build_packed_model  # noqa: E402
 from served_decode import FULL  # noqa: E402
 
 from moecomp.compression.evaluation.served import ServedDecoder  # noqa: E402
@@ -31,10 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--gemv-tile", type=Path, help="a benchmarks/w4a16_gemv.py result: run its decode-step tile")
     args = parser.parse_args()
-    if args.gemv_tile:
-        print(use_swept_gemv(json.loads(args.gemv_tile.read_text())))
     model = build_packed_model(dict(FULL), DROPPED, "cuda")
     prompt = random_prompt(model, args.batch, 128, torch.device("cuda"))
     with torch.no_grad():

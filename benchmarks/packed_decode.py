@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +118,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", default=None, help="comma-separated served decode batch sizes (default 1,8,16)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--gemv-tile", type=Path, help="a benchmarks/w4a16_gemv.py result: run its decode-step tile")
     p.add_argument("--out", type=Path, help="write the results here as JSON (rewritten after each measurement)")
     return p.parse_args(argv)
 
@@ -149,28 +146,6 @@ def summarise(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def use_swept_gemv(sweep: dict[str, Any]) -> dict[str, Any]:
-    """Run the GEMV path with the decode-step tile of a benchmarks/w4a16_gemv.py result, and hand 16 Mixtral pairs
-    (batch 8) to the grouped GEMM where that result timed it faster than the tile; returns what was set."""
-    from moecomp.compression.evaluation.packed import triton_kernels
-
-    tile = sweep["decode_step"]["tile"]
-    triton_kernels.PATHS["gemv"] = partial(triton_kernels._gemv, **tile)
-    times = {"gemv": 0.0, "grouped": 0.0, "runtime": 0.0}  # the 16-pair shapes; runtime: the GEMV's old tile
-    tiled = 0
-    for row in sweep["rows"]:
-        if row["shape"].endswith("x16") and "us" in row:
-            if row["kernel"] in ("grouped", "runtime"):
-                times[row["kernel"]] += row["us"]
-            elif all(row.get(key) == value for key, value in tile.items()):
-                times["gemv"] += row["us"]
-                tiled += 1
-    gemv = times["gemv"] if tiled == 2 else times["runtime"]
-    if 0 < times["grouped"] < gemv:
-        triton_kernels.GEMV_PAIRS_PER_EXPERT = 1
-    return {"tile": tile, "x16_us": times, "gemv_pairs_per_expert": triton_kernels.GEMV_PAIRS_PER_EXPERT}
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if not args.small and not torch.cuda.is_available():
@@ -185,8 +160,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  "dropped_moe_layers": dropped, "experts_implementation": IMPLEMENTATION,
                                  "eager_spec": eager_spec.model_dump()})  # fmt: skip
     results.data["packed"] = {}
-    if args.gemv_tile:
-        results.data["gemv"] = use_swept_gemv(json.loads(args.gemv_tile.read_text()))
     if eager_layers:
         results.add("eager", _eager_baseline(shape, eager_layers, eager_spec, device))
     started = time.perf_counter()

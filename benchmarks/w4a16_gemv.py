@@ -1,21 +1,18 @@
-"""Tiles and kernels for the W4A16 GEMV (the batch-1 decode path), timed on real-sized shapes (CUDA only).
+"""Tiles for the W4A16 GEMV (the batch-1 decode path), timed on real-sized shapes (CUDA only).
 
     python benchmarks/w4a16_gemv.py --out $OUT/w4a16_gemv.json
 
 Shapes: one MoE layer's gate_up and down of Mixtral-8x7B (8 x 14336 x 4096, top-2) at 2 and 16 pairs (batch 1
 and 8) and of Qwen3-30B-A3B (128 x 768 x 2048, top-8) at 8 pairs, and Mixtral-8x7B's attention linears at one
-token. For each kernel ("planes": triton_kernels._gemv_kernel, what the runtime runs; "words":
-triton_kernels._gemv_words_kernel, which unpacks a word's 8 nibbles as a third tile axis against a contiguous x
-tile; "offset": triton_kernels._gemv_offset_kernel, nibbles as 1 + q/16 and the offset taken off once a word) and
-each tile
-(block_n, block_k, num_warps, num_stages, target_programs: how far K is split; semaphore: how split sums meet,
-see triton_kernels._store_sums), the result is first checked
-against reference.grouped_matmul, then timed as served: the calls captured in one CUDA graph (with the zeroing
-and the cast split-K adds), each on its own copy of the weights so that none is served from L2, replayed
---repeats times; microseconds per call (median) and the weight bytes per second that makes. The tile that
-makes a Mixtral-8x7B decode step's GEMV calls fastest is reported as "decode_step". The grouped GEMM
-is timed beside the GEMV at 16 pairs, where the path rule chooses between them.
-One JSON line per (shape, kernel, tile); the best per shape at the end, all written to --out.
+token. For each tile of triton_kernels._gemv (block_n, block_k, num_warps, num_stages, target_programs: how far K
+is split; semaphore: how split sums meet, see triton_kernels._store_sums) the result is first checked against
+reference.grouped_matmul, then timed as served: the calls captured in one CUDA graph (with the zeroing and the
+cast around split-K adds), each on its own copy of the weights so that none is served from L2, replayed
+--repeats times; microseconds per call (median) and the weight bytes per second that makes. The tile that makes
+a Mixtral-8x7B decode step's GEMV calls fastest is reported as "decode_step", beside the runtime's own choice
+("runtime": the path and tile grouped_matmul takes). The grouped GEMM is timed beside the GEMV at 16 pairs,
+where the path rule chooses between them. One JSON line per (shape, tile); the best per shape at the end, all
+written to --out.
 """
 
 from __future__ import annotations
@@ -91,7 +88,6 @@ def _shape_inputs(experts: int, n: int, k: int, pairs: int, row_div: int, gen: t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", nargs="+", default=list(triton_kernels.GEMV_KERNELS))
     parser.add_argument("--block-n", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--block-k", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--stages", type=int, nargs="+", default=[3])
@@ -112,7 +108,7 @@ def main() -> None:
         inputs = _shape_inputs(experts, n, k, pairs, row_div, gen)
         x, ids = inputs["x"], inputs["ids"]
         default = [partial(triton_kernels.grouped_matmul, x, ids, *w, row_div) for w in inputs["weights"]]
-        rows.append({"shape": name, "kernel": "runtime", "path": triton_kernels.path_for(pairs, experts, k, x.dtype),
+        rows.append({"shape": name, "kernel": "runtime", "path": triton_kernels.path_for(pairs, experts, n, k, x.dtype),
                      "us": round(_graph_us(default, args.repeats), 1)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
         if pairs >= 16:
@@ -122,18 +118,18 @@ def main() -> None:
         began = time.monotonic()
         budget = args.budget_s if SHAPES[name][-1] else args.budget_s / 2
         timed: dict[tuple[Any, ...], dict[str, Any]] = {}
-        tiles = itertools.product(args.block_n, args.block_k, args.stages, args.targets, args.semaphore, args.kernels)
-        for block_n, block_k, stages, target, semaphore, kernel in tiles:
+        tiles = itertools.product(args.block_n, args.block_k, args.stages, args.targets, args.semaphore)
+        for block_n, block_k, stages, target, semaphore in tiles:
             if time.monotonic() - began > budget:
                 break
             warps = 4 if block_n * block_k // 8 <= 1024 else 8  # at most 8 words a thread
-            tile = dict(kernel=kernel, block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages,
-                        target_programs=target, semaphore=bool(semaphore))  # fmt: skip
-            row: dict[str, Any] = {"shape": name, **tile}
+            tile = dict(block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages, target_programs=target,
+                        semaphore=bool(semaphore))  # fmt: skip
+            row: dict[str, Any] = {"shape": name, "kernel": "gemv", **tile}
             # Tiles that give the same K split run the same kernel (and one split no semaphore): time it once.
             splits = triton_kernels.gemv_splits(pairs, n, k, block_n, triton_kernels._block_k(k, block_k), target)
             row["splits"] = splits
-            same = (kernel, block_n, block_k, warps, stages, splits, splits > 1 and semaphore)
+            same = (block_n, block_k, warps, stages, splits, splits > 1 and semaphore)
             if same in timed:
                 rows.append({**row, **{key: timed[same][key] for key in ("us", "gb_s", "max_err", "error")
                                        if key in timed[same]}})  # fmt: skip
@@ -175,7 +171,7 @@ def decode_step(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if row["kernel"] == "runtime":
             runtime += weights[row["shape"]] * row["us"]
             continue
-        keys = ("kernel", "block_n", "block_k", "num_warps", "num_stages", "target_programs", "semaphore")
+        keys = ("block_n", "block_k", "num_warps", "num_stages", "target_programs", "semaphore")
         tile = {key: row[key] for key in keys}
         key = json.dumps(tile, sort_keys=True)
         totals[key] = totals.get(key, 0.0) + weights[row["shape"]] * row["us"]

@@ -68,7 +68,8 @@ def main() -> None:
                     x = torch.randn(ids.numel() // row_div, k, device="cuda", generator=gen).to(torch.bfloat16)
                     total += _time_us(lambda: run(x, ids, packed, scale, row_div, GROUP), args.repeats)  # noqa: B023
                 row[f"{path}_us"] = round(total, 1)
-            row["picked"] = triton_kernels.path_for(ids.numel(), experts, hidden, torch.bfloat16)
+            row["picked"] = {name: triton_kernels.path_for(ids.numel(), experts, n, k, torch.bfloat16)
+                             for name, (n, k, _row_div) in projections.items()}  # fmt: skip
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.out:

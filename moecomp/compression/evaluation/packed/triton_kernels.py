@@ -4,18 +4,22 @@ out[p] = x[p // row_div] @ W[ids[p]].T for S routed pairs, W[e][n, k] = q[n, k] 
 ``packed [E, N, K/8]`` int32 (value j of a word in bits 4j..4j+3, stored as q + 8), ``scale [E, N, K/g]``.
 Each K step loads a [K/8 words x N] tile once and splits it into its 8 nibble planes: plane j holds the
 columns k = 8i + j, which share the scale of column 8i (g is a multiple of 8), and meets the strided slice
-x[:, 8i + j]. Two paths:
+x[:, 8i + j]. Three paths:
   - grouped GEMM (many pairs: prefill, batched decode): pairs sorted by expert and padded to BLOCK_M per
     expert (host-sync free, as vLLM's moe_align_block_size), one program per (M tile of one expert, N tile),
     tl.dot per nibble plane, float32 accumulation; programs past the last real tile exit at once.
   - GEMV (a few pairs, batch-1 decode): one program per (pair, N tile, K split), products summed on the CUDA
     cores, float32 partial sums added atomically (split-K keeps every SM busy when N is small). It reads an
     expert's weights once per pair, where the grouped GEMM reads them once per routed expert but pads each
-    expert's run to BLOCK_M rows and sorts the pairs first, so the GEMV is faster while the pairs are at most
-    twice the experts (measured on an H100, benchmarks/results/w4a16_paths_h100.md: Mixtral-8x7B's experts up to
-    16 pairs, 1.2-2.1x; Qwen3-30B-A3B's up to 256 pairs, 2.1-8.6x).
-    It is bound by instructions per weight, not by bandwidth, so each word's 8 products q * x are summed
-    before its scale is applied once, and nibbles become floats by bit arithmetic (_nibble).
+    expert's run to BLOCK_M rows and sorts the pairs first. So the GEMV runs up to one pair per expert, and up
+    to two for small experts (N x K below SMALL_EXPERT): on an H100, in CUDA graphs
+    (benchmarks/results/w4a16_gemv_h100.json), 16 pairs over Mixtral-8x7B's 8 experts took 868 us in the grouped
+    GEMM (gate_up and down) against 1,118 in the GEMV, where Qwen3-30B-A3B's small experts stay 2.1-8.6x faster
+    in the GEMV up to 256 pairs (benchmarks/results/w4a16_paths_h100.md).
+    It is bound by instructions per weight, not by bandwidth: each nibble becomes the float 1 + q/16 by a shift
+    and a bit select (_unit_nibble), is multiplied into x, and each word's 8 products are summed before the offset
+    (against the sum of x) and the scale are applied once. That took 3.4% less time in a decode step's GEMVs
+    than converting every nibble to q - 8 (_nibble, as the grouped GEMM does).
   - dense (many pairs: prefill, evaluation over long texts): the experts are dequantized to bf16 by one Triton
     pass (exactly reference.dequantize) and multiplied by torch.nn.functional.grouped_mm, a tensor-core grouped
     GEMM (:mod:`.grouped`, shared with the FP8 experts); the dequantized copy lives for one call (Mixtral-8x7B's
@@ -33,7 +37,8 @@ import triton.language as tl  # type: ignore[import-not-found, unused-ignore]
 
 from moecomp.compression.evaluation.packed.grouped import dense_grouped_matmul
 
-GEMV_PAIRS_PER_EXPERT = 2  # up to this many routed pairs per expert, each pair reads its expert's weights itself
+GEMV_PAIRS_PER_EXPERT = 2  # up to this many routed pairs per small expert, each pair reads its expert's weights
+SMALL_EXPERT = 1 << 24  # weights (N x K) of an expert below which the GEMV still wins at two pairs an expert
 DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
 DENSE_MIN_PAIRS = 512  # from here on (a 256-token prompt at top-2) dequantize, then one grouped GEMM
 TARGET_PROGRAMS = 1024  # GEMV: split K until about this many programs run (132 SMs on an H100/H200)
@@ -110,68 +115,6 @@ def _store_sums(
 
 
 @triton.jit
-def _gemv_kernel(
-    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, sums_ptr, counts_ptr, N, K_SPLIT,
-    stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
-    ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLITS: tl.constexpr, SEMAPHORE: tl.constexpr,
-):  # fmt: skip
-    pair = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    expert = tl.load(ids_ptr + pair).to(tl.int64)
-    x_row = x_ptr + (pair // ROW_DIV).to(tl.int64) * stride_xm
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    words_k = tl.arange(0, BLOCK_K // 8)
-    w_rows = w_ptr + expert * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn  # [BN, 1]
-    s_rows = s_ptr + expert * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
-    acc = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
-    for step in range(0, K_SPLIT, BLOCK_K):
-        k0 = pid_k * K_SPLIT + step
-        words = tl.load(w_rows + (k0 // 8 + words_k)[None, :], mask=mask_n[:, None], other=0)  # [BN, BK/8]
-        scale = tl.load(s_rows + ((k0 + words_k * 8) // GROUP)[None, :], mask=mask_n[:, None], other=0.0)
-        word_dot = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)  # sum over a word's 8 columns of q * x
-        for j in tl.static_range(8):
-            x = tl.load(x_row + k0 + words_k * 8 + j).to(tl.float32)  # [BK/8]
-            word_dot += _nibble(words, j) * x[None, :]
-        acc += word_dot * scale.to(tl.float32)  # a word's 8 columns share one scale
-    total = tl.sum(acc, axis=1)  # [BN]
-    _store_sums(total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om, SPLITS, SEMAPHORE)
-
-
-@triton.jit
-def _gemv_words_kernel(
-    x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, sums_ptr, counts_ptr, N, K_SPLIT,
-    stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
-    ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLITS: tl.constexpr, SEMAPHORE: tl.constexpr,
-):  # fmt: skip
-    pair = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    expert = tl.load(ids_ptr + pair).to(tl.int64)
-    x_row = x_ptr + (pair // ROW_DIV).to(tl.int64) * stride_xm
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    words_k = tl.arange(0, BLOCK_K // 8)
-    j = tl.arange(0, 8)
-    w_rows = w_ptr + expert * stride_we + offs_n.to(tl.int64)[:, None] * stride_wn
-    s_rows = s_ptr + expert * stride_se + offs_n.to(tl.int64)[:, None] * stride_sn
-    acc = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
-    for step in range(0, K_SPLIT, BLOCK_K):
-        k0 = pid_k * K_SPLIT + step
-        words = tl.load(w_rows + (k0 // 8 + words_k)[None, :], mask=mask_n[:, None], other=0)  # [BN, BK/8]
-        scale = tl.load(s_rows + ((k0 + words_k * 8) // GROUP)[None, :], mask=mask_n[:, None], other=0.0)
-        x = tl.load(x_row + k0 + (words_k * 8)[:, None] + j[None, :]).to(tl.float32)  # [BK/8, 8]
-        bits = ((words[:, :, None] >> (4 * j)[None, None, :]) & 0xF) | 0x4B000000  # [BN, BK/8, 8]
-        q = bits.to(tl.float32, bitcast=True) - 8388616.0
-        acc += tl.sum(q * x[None, :, :], axis=2) * scale.to(tl.float32)
-    total = tl.sum(acc, axis=1)
-    _store_sums(total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om, SPLITS, SEMAPHORE)
-
-
-@triton.jit
 def _unit_nibble(words, j: tl.constexpr):
     """Value j of each word as float32 1 + q/16: the nibble as the top mantissa bits of 1.0 (a shift and a
     bit select; _nibble's subtraction is left to the caller, once a word)."""
@@ -183,7 +126,7 @@ def _unit_nibble(words, j: tl.constexpr):
 
 
 @triton.jit
-def _gemv_offset_kernel(
+def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, sums_ptr, counts_ptr, N, K_SPLIT,
     stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
     ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -214,9 +157,6 @@ def _gemv_offset_kernel(
         acc += (word_dot - 1.5 * x_sum[None, :]) * scale.to(tl.float32)
     total = tl.sum(acc, axis=1) * 16.0
     _store_sums(total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om, SPLITS, SEMAPHORE)
-
-
-GEMV_KERNELS = {"planes": _gemv_kernel, "words": _gemv_words_kernel, "offset": _gemv_offset_kernel}
 
 
 @triton.jit
@@ -292,7 +232,6 @@ def _gemv(
     row_div: int,
     group: int,
     *,
-    kernel: str = "planes",
     block_n: int = 32,
     block_k: int = 256,
     num_warps: int = 4,
@@ -300,7 +239,13 @@ def _gemv(
     target_programs: int = TARGET_PROGRAMS,
     semaphore: bool = False,
 ) -> torch.Tensor:
-    """The GEMV path; the keyword arguments are its kernel and tile (benchmarks/w4a16_gemv.py times the choices)."""
+    """The GEMV path; the keyword arguments are its tile (benchmarks/w4a16_gemv.py times the choices: the defaults
+    took the least time in a Mixtral-8x7B decode step on an H100, benchmarks/results/w4a16_gemv_h100.json).
+
+    ``semaphore`` (split sums meet in _store_sums' scratch) saved another 3.5% there, timed in plain CUDA graphs,
+    but the served runtime cannot run it yet: the scratch is first allocated inside torch.compile's CUDA graph
+    pool (during cudagraph trees' warm-up), which then refuses the untracked tensors
+    (benchmarks/results/packed_decode_h100_semaphore_cudagraph_trees_error.log)."""
     num_pairs, n, k = ids.shape[0], packed.shape[1], x.shape[1]
     block_k = _block_k(k, block_k)
     splits = gemv_splits(num_pairs, n, k, block_n, block_k, target_programs)
@@ -309,7 +254,7 @@ def _gemv(
     out = torch.zeros(num_pairs, n, dtype=torch.float32, device=x.device) if zeroed else x.new_empty(num_pairs, n)
     scratch = splits > 1 and semaphore
     sums, counts = _split_scratch(x.device, num_pairs * n, num_pairs * grid[1]) if scratch else (out, ids)
-    GEMV_KERNELS[kernel][grid](
+    _gemv_kernel[grid](
         x, packed, scale, out, ids, sums, counts, n, k // splits, x.stride(0), packed.stride(0), packed.stride(1),
         scale.stride(0), scale.stride(1), out.stride(0), ROW_DIV=row_div, GROUP=group, BLOCK_N=block_n,
         BLOCK_K=block_k, SPLITS=splits, SEMAPHORE=semaphore, num_warps=num_warps, num_stages=num_stages,
@@ -353,11 +298,12 @@ def _dense(x: torch.Tensor, ids: torch.Tensor, packed: torch.Tensor, scale: torc
 PATHS = {"gemv": _gemv, "grouped": _grouped, "dense": _dense}
 
 
-def path_for(pairs: int, experts: int, k: int, dtype: torch.dtype) -> str:
-    """The kernel path (a key of PATHS) for ``pairs`` routed pairs over ``experts`` experts of K columns."""
+def path_for(pairs: int, experts: int, n: int, k: int, dtype: torch.dtype) -> str:
+    """The kernel path (a key of PATHS) for ``pairs`` routed pairs over ``experts`` experts of N x K weights."""
     if pairs >= DENSE_MIN_PAIRS and dtype == torch.bfloat16:  # grouped_mm's tensor-core path is bf16
         return "dense"
-    if pairs <= GEMV_PAIRS_PER_EXPERT * experts or k % DOT_BLOCK_K:
+    per_expert = GEMV_PAIRS_PER_EXPERT if n * k < SMALL_EXPERT else 1
+    if pairs <= per_expert * experts or k % DOT_BLOCK_K:
         return "gemv"
     return "grouped"
 
@@ -375,7 +321,7 @@ def grouped_matmul(
     group = k // scale.shape[-1]
     if packed.shape[-1] * 8 != k or group % 8:
         raise ValueError(f"x has {k} features, weights {packed.shape[-1] * 8}; group {group} must be a multiple of 8")
-    path = PATHS[path_for(ids.shape[0], packed.shape[0], k, x.dtype)]
+    path = PATHS[path_for(ids.shape[0], packed.shape[0], packed.shape[1], k, x.dtype)]
     out = path(x, ids, packed, scale, row_div, group)
     if bias is not None:
         out = out + (bias[0] if bias.shape[0] == 1 else bias[ids])
