@@ -18,7 +18,7 @@ x[:, 8i + j]. Three paths:
     in the GEMV up to 256 pairs (benchmarks/results/w4a16_paths_h100.md).
     It is bound by instructions per weight, not by bandwidth: each nibble becomes the float 1 + q/16 by a shift
     and a bit select (_unit_nibble), is multiplied into x, and each word's 8 products are summed before the offset
-    (against the sum of x) and the scale are applied once. That took 3.4% less time in a decode step's GEMVs
+    (against the sum of x) and the scale are applied once. That took 3.7% less time in a decode step's GEMVs
     than converting every nibble to q - 8 (_nibble, as the grouped GEMM does).
   - dense (many pairs: prefill, evaluation over long texts): the experts are dequantized to bf16 by one Triton
     pass (exactly reference.dequantize) and multiplied by torch.nn.functional.grouped_mm, a tensor-core grouped
