@@ -12,10 +12,10 @@ x[:, 8i + j]. Three paths:
     cores, float32 partial sums added atomically (split-K keeps every SM busy when N is small). It reads an
     expert's weights once per pair, where the grouped GEMM reads them once per routed expert but pads each
     expert's run to BLOCK_M rows and sorts the pairs first. So the GEMV runs up to one pair per expert, and up
-    to two for small experts (N x K below SMALL_EXPERT): on an H100, in CUDA graphs
-    (benchmarks/results/w4a16_gemv_h100.json), 16 pairs over Mixtral-8x7B's 8 experts took 868 us in the grouped
-    GEMM (gate_up and down) against 1,118 in the GEMV, where Qwen3-30B-A3B's small experts stay 2.1-8.6x faster
-    in the GEMV up to 256 pairs (benchmarks/results/w4a16_paths_h100.md).
+    to two for experts below SMALL_EXPERT weights. On an H100, in CUDA graphs (w4a16_gemv_h100.json in
+    benchmarks/results), 16 pairs over Mixtral-8x7B's 8 experts took 470 us in the grouped GEMM against 782 in
+    the GEMV for gate_up (N x K = 117 M), but 398 against 335 for down (58.7 M); Qwen3-30B-A3B's small experts
+    stay 2.1-8.6x faster in the GEMV up to 256 pairs (w4a16_paths_h100.md).
     It is bound by instructions per weight, not by bandwidth: each nibble becomes the float 1 + q/16 by a shift
     and a bit select (_unit_nibble), is multiplied into x, and each word's 8 products are summed before the offset
     (against the sum of x) and the scale are applied once. That took 3.7% less time in a decode step's GEMVs
@@ -38,7 +38,8 @@ import triton.language as tl  # type: ignore[import-not-found, unused-ignore]
 from moecomp.compression.evaluation.packed.grouped import dense_grouped_matmul
 
 GEMV_PAIRS_PER_EXPERT = 2  # up to this many routed pairs per small expert, each pair reads its expert's weights
-SMALL_EXPERT = 1 << 24  # weights (N x K) of an expert below which the GEMV still wins at two pairs an expert
+SMALL_EXPERT = 1 << 26  # weights (N x K) of an expert below which the GEMV still wins at two pairs an expert:
+# Mixtral-8x7B's down (58.7 M) at 16 pairs, 335 us against the grouped GEMM's 398; its gate_up (117 M) 782 against 470
 DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
 DENSE_MIN_PAIRS = 512  # from here on (a 256-token prompt at top-2) dequantize, then one grouped GEMM
 TARGET_PROGRAMS = 1024  # GEMV: split K until about this many programs run (132 SMs on an H100/H200)

@@ -44,12 +44,15 @@ def test_dequantize_kernel_is_the_reference_exactly() -> None:
 EXPERT_SHAPES = {"mixtral-8x7b": (EXPERTS, HIDDEN, INTERMEDIATE, TOP_K), "qwen3-30b-a3b": (128, 2048, 768, 8)}
 
 
-# The kernel path each token count takes: GEMV up to one pair per expert, two for small experts (Mixtral: 8 tokens =
-# 16 pairs over 8 large experts go grouped; Qwen3: 16 tokens = 128 pairs over 128 small ones stay GEMV), dense
-# (dequantize, grouped_mm) from 512 pairs, the grouped GEMM between.
+# The kernel path each token count takes: GEMV up to one pair per expert, two for experts below SMALL_EXPERT weights
+# (Mixtral: 8 tokens = 16 pairs over 8 experts go grouped for gate_up, 117 M weights, and stay GEMV for down,
+# 58.7 M; Qwen3: 16 tokens = 128 pairs over 128 small ones stay GEMV), dense (dequantize, grouped_mm) from 512
+# pairs, the grouped GEMM between.
 PATHS = {
-    "mixtral-8x7b": {1: "gemv", 8: "grouped", 16: "grouped", 2048: "dense"},
-    "qwen3-30b-a3b": {1: "gemv", 8: "gemv", 16: "gemv", 2048: "dense"},
+    ("mixtral-8x7b", "gate_up"): {1: "gemv", 8: "grouped", 16: "grouped", 2048: "dense"},
+    ("mixtral-8x7b", "down"): {1: "gemv", 8: "gemv", 16: "grouped", 2048: "dense"},
+    ("qwen3-30b-a3b", "gate_up"): {1: "gemv", 8: "gemv", 16: "gemv", 2048: "dense"},
+    ("qwen3-30b-a3b", "down"): {1: "gemv", 8: "gemv", 16: "gemv", 2048: "dense"},
 }
 
 
@@ -71,7 +74,7 @@ def test_triton_kernel_is_the_reference_on_real_sized_experts(shape: str, tokens
     want = reference.grouped_matmul(x, ids, packed, scale, row_div)
     assert got.shape == want.shape == (tokens * top_k, n) and got.dtype == torch.bfloat16
     assert _relative_error(got, want) < 1e-2
-    assert triton_kernels.path_for(ids.shape[0], experts, n, k, x.dtype) == PATHS[shape][tokens]
+    assert triton_kernels.path_for(ids.shape[0], experts, n, k, x.dtype) == PATHS[shape, projection][tokens]
 
 
 @pytest.mark.parametrize("tokens", [1, 16, 2048])
