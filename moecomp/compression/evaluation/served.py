@@ -22,6 +22,7 @@ from transformers import Cache, DynamicCache, PreTrainedModel, StaticCache
 
 from moecomp.compression.adapters import FAMILIES
 from moecomp.compression.evaluation.packed import IMPLEMENTATIONS as PACKED
+from moecomp.compression.evaluation.packed.ops import reserve_scratch
 from moecomp.compression.evaluation.spec import SpeedSpec
 from moecomp.compression.evaluation.speed import decode_lengths, decode_seconds, greedy, memory, random_prompt, timed
 
@@ -87,6 +88,8 @@ class ServedDecoder:
         # dynamic=False: each batch size gets its own static graph; dynamo would otherwise turn the batch
         # dimension symbolic on the second size, and CUDA graphs want every shape fixed.
         self._step = torch.compile(self._next_token, mode="reduce-overhead", dynamic=False) if self.compiled else None
+        if self.compiled:
+            reserve_scratch(next(model.parameters()).device)
 
     def _new_cache(self) -> Cache:
         config = self.model.config

@@ -45,3 +45,11 @@ def grouped_matmul(
     """out [S, N] from x [S / row_div, K], ids [S] (expert of each pair), packed [E, N, K/8], scale [E, N, K/g],
     bias [E, N] or None."""
     return _w4a16_grouped_matmul(x.contiguous(), ids.contiguous(), packed, scale, row_div, bias)
+
+
+def reserve_scratch(device: torch.device) -> None:
+    """Allocate what the CUDA kernels keep between calls before CUDA graphs capture them (see triton_kernels)."""
+    if device.type == "cuda":
+        from moecomp.compression.evaluation.packed import triton_kernels
+
+        triton_kernels.reserve_scratch(device)

@@ -243,10 +243,10 @@ def _gemv(
     """The GEMV path; the keyword arguments are its tile (benchmarks/w4a16_gemv.py times the choices: the defaults
     took the least time in a Mixtral-8x7B decode step on an H100, benchmarks/results/w4a16_gemv_h100.json).
 
-    ``semaphore`` (split sums meet in _store_sums' scratch) saved another 3.5% there, timed in plain CUDA graphs,
-    but the served runtime cannot run it yet: the scratch is first allocated inside torch.compile's CUDA graph
-    pool (during cudagraph trees' warm-up), which then refuses the untracked tensors
-    (benchmarks/results/packed_decode_h100_semaphore_cudagraph_trees_error.log)."""
+    ``semaphore`` (split sums meet in _store_sums' scratch) saved another 3.5% there, timed in plain CUDA graphs.
+    It is off until the served runtime has run it: its first try failed where the scratch was first allocated
+    inside torch.compile's CUDA graph pool (benchmarks/results/packed_decode_h100_semaphore_cudagraph_trees_error.log);
+    the served runtime now reserves it before compiling (reserve_scratch), untried on a GPU."""
     num_pairs, n, k = ids.shape[0], packed.shape[1], x.shape[1]
     block_k = _block_k(k, block_k)
     splits = gemv_splits(num_pairs, n, k, block_n, block_k, target_programs)
@@ -267,8 +267,16 @@ SCRATCH_FLOATS = 1 << 17  # split GEMVs have at most TARGET_PROGRAMS / 2 tiles o
 
 
 def _split_scratch(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The zeroed sums and counts of semaphore split-K (_store_sums), at least ``floats`` and ``tiles`` long."""
-    return _scratch(device, max(SCRATCH_FLOATS, triton.next_power_of_2(floats)), triton.next_power_of_2(tiles))
+    """The zeroed sums and counts of semaphore split-K (_store_sums), at least ``floats`` and ``tiles`` long: one
+    pair of buffers for every call at the default target (split calls have fewer than TARGET_PROGRAMS tiles)."""
+    size = max(SCRATCH_FLOATS, triton.next_power_of_2(floats))
+    return _scratch(device, size, max(TARGET_PROGRAMS, triton.next_power_of_2(tiles)))
+
+
+def reserve_scratch(device: torch.device) -> None:
+    """Allocate the split-K scratch now, before torch.compile's cudagraph trees warm a step up: allocated during
+    their warm-up it would land in their CUDA graph pool and outlive it, which they refuse."""
+    _split_scratch(device, 1, 1)
 
 
 @functools.cache
