@@ -4,14 +4,14 @@
 
 Builds packed_decode.py's model (Mixtral-8x7B shape, random packed weights on the GPU), decodes with
 evaluation.served.ServedDecoder (static cache, compiled step in a CUDA graph) after a 128-token prompt, then
-profiles --steps steps with torch.profiler: milliseconds a step, and the kernels by GPU time.
+profiles --steps steps with torch.profiler: milliseconds a step (speed.decode_seconds, median of 3 after a
+warm-up), and the kernels by GPU time.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,7 +23,7 @@ from packed_decode import DROPPED, build_packed_model  # noqa: E402
 from served_decode import FULL  # noqa: E402
 
 from moecomp.compression.evaluation.served import ServedDecoder  # noqa: E402
-from moecomp.compression.evaluation.speed import random_prompt  # noqa: E402
+from moecomp.compression.evaluation.speed import decode_seconds, random_prompt  # noqa: E402
 
 
 def main() -> None:
@@ -34,16 +34,9 @@ def main() -> None:
     model = build_packed_model(dict(FULL), DROPPED, "cuda")
     prompt = random_prompt(model, args.batch, 128, torch.device("cuda"))
     with torch.no_grad():
-        decoder = ServedDecoder(model, 128 + 3 * args.steps + 8, compile=True)
+        decoder = ServedDecoder(model, 128 + args.steps, compile=True)
+        step_ms = decode_seconds(decoder, prompt, args.steps, warmup=1, repeats=3) * 1000 / args.steps
         token = decoder.prefill(prompt)
-        for _ in range(args.steps):  # compile, record the graph, warm up
-            token = decoder.step(token)
-        torch.cuda.synchronize()
-        began = time.perf_counter()
-        for _ in range(args.steps):
-            token = decoder.step(token)
-        torch.cuda.synchronize()
-        step_ms = (time.perf_counter() - began) * 1000 / args.steps
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(args.steps):
                 token = decoder.step(token)

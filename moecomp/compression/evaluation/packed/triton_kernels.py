@@ -43,6 +43,7 @@ SMALL_EXPERT = 1 << 26  # weights (N x K) of an expert below which the GEMV stil
 DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
 DENSE_MIN_PAIRS = 512  # from here on (a 256-token prompt at top-2) dequantize, then one grouped GEMM
 TARGET_PROGRAMS = 1024  # GEMV: split K until about this many programs run (132 SMs on an H100/H200)
+SPLIT_SEMAPHORE = False  # GEMV split sums through _store_sums' semaphore: off until a served run has tried it
 
 
 @triton.jit
@@ -238,7 +239,7 @@ def _gemv(
     num_warps: int = 4,
     num_stages: int = 3,
     target_programs: int = TARGET_PROGRAMS,
-    semaphore: bool = False,
+    semaphore: bool = SPLIT_SEMAPHORE,
 ) -> torch.Tensor:
     """The GEMV path; the keyword arguments are its tile (benchmarks/w4a16_gemv.py times the choices: the defaults
     took the least time in a Mixtral-8x7B decode step on an H100, benchmarks/results/w4a16_gemv_h100.json).
@@ -276,7 +277,8 @@ def _split_scratch(device: torch.device, floats: int, tiles: int) -> tuple[torch
 def reserve_scratch(device: torch.device) -> None:
     """Allocate the split-K scratch now, before torch.compile's cudagraph trees warm a step up: allocated during
     their warm-up it would land in their CUDA graph pool and outlive it, which they refuse."""
-    _split_scratch(device, 1, 1)
+    if SPLIT_SEMAPHORE:
+        _split_scratch(device, 1, 1)
 
 
 @functools.cache
