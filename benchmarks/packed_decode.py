@@ -8,8 +8,9 @@ The slimmed model: 32 decoder layers that all keep attention; the MoE sub-layers
 removed as moecomp represents it (structure.drop_moe_sublayer: identity norm, zero MLP); the other 24 keep
 8 experts top-2. Every expert and attention linear is int4 symmetric, group 128, kept packed
 (evaluation.packed: experts fused as gate_up [E, 2I, H/8] int32 + scales, down [E, H, I/8] + scales; the
-linears as W4A16Linear); embeddings, norms, routers and lm_head stay bf16. Weights are random and made on the
-GPU (random int32 words, scales in [0.002, 0.006], bf16 normal(0, 0.02), norms 1): no checkpoint, no disk.
+linears as W4A16Linear, q/k/v fused as load_packed fuses them); embeddings, norms, routers and lm_head stay
+bf16. Weights are random and made on the GPU (random int32 words, scales in [0.002, 0.006], bf16 normal(0, 0.02),
+norms 1): no checkpoint, no disk.
 
 Measured, in one process, each printed as a JSON line and written to --out as it finishes:
   eager   the baseline: served_decode.py's bf16 full model (--eager-layers, default 32) measured by
@@ -38,6 +39,7 @@ from served_decode import EXPERTS, FULL, SMALL, TOP_K, Results, build_model, spe
 
 from moecomp.compression.adapters import get_adapter  # noqa: E402
 from moecomp.compression.evaluation.packed import IMPLEMENTATION, W4A16Linear, pack_experts  # noqa: E402
+from moecomp.compression.evaluation.packed.modules import fuse_siblings  # noqa: E402
 from moecomp.compression.evaluation.served import measure_served  # noqa: E402
 from moecomp.compression.evaluation.speed import measure_speed  # noqa: E402
 from moecomp.compression.structure import Decisions, apply_decisions, decoder_layers  # noqa: E402
@@ -95,6 +97,7 @@ def build_packed_model(shape: dict[str, int], dropped: list[int], device: str) -
     apply_decisions(model, Decisions(dropped_layers=dropped), layout)
     for layer in decoder_layers(model, layout):
         _pack_layer(layer, config)
+    fuse_siblings(model)  # as load_packed does
     model.to_empty(device=device)
     _fill(model, device)
     with torch.device(device):  # to_empty left the rotary buffers uninitialised

@@ -4,7 +4,8 @@ transformers' compressed-tensors integration decompresses every quantized linear
 neither memory nor speed shows the quantization. Here the model is built on the meta device from the checkpoint's
 config (quantization config removed), trimming already in the checkpoint is applied (moecomp's remote-code
 checkpoints), and then, for a W4A16 checkpoint (int4 symmetric, pack-quantized):
-  - each quantized nn.Linear becomes a :class:`W4A16Linear` holding ``weight_packed``/``weight_scale``;
+  - each quantized nn.Linear becomes a :class:`W4A16Linear` holding ``weight_packed``/``weight_scale``, and an
+    attention's q_proj, k_proj, v_proj one product (modules.fuse_siblings);
   - each MoE layer's experts keep ``gate_up_packed [E, 2I, H/8]`` (gate rows then up rows, as transformers
     fuses them), ``gate_up_scale [E, 2I, H/g]``, ``down_packed [E, H, I/8]``, ``down_scale [E, H, I/g]``;
 for an FP8 one (float-quantized e4m3, one scale per output channel, as moecomp's FP8 stage writes it):
@@ -35,7 +36,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from moecomp.compression.adapters import MoEFamily, get_adapter
 from moecomp.compression.evaluation.packed import fp8
 from moecomp.compression.evaluation.packed.fp8 import FP8Linear
-from moecomp.compression.evaluation.packed.modules import IMPLEMENTATION, W4A16Linear, pack_experts
+from moecomp.compression.evaluation.packed.modules import IMPLEMENTATION, W4A16Linear, fuse_siblings, pack_experts
 from moecomp.compression.lazy_checkpoint import (
     INDEX_FILE,
     SINGLE_FILE,
@@ -260,6 +261,7 @@ def load_packed(
         if experts + _pack_linears(model, disk, fmt, quant, device, dtype) == 0:
             raise ValueError(f"{model_dir}: no quantized linear or experts found")
         _load_rest(model, disk, device, dtype)
+    fuse_siblings(model)
     _rebuild_rotary(model, family, device)
     model.tie_weights()
     missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

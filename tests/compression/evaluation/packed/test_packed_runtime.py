@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
+from torch import nn
 from transformers import AutoModelForCausalLM
 
 from moecomp.compression.evaluation.packed import IMPLEMENTATION, W4A16Linear, load_packed
-from moecomp.compression.evaluation.packed.modules import EXPERT_BUFFERS
+from moecomp.compression.evaluation.packed.modules import EXPERT_BUFFERS, FusedW4A16Linear, W4A16Sibling, fuse_siblings
 from moecomp.compression.evaluation.packed.reference import dequantize, grouped_matmul, pack_int4, unpack_int4
 from tests.compression.slimming_fixtures import heldout_ids
 
@@ -89,5 +90,46 @@ def test_dequantized_buffers_are_the_stock_models_weights(packed_checkpoints: di
         "model.layers.0.mlp.experts.gate_up_proj"])  # fmt: skip
     assert torch.equal(dequantize(experts.down_packed, experts.down_scale), weights[
         "model.layers.0.mlp.experts.down_proj"])  # fmt: skip
-    q = packed.get_submodule("model.layers.0.self_attn.q_proj")
-    assert torch.equal(dequantize(q.weight_packed, q.weight_scale), weights["model.layers.0.self_attn.q_proj.weight"])
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):  # q, k, v fused into one product, each its own rows
+        linear = packed.get_submodule(f"model.layers.0.self_attn.{name}")
+        assert torch.equal(linear.weight, weights[f"model.layers.0.self_attn.{name}.weight"])
+    assert isinstance(packed.get_submodule("model.layers.0.self_attn.q_proj"), FusedW4A16Linear)
+
+
+def _siblings(bias: bool) -> nn.Module:
+    """An attention-like module with W4A16 q/k/v_proj of 64, 32, 32 outputs (group 32) and their call order."""
+    gen = torch.Generator().manual_seed(0)
+
+    def linear(n: int) -> W4A16Linear:
+        packed = pack_int4(torch.randint(-8, 8, (n, 128), generator=gen))
+        scale = (torch.rand(n, 4, generator=gen) / 50).to(torch.bfloat16)
+        return W4A16Linear(packed, scale, torch.randn(n, generator=gen).to(torch.bfloat16) if bias else None)
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj = linear(64), linear(32), linear(32)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+
+    return Attention()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_siblings_give_each_linear_its_own_output_eager_and_compiled(bias: bool) -> None:
+    attention = _siblings(bias)
+    x = torch.randn(3, 5, 128, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    want = attention(x)
+    assert fuse_siblings(attention) == 1 and isinstance(attention.k_proj, W4A16Sibling)
+    assert [m.out_features for m in (attention.q_proj, attention.k_proj, attention.v_proj)] == [64, 32, 32]
+    compiled = torch.compile(attention, backend="aot_eager", fullgraph=True)  # the keeping traces without a break
+    for got in (attention(x), compiled(x)):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+        assert attention.q_proj._kept is None  # nothing outlives the last sibling's call
+    with pytest.raises(RuntimeError, match="sibling 1 called before the first"):
+        attention.k_proj(x)
+    attention.q_proj(x)
+    with pytest.raises(RuntimeError, match="sibling 1 called before the first"):
+        attention.k_proj(x.clone())  # another input than the first sibling's
