@@ -5,9 +5,8 @@
 Shapes: one MoE layer's gate_up and down of Mixtral-8x7B (8 x 14336 x 4096, top-2) at 2 and 16 pairs (batch 1
 and 8) and of Qwen3-30B-A3B (128 x 768 x 2048, top-8) at 8 pairs, and Mixtral-8x7B's attention linears at one
 token. For each tile of triton_kernels._gemv (block_n, block_k, num_warps, num_stages, target_programs: how far K
-is split; semaphore: how split sums meet, see triton_kernels._store_sums) the result is first checked against
-reference.grouped_matmul, then timed as served: the calls captured in one CUDA graph (with the zeroing and the
-cast around split-K adds), each on its own copy of the weights so that none is served from L2, replayed
+is split) the result is first checked against reference.grouped_matmul, then timed as served: the calls
+captured in one CUDA graph, each on its own copy of the weights so that none is served from L2, replayed
 --repeats times; microseconds per call (median) and the weight bytes per second that makes. The tile that makes
 a Mixtral-8x7B decode step's GEMV calls fastest is reported as "decode_step", beside the runtime's own choice
 ("runtime": the path and tile grouped_matmul takes). The grouped GEMM is timed beside the GEMV at 16 pairs,
@@ -41,8 +40,8 @@ SHAPES = {
     "mixtral down x2": (8, 4096, 14336, 2, 1, 24),
     "mixtral gate_up x16": (8, 28672, 4096, 16, 2, 0),
     "mixtral down x16": (8, 4096, 14336, 16, 1, 0),
-    "mixtral q_proj x1": (1, 4096, 4096, 1, 1, 64),
-    "mixtral k_proj x1": (1, 1024, 4096, 1, 1, 64),
+    "mixtral qkv_proj x1": (1, 6144, 4096, 1, 1, 32),  # q, k, v fused (modules.fuse_siblings)
+    "mixtral o_proj x1": (1, 4096, 4096, 1, 1, 32),
     "qwen3 gate_up x8": (128, 1536, 2048, 8, 8, 0),
     "qwen3 down x8": (128, 2048, 768, 8, 1, 0),
 }
@@ -92,7 +91,6 @@ def main() -> None:
     parser.add_argument("--block-k", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--stages", type=int, nargs="+", default=[3])
     parser.add_argument("--targets", type=int, nargs="+", default=[0, 1024], help="target_programs (0: no split)")
-    parser.add_argument("--semaphore", type=int, nargs="+", default=[0, 1], help="split-K sums: 1 semaphore, 0 zeroed")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
@@ -118,18 +116,17 @@ def main() -> None:
         began = time.monotonic()
         budget = args.budget_s if SHAPES[name][-1] else args.budget_s / 2
         timed: dict[tuple[Any, ...], dict[str, Any]] = {}
-        tiles = itertools.product(args.block_n, args.block_k, args.stages, args.targets, args.semaphore)
-        for block_n, block_k, stages, target, semaphore in tiles:
+        tiles = itertools.product(args.block_n, args.block_k, args.stages, args.targets)
+        for block_n, block_k, stages, target in tiles:
             if time.monotonic() - began > budget:
                 break
             warps = 4 if block_n * block_k // 8 <= 1024 else 8  # at most 8 words a thread
-            tile = dict(block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages, target_programs=target,
-                        semaphore=bool(semaphore))  # fmt: skip
+            tile = dict(block_n=block_n, block_k=block_k, num_warps=warps, num_stages=stages, target_programs=target)
             row: dict[str, Any] = {"shape": name, "kernel": "gemv", **tile}
-            # Tiles that give the same K split run the same kernel (and one split no semaphore): time it once.
+            # Tiles that give the same K split run the same kernel: time it once.
             splits = triton_kernels.gemv_splits(pairs, n, k, block_n, triton_kernels._block_k(k, block_k), target)
             row["splits"] = splits
-            same = (block_n, block_k, warps, stages, splits, splits > 1 and semaphore)
+            same = (block_n, block_k, warps, stages, splits)
             if same in timed:
                 rows.append({**row, **{key: timed[same][key] for key in ("us", "gb_s", "max_err", "error")
                                        if key in timed[same]}})  # fmt: skip
@@ -171,7 +168,7 @@ def decode_step(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if row["kernel"] == "runtime":
             runtime += weights[row["shape"]] * row["us"]
             continue
-        keys = ("block_n", "block_k", "num_warps", "num_stages", "target_programs", "semaphore")
+        keys = ("block_n", "block_k", "num_warps", "num_stages", "target_programs")
         tile = {key: row[key] for key in keys}
         key = json.dumps(tile, sort_keys=True)
         totals[key] = totals.get(key, 0.0) + weights[row["shape"]] * row["us"]

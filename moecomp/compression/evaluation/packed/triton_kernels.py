@@ -9,7 +9,7 @@ x[:, 8i + j]. Three paths:
     expert (host-sync free, as vLLM's moe_align_block_size), one program per (M tile of one expert, N tile),
     tl.dot per nibble plane, float32 accumulation; programs past the last real tile exit at once.
   - GEMV (a few pairs, batch-1 decode): one program per (pair, N tile, K split), products summed on the CUDA
-    cores, float32 partial sums added atomically (split-K keeps every SM busy when N is small). It reads an
+    cores, float32 partial sums met atomically (split-K keeps every SM busy when N is small). It reads an
     expert's weights once per pair, where the grouped GEMM reads them once per routed expert but pads each
     expert's run to BLOCK_M rows and sorts the pairs first. So the GEMV runs up to one pair per expert, and up
     to two for experts below SMALL_EXPERT weights. On an H100, in CUDA graphs (w4a16_gemv_h100.json in
@@ -43,7 +43,6 @@ SMALL_EXPERT = 1 << 26  # weights (N x K) of an expert below which the GEMV stil
 DOT_BLOCK_K = 128  # grouped GEMM: 16 words per K step, so each nibble plane's tl.dot has K = 16
 DENSE_MIN_PAIRS = 512  # from here on (a 256-token prompt at top-2) dequantize, then one grouped GEMM
 TARGET_PROGRAMS = 1024  # GEMV: split K until about this many programs run (132 SMs on an H100/H200)
-SPLIT_SEMAPHORE = False  # GEMV split sums through _store_sums' semaphore: off until a served run has tried it
 
 
 @triton.jit
@@ -89,21 +88,16 @@ def _grouped_kernel(
 
 
 @triton.jit
-def _store_sums(
-    total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om,
-    SPLITS: tl.constexpr, SEMAPHORE: tl.constexpr,
-):  # fmt: skip
+def _store_sums(total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om, SPLITS: tl.constexpr):
     """Store a GEMV program's sums ``total`` [BN] of output row ``pair``, columns ``offs_n``.
 
-    One K split stores them. Several add float32 partial sums: into the zeroed float32 output (the caller casts it),
-    or with SEMAPHORE into ``sums``, a buffer that is all zeros between calls: the split that finishes a tile last
-    (``counts`` counts them) takes the totals out, leaving zeros, and stores them; then no zeroing and no casting
-    kernel runs around this one."""
+    One K split stores them. Several add float32 partial sums into ``sums``, a buffer that is all zeros between
+    calls: the split that finishes a tile last (``counts`` counts them) takes the totals out, leaving zeros, and
+    stores them. So no kernel runs around this one to zero an output and cast it: adding into a zeroed float32
+    output took 3.5% more time in a decode step's GEMVs (w4a16_gemv_h100.json)."""
     out = out_ptr + pair.to(tl.int64) * stride_om + offs_n
     if SPLITS == 1:
         tl.store(out, total.to(out_ptr.dtype.element_ty), mask=mask_n)
-    elif not SEMAPHORE:
-        tl.atomic_add(out, total, mask=mask_n)
     else:
         sums = sums_ptr + pair.to(tl.int64) * N + offs_n
         tl.atomic_add(sums, total, mask=mask_n)
@@ -132,7 +126,7 @@ def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, out_ptr, ids_ptr, sums_ptr, counts_ptr, N, K_SPLIT,
     stride_xm, stride_we, stride_wn, stride_se, stride_sn, stride_om,
     ROW_DIV: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLITS: tl.constexpr, SEMAPHORE: tl.constexpr,
+    SPLITS: tl.constexpr,
 ):  # fmt: skip
     pair = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -158,7 +152,7 @@ def _gemv_kernel(
         # (1 + q/16) - 1.5 = (q - 8) / 16: the offset comes off once a word, not once a nibble
         acc += (word_dot - 1.5 * x_sum[None, :]) * scale.to(tl.float32)
     total = tl.sum(acc, axis=1) * 16.0
-    _store_sums(total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om, SPLITS, SEMAPHORE)
+    _store_sums(total, out_ptr, sums_ptr, counts_ptr, pair, pid_n, offs_n, mask_n, N, stride_om, SPLITS)
 
 
 @triton.jit
@@ -239,36 +233,28 @@ def _gemv(
     num_warps: int = 4,
     num_stages: int = 3,
     target_programs: int = TARGET_PROGRAMS,
-    semaphore: bool = SPLIT_SEMAPHORE,
 ) -> torch.Tensor:
     """The GEMV path; the keyword arguments are its tile (benchmarks/w4a16_gemv.py times the choices: the defaults
-    took the least time in a Mixtral-8x7B decode step on an H100, benchmarks/results/w4a16_gemv_h100.json).
-
-    ``semaphore`` (split sums meet in _store_sums' scratch) saved another 3.5% there, timed in plain CUDA graphs.
-    It is off until the served runtime has run it: its first try failed where the scratch was first allocated
-    inside torch.compile's CUDA graph pool (benchmarks/results/packed_decode_h100_semaphore_cudagraph_trees_error.log);
-    the served runtime now reserves it before compiling (reserve_scratch), untried on a GPU."""
+    took the least time in a Mixtral-8x7B decode step on an H100, benchmarks/results/w4a16_gemv_h100.json)."""
     num_pairs, n, k = ids.shape[0], packed.shape[1], x.shape[1]
     block_k = _block_k(k, block_k)
     splits = gemv_splits(num_pairs, n, k, block_n, block_k, target_programs)
     grid = (num_pairs, triton.cdiv(n, block_n), splits)
-    zeroed = splits > 1 and not semaphore  # partial sums added into a zeroed float32 output (see _store_sums)
-    out = torch.zeros(num_pairs, n, dtype=torch.float32, device=x.device) if zeroed else x.new_empty(num_pairs, n)
-    scratch = splits > 1 and semaphore
-    sums, counts = _split_scratch(x.device, num_pairs * n, num_pairs * grid[1]) if scratch else (out, ids)
+    out = x.new_empty(num_pairs, n)
+    sums, counts = _split_scratch(x.device, num_pairs * n, num_pairs * grid[1]) if splits > 1 else (out, ids)
     _gemv_kernel[grid](
         x, packed, scale, out, ids, sums, counts, n, k // splits, x.stride(0), packed.stride(0), packed.stride(1),
         scale.stride(0), scale.stride(1), out.stride(0), ROW_DIV=row_div, GROUP=group, BLOCK_N=block_n,
-        BLOCK_K=block_k, SPLITS=splits, SEMAPHORE=semaphore, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_K=block_k, SPLITS=splits, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
-    return out.to(x.dtype)
+    return out
 
 
-SCRATCH_FLOATS = 1 << 17  # split GEMVs have at most TARGET_PROGRAMS / 2 tiles of 128 columns: 512 KB
+SCRATCH_FLOATS = 1 << 17  # split GEMVs have at most TARGET_PROGRAMS / 2 tiles, of up to 128 columns: 512 KB
 
 
 def _split_scratch(device: torch.device, floats: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The zeroed sums and counts of semaphore split-K (_store_sums), at least ``floats`` and ``tiles`` long: one
+    """The zeroed sums and counts of split-K (_store_sums), at least ``floats`` and ``tiles`` long: one
     pair of buffers for every call at the default target (split calls have fewer than TARGET_PROGRAMS tiles)."""
     size = max(SCRATCH_FLOATS, triton.next_power_of_2(floats))
     return _scratch(device, size, max(TARGET_PROGRAMS, triton.next_power_of_2(tiles)))
@@ -276,9 +262,9 @@ def _split_scratch(device: torch.device, floats: int, tiles: int) -> tuple[torch
 
 def reserve_scratch(device: torch.device) -> None:
     """Allocate the split-K scratch now, before torch.compile's cudagraph trees warm a step up: allocated during
-    their warm-up it would land in their CUDA graph pool and outlive it, which they refuse."""
-    if SPLIT_SEMAPHORE:
-        _split_scratch(device, 1, 1)
+    their warm-up it would land in their CUDA graph pool and outlive it, which they refuse
+    (benchmarks/results/packed_decode_h100_semaphore_cudagraph_trees_error.log)."""
+    _split_scratch(device, 1, 1)
 
 
 @functools.cache
