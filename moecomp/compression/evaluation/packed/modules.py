@@ -153,14 +153,15 @@ class FusedW4A16Linear(W4A16Linear):
             self._kept = None
         return out
 
-    def rows(self, index: int) -> slice:
+    def sibling_weight(self, index: int) -> torch.Tensor:
+        """Sibling ``index``'s dense weight: its rows of the stack, dequantized (see W4A16Linear.weight)."""
         start = sum(self.sizes[:index])
-        return slice(start, start + self.sizes[index])
+        rows = slice(start, start + self.sizes[index])
+        return reference.dequantize(self.weight_packed[rows], self.weight_scale[rows])
 
     @property
     def weight(self) -> torch.Tensor:
-        rows = self.rows(0)
-        return reference.dequantize(self.weight_packed[rows], self.weight_scale[rows])
+        return self.sibling_weight(0)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", fused={self.sizes}"
@@ -182,8 +183,7 @@ class W4A16Sibling(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        rows = self.fused.rows(self.index)
-        return reference.dequantize(self.fused.weight_packed[rows], self.fused.weight_scale[rows])
+        return self.fused.sibling_weight(self.index)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, fused into the first sibling"
