@@ -74,6 +74,11 @@ def static_cache(model: PreTrainedModel) -> bool:
     return family is None or family.static_cache
 
 
+def _reads_int4(model: PreTrainedModel) -> bool:
+    """Whether any module computes from W4A16 buffers (the only ones whose kernels keep a split-K scratch)."""
+    return any(name.endswith("_packed") for name, _ in model.named_buffers())
+
+
 class ServedDecoder:
     """Greedy decoding with a static KV cache of ``max_len`` positions, the step compiled where ``compile``.
 
@@ -88,7 +93,7 @@ class ServedDecoder:
         # dynamic=False: each batch size gets its own static graph; dynamo would otherwise turn the batch
         # dimension symbolic on the second size, and CUDA graphs want every shape fixed.
         self._step = torch.compile(self._next_token, mode="reduce-overhead", dynamic=False) if self.compiled else None
-        if self.compiled:
+        if self.compiled and _reads_int4(model):
             reserve_scratch(next(model.parameters()).device)
 
     def _new_cache(self) -> Cache:
